@@ -1,0 +1,236 @@
+//! Locating the UDP header of a DHCP packet inside an Ethernet frame.
+//!
+//! The parser is generic over [`Frame`] so the same code reads a byte slice
+//! on the host and the skb (through `bpf_skb_load_bytes`, which works on
+//! non-linear skbs) in the kernel. Every read is bounds-checked by the
+//! reader; every branch that cannot be sure returns without a verdict to act
+//! on.
+
+/// Ethertype of IPv4.
+pub const ETH_P_IP: u16 = 0x0800;
+/// Ethertype of an 802.1Q VLAN tag.
+pub const ETH_P_8021Q: u16 = 0x8100;
+/// Ethertype of an 802.1ad (QinQ) service tag.
+pub const ETH_P_8021AD: u16 = 0x88a8;
+/// IP protocol number of UDP.
+pub const IPPROTO_UDP: u8 = 17;
+/// In-band VLAN tags the parser walks through.
+pub const MAX_VLAN_TAGS: u32 = 2;
+/// Largest UDP segment (header + payload) the classifier fills. DHCP on a
+/// 1500-byte MTU needs at most 1480; larger segments are counted as skipped.
+pub const MAX_UDP_LEN: u16 = 2048;
+/// Offset of the check field inside the UDP header.
+pub const UDP_CHECK_OFFSET: u32 = 6;
+
+/// Read access to a frame, starting at the Ethernet header.
+pub trait Frame {
+    /// Length of the frame in bytes.
+    fn len(&self) -> u32;
+    /// Whether the frame has no bytes.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Copies `N` bytes at `offset`, or `None` if they are not all there.
+    fn load<const N: usize>(&self, offset: u32) -> Option<[u8; N]>;
+}
+
+impl Frame for [u8] {
+    fn len(&self) -> u32 {
+        <[u8]>::len(self) as u32
+    }
+
+    fn load<const N: usize>(&self, offset: u32) -> Option<[u8; N]> {
+        let start = offset as usize;
+        self.get(start..start.checked_add(N)?)?.try_into().ok()
+    }
+}
+
+/// Why a DHCP-port UDP packet was left alone.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SkipReason {
+    /// First fragment of a fragmented datagram (More Fragments set).
+    Fragment,
+    /// IP total length and UDP length disagree, or UDP length < 8.
+    BadLength,
+    /// The frame is shorter than the IP total length.
+    Truncated,
+    /// UDP segment longer than [`MAX_UDP_LEN`].
+    TooLarge,
+}
+
+/// A DHCP-port UDP/IPv4 packet that is safe to fill.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DhcpPacket {
+    /// Offset of the IPv4 header.
+    pub l3: u32,
+    /// Offset of the UDP header.
+    pub l4: u32,
+    /// UDP length (header + payload), consistent with the IP total length.
+    pub udp_len: u16,
+    /// IPv4 source address, as on the wire.
+    pub src: [u8; 4],
+    /// IPv4 destination address, as on the wire.
+    pub dst: [u8; 4],
+    /// UDP destination port.
+    pub dport: u16,
+}
+
+/// What the parser found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Parsed {
+    /// Not IPv4 UDP to a watched port (the fast path): not counted.
+    Other,
+    /// IPv4 UDP to a watched port that must be left alone.
+    Skip(SkipReason),
+    /// IPv4 UDP to a watched port, every length consistent.
+    Dhcp(DhcpPacket),
+}
+
+/// Parses `frame` and decides whether it is a DHCP packet to act on.
+/// `watches` says whether a UDP destination port is configured.
+#[inline(always)]
+pub fn parse<F: Frame + ?Sized>(frame: &F, watches: impl Fn(u16) -> bool) -> Parsed {
+    let mut ethertype_at: u32 = 12;
+    let Some(mut ethertype) = frame.load::<2>(ethertype_at).map(u16::from_be_bytes) else {
+        return Parsed::Other;
+    };
+    let mut tags = 0;
+    while tags < MAX_VLAN_TAGS && (ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD) {
+        ethertype_at += 4;
+        ethertype = match frame.load::<2>(ethertype_at) {
+            Some(t) => u16::from_be_bytes(t),
+            None => return Parsed::Other,
+        };
+        tags += 1;
+    }
+    if ethertype != ETH_P_IP {
+        return Parsed::Other;
+    }
+    let l3 = ethertype_at + 2;
+    let Some(ip) = frame.load::<20>(l3) else {
+        return Parsed::Other;
+    };
+    let version = ip[0] >> 4;
+    let ihl = u32::from(ip[0] & 0x0f) * 4;
+    if version != 4 || ihl < 20 || ip[9] != IPPROTO_UDP {
+        return Parsed::Other;
+    }
+    let frag = u16::from_be_bytes([ip[6], ip[7]]);
+    if frag & 0x1fff != 0 {
+        // A later fragment carries no UDP header: nothing to recognise.
+        return Parsed::Other;
+    }
+    let l4 = l3 + ihl;
+    let Some(udp) = frame.load::<8>(l4) else {
+        return Parsed::Other;
+    };
+    let dport = u16::from_be_bytes([udp[2], udp[3]]);
+    if !watches(dport) {
+        return Parsed::Other;
+    }
+    if frag & 0x2000 != 0 {
+        return Parsed::Skip(SkipReason::Fragment);
+    }
+    let total_len = u32::from(u16::from_be_bytes([ip[2], ip[3]]));
+    let udp_len = u16::from_be_bytes([udp[4], udp[5]]);
+    if total_len < ihl + 8 || u32::from(udp_len) != total_len - ihl {
+        return Parsed::Skip(SkipReason::BadLength);
+    }
+    if l3 + total_len > frame.len() {
+        return Parsed::Skip(SkipReason::Truncated);
+    }
+    if udp_len > MAX_UDP_LEN {
+        return Parsed::Skip(SkipReason::TooLarge);
+    }
+    Parsed::Dhcp(DhcpPacket {
+        l3,
+        l4,
+        udp_len,
+        src: [ip[12], ip[13], ip[14], ip[15]],
+        dst: [ip[16], ip[17], ip[18], ip[19]],
+        dport,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dhcp(dport: u16) -> impl Fn(u16) -> bool {
+        move |p| p == dport
+    }
+
+    /// eth + optional tags + IPv4 (ihl words) + UDP + payload.
+    fn frame(tags: &[u16], ihl_words: u8, payload: usize) -> [u8; 200] {
+        let mut f = [0u8; 200];
+        let mut at = 12;
+        for tpid in tags {
+            f[at..at + 2].copy_from_slice(&tpid.to_be_bytes());
+            at += 4;
+        }
+        f[at..at + 2].copy_from_slice(&ETH_P_IP.to_be_bytes());
+        let l3 = at + 2;
+        let ihl = usize::from(ihl_words) * 4;
+        let total = (ihl + 8 + payload) as u16;
+        f[l3] = 0x40 | ihl_words;
+        f[l3 + 2..l3 + 4].copy_from_slice(&total.to_be_bytes());
+        f[l3 + 9] = IPPROTO_UDP;
+        f[l3 + 12..l3 + 16].copy_from_slice(&[10, 0, 0, 1]);
+        f[l3 + 16..l3 + 20].copy_from_slice(&[10, 0, 0, 2]);
+        let l4 = l3 + ihl;
+        f[l4..l4 + 2].copy_from_slice(&67u16.to_be_bytes());
+        f[l4 + 2..l4 + 4].copy_from_slice(&68u16.to_be_bytes());
+        f[l4 + 4..l4 + 6].copy_from_slice(&((8 + payload) as u16).to_be_bytes());
+        f
+    }
+
+    fn expect_dhcp(p: Parsed) -> DhcpPacket {
+        match p {
+            Parsed::Dhcp(d) => d,
+            other => panic!("expected Dhcp, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn plain_and_tagged_and_options() {
+        let f = frame(&[], 5, 10);
+        let d = expect_dhcp(parse(&f[..60], dhcp(68)));
+        assert_eq!((d.l3, d.l4, d.udp_len), (14, 34, 18));
+        let f = frame(&[ETH_P_8021AD, ETH_P_8021Q], 5, 10);
+        let d = expect_dhcp(parse(&f[..70], dhcp(68)));
+        assert_eq!((d.l3, d.l4), (22, 42));
+        let f = frame(&[ETH_P_8021Q], 15, 10);
+        let d = expect_dhcp(parse(&f[..120], dhcp(68)));
+        assert_eq!((d.l3, d.l4), (18, 78));
+        assert_eq!(d.src, [10, 0, 0, 1]);
+    }
+
+    #[test]
+    fn three_tags_and_other_ports_are_not_ours() {
+        let f = frame(&[ETH_P_8021Q, ETH_P_8021Q, ETH_P_8021Q], 5, 10);
+        assert_eq!(parse(&f[..], dhcp(68)), Parsed::Other);
+        let f = frame(&[], 5, 10);
+        assert_eq!(parse(&f[..], dhcp(53)), Parsed::Other);
+    }
+
+    #[test]
+    fn bad_lengths_fragments_truncation() {
+        let mut f = frame(&[], 5, 10);
+        f[38..40].copy_from_slice(&17u16.to_be_bytes());
+        assert_eq!(parse(&f[..], dhcp(68)), Parsed::Skip(SkipReason::BadLength));
+        let mut f = frame(&[], 5, 10);
+        f[20] = 0x20; // MF
+        assert_eq!(parse(&f[..], dhcp(68)), Parsed::Skip(SkipReason::Fragment));
+        f[20] = 0x00;
+        f[21] = 0x01; // offset 8: no UDP header here
+        assert_eq!(parse(&f[..], dhcp(68)), Parsed::Other);
+        let f = frame(&[], 5, 100);
+        assert_eq!(parse(&f[..100], dhcp(68)), Parsed::Skip(SkipReason::Truncated));
+        // Header itself cut short: cannot even read the ports.
+        assert_eq!(parse(&f[..40], dhcp(68)), Parsed::Other);
+        let mut f = frame(&[], 4, 10);
+        f[14] = 0x44;
+        assert_eq!(parse(&f[..], dhcp(68)), Parsed::Other);
+    }
+}

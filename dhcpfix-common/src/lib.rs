@@ -1,0 +1,27 @@
+//! Types and pure logic shared by the dhcpfix datapath (`dhcpfix-ebpf`) and
+//! its loader (`dhcpfix`).
+//!
+//! Everything here is `no_std`, allocation-free and `#[repr(C)]` where it
+//! crosses the kernel boundary, so that the eBPF program and userspace agree
+//! on every byte. The frame parser is generic over [`frame::Frame`], so the
+//! exact code that runs in the kernel is unit-tested on the host.
+#![no_std]
+
+pub mod checksum;
+pub mod config;
+pub mod counters;
+pub mod frame;
+pub mod layout;
+
+/// Name of the classifier inside the eBPF object.
+pub const PROGRAM_NAME: &str = "dhcpfix";
+/// Name of the per-CPU counters map (key: ifindex, value: [`counters::Counters`]).
+pub const COUNTERS_MAP: &str = "DHCPFIX_COUNTERS";
+/// Name of the per-interface configuration map (key: ifindex, value: [`config::IfaceConfig`]).
+pub const CONFIG_MAP: &str = "DHCPFIX_CONFIG";
+/// Name of the read-only global holding the kernel layout.
+pub const LAYOUT_GLOBAL: &str = "DHCPFIX_LAYOUT";
+/// Name of the read-only global that enables the test-run override.
+pub const TEST_MODE_GLOBAL: &str = "DHCPFIX_TEST_MODE";
+/// Largest number of interfaces one loaded program serves.
+pub const MAX_INTERFACES: u32 = 4096;

@@ -1,0 +1,358 @@
+//! dhcpfix: fill in the UDP checksum of DHCP packets leaving a guest's tap.
+//!
+//! Attached at TC egress (tcx, or clsact) of a tap. For each IPv4 UDP packet
+//! to a watched port it decides, from the skb's `ip_summed` and the device's
+//! checksum features (read through offsets the loader resolved from BTF):
+//!
+//! | skb                    | device offload | action                        |
+//! |------------------------|----------------|-------------------------------|
+//! | not `CHECKSUM_PARTIAL` | any            | leave (`valid`)               |
+//! | partial                | none           | leave: the kernel completes it (`deferred`) |
+//! | partial                | IP/HW csum     | write the full checksum (`filled`) |
+//!
+//! It never drops a packet and writes nothing but the two bytes of the UDP
+//! check field. Anything unexpected leaves the packet untouched.
+#![no_std]
+#![no_main]
+
+use core::ptr;
+
+use aya_ebpf::{
+    helpers::generated::{bpf_csum_diff, bpf_probe_read_kernel, bpf_skb_load_bytes, bpf_skb_store_bytes},
+    macros::{classifier, map},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap},
+    programs::TcContext,
+};
+use dhcpfix_common::{
+    config::{IfaceConfig, MODE_AUDIT, MODE_FILL},
+    counters::{Counters, Outcome},
+    frame::{
+        self, DhcpPacket, Frame, Parsed, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, IPPROTO_UDP, MAX_UDP_LEN,
+        UDP_CHECK_OFFSET,
+    },
+    layout::{
+        KernelLayout, CHECKSUM_PARTIAL, LAYOUT_HAS_CSUM_START, LAYOUT_VALID, TEST_MARK_OFFLOAD,
+        TEST_MARK_PARTIAL,
+    },
+    MAX_INTERFACES,
+};
+
+/// Kernel structure offsets, set by the loader from BTF before loading.
+#[unsafe(no_mangle)]
+static DHCPFIX_LAYOUT: KernelLayout = KernelLayout {
+    skb_dev: 0,
+    skb_ip_summed: 0,
+    ip_summed_shift: 0,
+    ip_summed_mask: 0,
+    skb_head: 0,
+    skb_data: 0,
+    skb_csum_start: 0,
+    skb_csum_offset: 0,
+    dev_features: 0,
+    flags: 0,
+    csum_features: 0,
+};
+
+/// 1 only in programs loaded for `BPF_PROG_TEST_RUN`: take the skb state from
+/// `skb->mark` instead of the kernel. Always 0 when attached to an interface.
+#[unsafe(no_mangle)]
+static DHCPFIX_TEST_MODE: u32 = 0;
+
+#[map(name = "DHCPFIX_CONFIG")]
+static CONFIG: HashMap<u32, IfaceConfig> = HashMap::with_max_entries(MAX_INTERFACES, 0);
+
+#[map(name = "DHCPFIX_COUNTERS")]
+static COUNTERS: PerCpuHashMap<u32, Counters> = PerCpuHashMap::with_max_entries(MAX_INTERFACES, 0);
+
+/// Bytes summed per `bpf_csum_diff` call (the helper's limit is 512).
+const CHUNK: u32 = 512;
+/// Scratch buffer: one chunk plus a word of zero padding for odd lengths.
+#[repr(C)]
+pub struct Scratch {
+    buf: [u8; CHUNK as usize + 4],
+}
+
+#[map(name = "DHCPFIX_SCRATCH")]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// `TCX_NEXT` / `TC_ACT_UNSPEC`: no verdict, let the next program or the
+/// default action decide. dhcpfix never drops or redirects.
+const TC_NEXT: i32 = -1;
+
+#[classifier]
+pub fn dhcpfix(ctx: TcContext) -> i32 {
+    classify(&ctx);
+    TC_NEXT
+}
+
+/// Does nothing: the floor that benchmarks compare the classifier with.
+#[classifier]
+pub fn dhcpfix_empty(_ctx: TcContext) -> i32 {
+    TC_NEXT
+}
+
+/// Reads the frame through `bpf_skb_load_bytes`, which also works on the
+/// paged part of non-linear skbs.
+struct SkbFrame<'a>(&'a TcContext);
+
+impl Frame for SkbFrame<'_> {
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        self.0.len()
+    }
+
+    #[inline(always)]
+    fn load<const N: usize>(&self, offset: u32) -> Option<[u8; N]> {
+        self.0.load::<[u8; N]>(offset as usize).ok()
+    }
+}
+
+#[inline(always)]
+fn classify(ctx: &TcContext) {
+    if !maybe_ipv4_udp(ctx) {
+        return;
+    }
+    // SAFETY: ctx.skb.skb is the valid __sk_buff the kernel passed in.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: the value is only read, and map values stay valid while the
+    // program runs (RCU).
+    let Some(cfg) = (unsafe { CONFIG.get(&ifindex) }) else {
+        return;
+    };
+    let outcome = match frame::parse(&SkbFrame(ctx), |port| cfg.watches(port)) {
+        Parsed::Other => return,
+        Parsed::Skip(_) => Outcome::Skipped,
+        Parsed::Dhcp(packet) => decide(ctx, cfg, &packet),
+    };
+    if let Some(counters) = COUNTERS.get_ptr_mut(&ifindex) {
+        // SAFETY: per-CPU value of this CPU; nothing else writes it now.
+        unsafe { (*counters).record(outcome) };
+    }
+}
+
+/// The fast path: with direct packet access, leave after a few instructions
+/// unless the frame may be IPv4 UDP (or VLAN-tagged, parsed in full later).
+#[inline(always)]
+fn maybe_ipv4_udp(ctx: &TcContext) -> bool {
+    let data = ctx.data();
+    let data_end = ctx.data_end();
+    if data + 24 > data_end {
+        // Not even an IPv4 header in the linear part: let the full parser
+        // (which reads the paged part too) decide.
+        return true;
+    }
+    // SAFETY: bounds checked against data_end just above.
+    let (ethertype, proto) = unsafe {
+        (
+            u16::from_be(ptr::read_unaligned((data + 12) as *const u16)),
+            *((data + 23) as *const u8),
+        )
+    };
+    match ethertype {
+        ETH_P_IP => proto == IPPROTO_UDP,
+        ETH_P_8021Q | ETH_P_8021AD => true,
+        _ => false,
+    }
+}
+
+#[inline(always)]
+fn decide(ctx: &TcContext, cfg: &IfaceConfig, packet: &DhcpPacket) -> Outcome {
+    // SAFETY: valid __sk_buff from the kernel.
+    if unsafe { (*ctx.skb.skb).gso_size } != 0 {
+        return Outcome::Skipped;
+    }
+    // SAFETY: read-only global, constant after load.
+    let layout = unsafe { ptr::read_volatile(&DHCPFIX_LAYOUT) };
+    let Some((partial, offload)) = skb_state(ctx, &layout) else {
+        return Outcome::Error;
+    };
+    if !partial {
+        return Outcome::Valid;
+    }
+    if !offload {
+        return Outcome::Deferred;
+    }
+    match csum_at_udp_check(ctx, &layout, packet) {
+        Some(true) => {}
+        Some(false) => return Outcome::Skipped,
+        None => return Outcome::Error,
+    }
+    match cfg.mode {
+        MODE_FILL => match fill(ctx, packet) {
+            Some(()) => Outcome::Filled,
+            None => Outcome::Error,
+        },
+        MODE_AUDIT => Outcome::WouldFill,
+        _ => Outcome::Skipped,
+    }
+}
+
+/// Whether the skb is `CHECKSUM_PARTIAL`, and whether its device offloads
+/// IPv4 checksums. `None` when the kernel state cannot be read.
+#[inline(always)]
+fn skb_state(ctx: &TcContext, layout: &KernelLayout) -> Option<(bool, bool)> {
+    // SAFETY: read-only global, constant after load.
+    if unsafe { ptr::read_volatile(&DHCPFIX_TEST_MODE) } != 0 {
+        // SAFETY: valid __sk_buff from the kernel.
+        let mark = unsafe { (*ctx.skb.skb).mark };
+        return Some((mark & TEST_MARK_PARTIAL != 0, mark & TEST_MARK_OFFLOAD != 0));
+    }
+    if layout.flags & LAYOUT_VALID == 0 {
+        return None;
+    }
+    // The ctx of a sched_cls program is the struct sk_buff itself.
+    let skb = ctx.skb.skb as *const u8;
+    let summed = read_kernel::<u8>(skb, layout.skb_ip_summed)?;
+    let partial = layout.ip_summed(summed) == CHECKSUM_PARTIAL;
+    if !partial {
+        return Some((false, false));
+    }
+    let dev = read_kernel::<*const u8>(skb, layout.skb_dev)?;
+    if dev.is_null() {
+        return None;
+    }
+    let features = read_kernel::<u64>(dev, layout.dev_features)?;
+    Some((true, layout.offloads_checksum(features)))
+}
+
+/// Whether the kernel would finish the checksum exactly at this packet's UDP
+/// check field (`csum_start` at the UDP header, `csum_offset` 6). Another
+/// position means an encapsulation or layout we do not understand.
+#[inline(always)]
+fn csum_at_udp_check(ctx: &TcContext, layout: &KernelLayout, packet: &DhcpPacket) -> Option<bool> {
+    // SAFETY: read-only global, constant after load.
+    if unsafe { ptr::read_volatile(&DHCPFIX_TEST_MODE) } != 0 || layout.flags & LAYOUT_HAS_CSUM_START == 0 {
+        return Some(true);
+    }
+    let skb = ctx.skb.skb as *const u8;
+    let head = read_kernel::<u64>(skb, layout.skb_head)?;
+    let data = read_kernel::<u64>(skb, layout.skb_data)?;
+    let start = read_kernel::<u16>(skb, layout.skb_csum_start)?;
+    let offset = read_kernel::<u16>(skb, layout.skb_csum_offset)?;
+    let l4_from_head = data.wrapping_sub(head).wrapping_add(u64::from(packet.l4));
+    Some(u64::from(start) == l4_from_head && u32::from(offset) == UDP_CHECK_OFFSET)
+}
+
+#[inline(always)]
+fn read_kernel<T: Copy>(base: *const u8, offset: u32) -> Option<T> {
+    let mut out = core::mem::MaybeUninit::<T>::uninit();
+    // SAFETY: bpf_probe_read_kernel copies size_of::<T>() bytes into `out`
+    // and faults safely (returning < 0) on a bad source address.
+    let ret = unsafe {
+        bpf_probe_read_kernel(
+            out.as_mut_ptr().cast(),
+            core::mem::size_of::<T>() as u32,
+            base.wrapping_add(offset as usize).cast(),
+        )
+    };
+    if ret == 0 {
+        // SAFETY: the helper filled every byte.
+        Some(unsafe { out.assume_init() })
+    } else {
+        None
+    }
+}
+
+/// Computes the UDP checksum over pseudo-header and segment and writes it
+/// into the check field. Reads the segment in chunks through
+/// `bpf_skb_load_bytes`, so it works on non-linear skbs and odd lengths.
+#[inline(always)]
+fn fill(ctx: &TcContext, packet: &DhcpPacket) -> Option<()> {
+    let skb: *const core::ffi::c_void = ctx.skb.skb.cast_const().cast();
+    let udp_len = u32::from(packet.udp_len);
+    if udp_len < 8 || udp_len > u32::from(MAX_UDP_LEN) {
+        return None;
+    }
+    let len = packet.udp_len.to_be_bytes();
+    let mut pseudo: [u8; 12] = [
+        packet.src[0],
+        packet.src[1],
+        packet.src[2],
+        packet.src[3],
+        packet.dst[0],
+        packet.dst[1],
+        packet.dst[2],
+        packet.dst[3],
+        0,
+        IPPROTO_UDP,
+        len[0],
+        len[1],
+    ];
+    // SAFETY: `pseudo` is 12 readable bytes (a multiple of 4, as required).
+    let mut sum = unsafe { bpf_csum_diff(ptr::null_mut(), 0, pseudo.as_mut_ptr().cast(), 12, 0) };
+    if sum < 0 {
+        return None;
+    }
+    let scratch = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: per-CPU scratch of this CPU, not shared while the program runs.
+    let buf = unsafe { &mut (*scratch).buf };
+    let mut done: u32 = 0;
+    let mut chunk = 0;
+    while chunk < (MAX_UDP_LEN as u32).div_ceil(CHUNK) {
+        if done >= udp_len {
+            break;
+        }
+        // n in [1, CHUNK], written so the verifier can see both bounds.
+        let n = (((udp_len - done).min(CHUNK) - 1) & (CHUNK - 1)) + 1;
+        // Zero the word the odd tail lands in, so padding sums as zero.
+        let pad = (n & !3) as usize;
+        if pad > CHUNK as usize {
+            return None;
+        }
+        buf[pad..pad + 4].copy_from_slice(&[0; 4]);
+        // SAFETY: `buf` holds CHUNK + 4 bytes and n <= CHUNK.
+        let ret = unsafe { bpf_skb_load_bytes(skb, packet.l4 + done, buf.as_mut_ptr().cast(), n) };
+        if ret != 0 {
+            return None;
+        }
+        if chunk == 0 {
+            // The sum is defined with the check field zeroed; a partial skb
+            // holds the pseudo-header seed there.
+            buf[UDP_CHECK_OFFSET as usize] = 0;
+            buf[UDP_CHECK_OFFSET as usize + 1] = 0;
+        }
+        let words = (n + 3) & !3;
+        if words > CHUNK {
+            return None;
+        }
+        // SAFETY: `words` <= CHUNK + 3 rounded down to 4 fits in `buf`.
+        sum = unsafe { bpf_csum_diff(ptr::null_mut(), 0, buf.as_mut_ptr().cast(), words, sum as u32) };
+        if sum < 0 {
+            return None;
+        }
+        done += CHUNK;
+        chunk += 1;
+    }
+    // `sum` is a 32-bit one's-complement sum of the bytes as loaded in
+    // memory order; folded and inverted it is stored the same way.
+    let mut folded = sum as u64;
+    folded = (folded & 0xffff) + (folded >> 16);
+    folded = (folded & 0xffff) + (folded >> 16);
+    folded = (folded & 0xffff) + (folded >> 16);
+    let csum = match !(folded as u16) {
+        0 => 0xffff,
+        c => c,
+    };
+    // SAFETY: writes the two bytes of the UDP check field, inside the packet
+    // (l4 + 8 <= skb->len was checked by the parser).
+    let ret = unsafe {
+        bpf_skb_store_bytes(
+            ctx.skb.skb,
+            packet.l4 + UDP_CHECK_OFFSET,
+            ptr::from_ref(&csum).cast(),
+            2,
+            0,
+        )
+    };
+    (ret == 0).then_some(())
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,21 @@
+//! Builds the eBPF classifier (`dhcpfix-ebpf`) for `bpfel-unknown-none` with
+//! the nightly toolchain and bpf-linker, and places it in `OUT_DIR/dhcpfix`.
+//! `cargo xtask build` installs both; `AYA_BUILD_SKIP=1` writes an empty
+//! object instead so that `cargo check` and clippy work without them.
+use std::{env, fs, path::PathBuf};
+
+fn main() -> anyhow::Result<()> {
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").ok_or_else(|| anyhow::anyhow!("OUT_DIR not set"))?);
+    let skip = env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+    if skip {
+        println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
+        fs::write(out_dir.join("dhcpfix"), [])?;
+        return Ok(());
+    }
+    let ebpf = aya_build::Package {
+        name: "dhcpfix-ebpf",
+        root_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../dhcpfix-ebpf"),
+        ..Default::default()
+    };
+    aya_build::build_ebpf([ebpf], aya_build::Toolchain::default())
+}

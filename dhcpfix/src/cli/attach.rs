@@ -1,0 +1,92 @@
+//! `dhcpfix attach IFACE...`
+
+use std::path::{Path, PathBuf};
+
+use anyhow::bail;
+
+use crate::{
+    attach::{self, AttachOptions, Attached, Method, Mode},
+    bpffs::PinDir,
+    kernel_layout::LayoutSpec,
+    program::LayoutSource,
+};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Interfaces to attach to (guest taps such as vnet0).
+    #[arg(required = true, value_name = "IFACE")]
+    pub interfaces: Vec<String>,
+    /// Only count what would be filled (`would_fill`); change no packet.
+    #[arg(long)]
+    pub audit: bool,
+    /// UDP destination ports to act on (at most 4).
+    #[arg(long, value_delimiter = ',', default_values_t = [68u16, 67])]
+    pub ports: Vec<u16>,
+    /// How to hook into the interface.
+    #[arg(long, value_enum, default_value_t = Method::Auto)]
+    pub method: Method,
+    /// Read the kernel layout from this BTF file instead of
+    /// /sys/kernel/btf/vmlinux.
+    #[arg(long, value_name = "FILE", conflicts_with = "kernel_layout")]
+    pub btf: Option<PathBuf>,
+    /// Use these kernel offsets instead of BTF (at your own risk):
+    /// skb_dev=N,ip_summed=BYTE:SHIFT,dev_features=N,csum_bits=B+B
+    #[arg(long, value_name = "SPEC")]
+    pub kernel_layout: Option<LayoutSpec>,
+}
+
+pub fn run(pin_dir: &Path, args: Args) -> anyhow::Result<()> {
+    let layout = match (args.btf, args.kernel_layout) {
+        (Some(path), _) => LayoutSource::BtfFile(path),
+        (None, Some(spec)) => LayoutSource::Explicit(spec.0),
+        (None, None) => LayoutSource::Kernel,
+    };
+    let opts = AttachOptions {
+        mode: if args.audit { Mode::Audit } else { Mode::Fill },
+        ports: args.ports,
+        method: args.method,
+        layout,
+    };
+    // Check every name before touching anything: all or nothing.
+    for iface in &args.interfaces {
+        if !crate::bpffs::valid_ifname(iface) {
+            bail!("{iface:?} is not a valid interface name");
+        }
+        if crate::sys::ifindex(iface).is_none() {
+            bail!("interface {iface:?} not found in this network namespace; nothing was attached");
+        }
+    }
+    let pins = PinDir::prepare(pin_dir)?;
+    let mut added = Vec::new();
+    for iface in &args.interfaces {
+        match attach::attach(&pins, iface, &opts) {
+            Ok(Attached::New(method)) => {
+                println!(
+                    "{iface}: attached ({method}, {}, ports {})",
+                    opts.mode,
+                    ports(&opts.ports)
+                );
+                added.push(iface);
+            }
+            Ok(Attached::Existing(method)) => {
+                println!(
+                    "{iface}: already attached ({method}), now {}, ports {}",
+                    opts.mode,
+                    ports(&opts.ports)
+                );
+            }
+            Err(e) => {
+                // Undo what this command attached so far.
+                for done in added {
+                    let _ = attach::detach(&pins, done);
+                }
+                bail!("{e}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn ports(ports: &[u16]) -> String {
+    ports.iter().map(u16::to_string).collect::<Vec<_>>().join(",")
+}

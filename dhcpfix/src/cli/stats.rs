@@ -1,0 +1,80 @@
+//! `dhcpfix stats [--json] [IFACE...]`
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::output;
+use crate::{
+    bpffs::PinDir,
+    counters::{self, InterfaceStats},
+};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Only these interfaces (default: all attached).
+    #[arg(value_name = "IFACE")]
+    pub interfaces: Vec<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct Stats {
+    interfaces: Vec<InterfaceStats>,
+}
+
+pub fn run(pin_dir: &Path, args: Args) -> anyhow::Result<()> {
+    let pins = PinDir::new(pin_dir);
+    let stats = Stats {
+        interfaces: counters::collect(&pins, &args.interfaces)?,
+    };
+    if let Some(missing) = args
+        .interfaces
+        .iter()
+        .find(|name| !stats.interfaces.iter().any(|s| &s.attachment.name == *name))
+    {
+        anyhow::bail!("{missing}: dhcpfix is not attached there; see `dhcpfix status`");
+    }
+    if args.json {
+        return output::json(&stats);
+    }
+    let rows = stats
+        .interfaces
+        .iter()
+        .map(|s| {
+            let c = &s.counters;
+            vec![
+                s.attachment.name.clone(),
+                s.attachment.mode.map_or("-".into(), |m| m.to_string()),
+                c.seen.to_string(),
+                c.filled.to_string(),
+                c.would_fill.to_string(),
+                c.valid.to_string(),
+                c.deferred.to_string(),
+                c.skipped.to_string(),
+                c.errors.to_string(),
+            ]
+        })
+        .collect();
+    println!(
+        "{}",
+        output::table(
+            &[
+                "interface",
+                "mode",
+                "seen",
+                "filled",
+                "would_fill",
+                "valid",
+                "deferred",
+                "skipped",
+                "errors"
+            ],
+            rows,
+            2
+        )
+    );
+    Ok(())
+}

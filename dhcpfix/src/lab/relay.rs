@@ -1,0 +1,377 @@
+//! Tap creation and the userspace "vhost" relay.
+//!
+//! One thread per lab: it joins the host namespace and creates the host tap
+//! (`IFF_VNET_HDR`, `TUNSETOFFLOAD` as requested), joins the guest namespace
+//! and creates the guest tap, reports back, then shuttles frames between the
+//! two fds until told to stop. The only byte change it ever makes is adding
+//! or removing the 10-byte `virtio_net_hdr`.
+
+use std::fs::OpenOptions;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::{self, JoinHandle};
+
+use super::{netns, GuestKind, LabError, Offload};
+
+/// `sizeof(struct virtio_net_hdr)`, the tun default `TUNSETVNETHDRSZ`.
+pub(crate) const VNET_HDR_LEN: usize = 10;
+/// `VIRTIO_NET_HDR_F_NEEDS_CSUM` in `virtio_net_hdr.flags` (byte 0).
+const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
+/// Big enough for any frame a tap hands out without GSO, plus the header.
+const BUF_LEN: usize = 64 * 1024 + VNET_HDR_LEN;
+
+/// Frame counters of a lab's relay.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RelayStats {
+    /// Frames read from the host tap and written to the guest tap.
+    pub host_to_guest: u64,
+    /// Of those, frames whose vnet header had `VIRTIO_NET_HDR_F_NEEDS_CSUM`
+    /// (i.e. the UDP/TCP checksum in the frame is unfinished).
+    pub host_to_guest_needs_csum: u64,
+    /// Frames read from the guest tap and written to the host tap.
+    pub guest_to_host: u64,
+    /// Reads or writes that failed (frame dropped).
+    pub errors: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    h2g: AtomicU64,
+    h2g_csum: AtomicU64,
+    g2h: AtomicU64,
+    errors: AtomicU64,
+}
+
+pub(crate) struct RelayConfig {
+    pub host_ns: OwnedFd,
+    pub host_ns_name: String,
+    pub guest_ns: OwnedFd,
+    pub guest_ns_name: String,
+    pub host_tap: String,
+    pub guest_tap: String,
+    pub offload: Offload,
+    pub guest: GuestKind,
+}
+
+pub(crate) struct RelayHandle {
+    stop: OwnedFd,
+    thread: Option<JoinHandle<()>>,
+    counters: Arc<Counters>,
+}
+
+impl RelayHandle {
+    pub(crate) fn stats(&self) -> RelayStats {
+        let c = &self.counters;
+        RelayStats {
+            host_to_guest: c.h2g.load(Ordering::Relaxed),
+            host_to_guest_needs_csum: c.h2g_csum.load(Ordering::Relaxed),
+            guest_to_host: c.g2h.load(Ordering::Relaxed),
+            errors: c.errors.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Signals the thread and joins it; its tap fds close, so both
+    /// (non-persistent) taps disappear.
+    pub(crate) fn stop(&mut self) -> Result<(), String> {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to our eventfd.
+        let rc = unsafe {
+            libc::write(
+                self.stop.as_raw_fd(),
+                (&one as *const u64).cast(),
+                std::mem::size_of::<u64>(),
+            )
+        };
+        if rc < 0 {
+            return Err(format!(
+                "write relay stop eventfd: {}",
+                io::Error::last_os_error()
+            ));
+        }
+        match self.thread.take() {
+            Some(t) => t.join().map_err(|_| "relay thread panicked".to_owned()),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for RelayHandle {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            if let Err(e) = self.stop() {
+                log::warn!("lab relay: {e}");
+            }
+        }
+    }
+}
+
+/// Creates both taps (in their namespaces) and starts the relay; returns
+/// once the taps exist or the setup failed.
+pub(crate) fn start(cfg: RelayConfig) -> Result<RelayHandle, LabError> {
+    let stop = netns::eventfd()?;
+    let stop_for_thread = stop.try_clone().map_err(|source| LabError::Sys {
+        op: "dup eventfd",
+        source,
+    })?;
+    let counters = Arc::new(Counters::default());
+    let counters_thread = Arc::clone(&counters);
+    let (tx, rx) = mpsc::sync_channel::<Result<(), LabError>>(1);
+    let thread_name = format!("relay-{}", cfg.guest_ns_name);
+    let relay_ns = cfg.guest_ns_name.clone();
+
+    let thread = thread::Builder::new()
+        .name(thread_name)
+        .spawn(move || {
+            let (host, guest, guest_kind) = match setup(cfg) {
+                Ok(v) => v,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            if tx.send(Ok(())).is_err() {
+                return;
+            }
+            drop(tx);
+            run(&host, &guest, &stop_for_thread, guest_kind, &counters_thread);
+        })
+        .map_err(|source| LabError::Sys {
+            op: "spawn relay thread",
+            source,
+        })?;
+
+    let mut handle = RelayHandle {
+        stop,
+        thread: Some(thread),
+        counters,
+    };
+    match rx.recv() {
+        Ok(Ok(())) => Ok(handle),
+        Ok(Err(e)) => {
+            let _ = handle.thread.take().map(JoinHandle::join);
+            Err(e)
+        }
+        Err(_) => {
+            let _ = handle.thread.take().map(JoinHandle::join);
+            Err(LabError::Relay {
+                netns: relay_ns,
+                reason: "thread exited during tap setup".into(),
+            })
+        }
+    }
+}
+
+/// Runs on the relay thread: creates the taps in their namespaces.
+fn setup(cfg: RelayConfig) -> Result<(OwnedFd, OwnedFd, GuestKind), LabError> {
+    netns::enter(cfg.host_ns.as_fd(), &cfg.host_ns_name)?;
+    let host = open_tap(&cfg.host_tap, true)?;
+    let host_offload = match cfg.offload {
+        Offload::On => libc::TUN_F_CSUM,
+        Offload::Off => 0,
+    };
+    set_offload(&host, &cfg.host_tap, host_offload)?;
+
+    netns::enter(cfg.guest_ns.as_fd(), &cfg.guest_ns_name)?;
+    let guest = match cfg.guest {
+        GuestKind::Legacy => open_tap(&cfg.guest_tap, false)?,
+        GuestKind::Modern => {
+            let fd = open_tap(&cfg.guest_tap, true)?;
+            set_offload(&fd, &cfg.guest_tap, libc::TUN_F_CSUM)?;
+            fd
+        }
+    };
+    Ok((host, guest, cfg.guest))
+}
+
+/// `struct ifreq` as used by TUNSETIFF: name + flags, padded to 40 bytes.
+#[repr(C)]
+struct IfReqFlags {
+    name: [libc::c_char; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+/// Opens /dev/net/tun in the calling thread's network namespace (the tun
+/// device lands in the namespace of the opener) and attaches a tap.
+fn open_tap(name: &str, vnet_hdr: bool) -> Result<OwnedFd, LabError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open("/dev/net/tun")
+        .map_err(|source| LabError::TunOpen { source })?;
+    let fd = OwnedFd::from(file);
+
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return Err(LabError::TunSetIff {
+            name: name.to_owned(),
+            source: io::Error::from_raw_os_error(libc::EINVAL),
+        });
+    }
+    let mut req = IfReqFlags {
+        name: [0; libc::IFNAMSIZ],
+        flags: 0,
+        _pad: [0; 22],
+    };
+    for (dst, src) in req.name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    let mut flags = libc::IFF_TAP | libc::IFF_NO_PI;
+    if vnet_hdr {
+        flags |= libc::IFF_VNET_HDR;
+    }
+    req.flags = flags as libc::c_short;
+    // SAFETY: TUNSETIFF reads/writes a `struct ifreq`; `req` has its layout
+    // and size (40 bytes) and lives across the call.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req as *mut IfReqFlags) };
+    if rc < 0 {
+        return Err(LabError::TunSetIff {
+            name: name.to_owned(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(fd)
+}
+
+fn set_offload(fd: &OwnedFd, name: &str, flags: libc::c_uint) -> Result<(), LabError> {
+    // SAFETY: TUNSETOFFLOAD takes its argument by value; no memory is passed.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETOFFLOAD, libc::c_ulong::from(flags)) };
+    if rc < 0 {
+        return Err(LabError::TunSetOffload {
+            name: name.to_owned(),
+            flags,
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
+fn read_fd(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is a valid writable slice of `buf.len()` bytes.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+fn write_fd(fd: RawFd, buf: &[u8]) -> io::Result<()> {
+    // SAFETY: `buf` is a valid readable slice of `buf.len()` bytes.
+    let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else if n as usize != buf.len() {
+        Err(io::Error::new(io::ErrorKind::WriteZero, "short tap write"))
+    } else {
+        Ok(())
+    }
+}
+
+fn is_transient(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR))
+}
+
+/// The relay loop. `host` carries vnet headers; `guest` does too only for
+/// [`GuestKind::Modern`].
+fn run(host: &OwnedFd, guest: &OwnedFd, stop: &OwnedFd, kind: GuestKind, c: &Counters) {
+    let (h, g, s) = (host.as_raw_fd(), guest.as_raw_fd(), stop.as_raw_fd());
+    let mut buf = vec![0u8; BUF_LEN];
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: h,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: g,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: s,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: `fds` is a valid array of 3 pollfd for the call's duration.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            if is_transient(&e) {
+                continue;
+            }
+            log::error!("lab relay: poll: {e}");
+            return;
+        }
+        if fds[2].revents != 0 {
+            return;
+        }
+        let bad = libc::POLLERR | libc::POLLHUP | libc::POLLNVAL;
+        if fds[0].revents & bad != 0 || fds[1].revents & bad != 0 {
+            log::error!("lab relay: tap fd error/hangup, stopping");
+            return;
+        }
+
+        if fds[0].revents & libc::POLLIN != 0 {
+            // host -> guest
+            match read_fd(h, &mut buf) {
+                Ok(n) if n >= VNET_HDR_LEN => {
+                    if buf[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0 {
+                        c.h2g_csum.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let out = match kind {
+                        GuestKind::Legacy => &buf[VNET_HDR_LEN..n],
+                        GuestKind::Modern => &buf[..n],
+                    };
+                    count(write_fd(g, out), &c.h2g, c, "write guest tap");
+                }
+                Ok(n) => {
+                    log::debug!("lab relay: short host frame ({n} bytes) dropped");
+                    c.errors.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) if is_transient(&e) => {}
+                Err(e) => {
+                    log::debug!("lab relay: read host tap: {e}");
+                    c.errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+
+        if fds[1].revents & libc::POLLIN != 0 {
+            // guest -> host
+            let res = match kind {
+                GuestKind::Legacy => {
+                    buf[..VNET_HDR_LEN].fill(0);
+                    read_fd(g, &mut buf[VNET_HDR_LEN..]).map(|n| n + VNET_HDR_LEN)
+                }
+                GuestKind::Modern => read_fd(g, &mut buf),
+            };
+            match res {
+                Ok(n) => count(write_fd(h, &buf[..n]), &c.g2h, c, "write host tap"),
+                Err(e) if is_transient(&e) => {}
+                Err(e) => {
+                    log::debug!("lab relay: read guest tap: {e}");
+                    c.errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+fn count(res: io::Result<()>, ok: &AtomicU64, c: &Counters, what: &str) {
+    match res {
+        Ok(()) => {
+            ok.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => {
+            // EIO while the peer interface is still down is expected early on.
+            log::debug!("lab relay: {what}: {e}");
+            c.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}

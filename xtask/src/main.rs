@@ -1,0 +1,145 @@
+//! Developer tasks: `cargo xtask setup|build|test|lint|demo`.
+//!
+//! The only place that knows how to get the eBPF toolchain (nightly
+//! `rust-src`, bpf-linker) and the lab's Debian packages onto a machine.
+//! Every step is idempotent, so each task runs set-up first.
+
+mod setup;
+
+use std::{
+    ffi::OsStr,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "dhcpfix developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (idempotent).
+    Setup,
+    /// Set up, then build target/release/dhcpfix.
+    Build,
+    /// Set up, check formatting and lints, run every test.
+    Test {
+        /// Skip cargo fmt and clippy.
+        #[arg(long)]
+        no_lint: bool,
+        /// Extra arguments for `cargo test` (after `--`).
+        #[arg(last = true)]
+        cargo_args: Vec<String>,
+    },
+    /// cargo fmt --check and clippy -D warnings.
+    Lint,
+    /// Set up, build, and run `dhcpfix demo`.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.task {
+        Task::Setup => setup::all().map(|_| ()),
+        Task::Build => {
+            let env = setup::all()?;
+            build_release(&env)
+        }
+        Task::Test { no_lint, cargo_args } => {
+            let env = setup::all()?;
+            if !no_lint {
+                lint(&env)?;
+            }
+            let mut args = vec!["test", "--workspace", "--exclude", "dhcpfix-ebpf"];
+            args.extend(cargo_args.iter().map(String::as_str));
+            cargo(&env, &args)
+        }
+        Task::Lint => {
+            let env = setup::all()?;
+            lint(&env)
+        }
+        Task::Demo => {
+            let env = setup::all()?;
+            build_release(&env)?;
+            let bin = workspace_root().join("target/release/dhcpfix");
+            run_cmd(Command::new(bin).arg("demo").envs(env.vars()))
+        }
+    }
+}
+
+fn build_release(env: &setup::Env) -> Result<()> {
+    cargo(env, &["build", "--release", "--package", "dhcpfix"])?;
+    println!(
+        "built {}",
+        workspace_root().join("target/release/dhcpfix").display()
+    );
+    Ok(())
+}
+
+fn lint(env: &setup::Env) -> Result<()> {
+    cargo(env, &["fmt", "--all", "--check"])?;
+    cargo(
+        env,
+        &[
+            "clippy",
+            "--workspace",
+            "--exclude",
+            "dhcpfix-ebpf",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn cargo(env: &setup::Env, args: &[&str]) -> Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    run_cmd(
+        Command::new(cargo)
+            .args(args)
+            .current_dir(workspace_root())
+            .envs(env.vars()),
+    )
+}
+
+/// Runs `cmd`, inheriting stdio; fails on a non-zero exit.
+pub fn run_cmd(cmd: &mut Command) -> Result<()> {
+    let shown = format!(
+        "{} {}",
+        cmd.get_program().to_string_lossy(),
+        cmd.get_args()
+            .map(OsStr::to_string_lossy)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    eprintln!("+ {shown}");
+    let status = cmd.status().with_context(|| format!("starting {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed: {status}");
+    }
+    Ok(())
+}
