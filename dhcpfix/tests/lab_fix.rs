@@ -194,3 +194,20 @@ fn operator_errors_are_one_line_and_change_nothing() {
     assert!(err.contains("BTF") && err.trim().lines().count() == 1, "{err}");
     lab.destroy().unwrap();
 }
+
+/// `dhcpfix demo` (what `cargo xtask demo` runs) goes as it says.
+#[test]
+fn demo_shows_the_bug_and_the_fix() {
+    if !privileged("demo_shows_the_bug_and_the_fix") {
+        return;
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dhcpfix"))
+        .args(["demo", "--fail-timeout", "5"])
+        .output()
+        .expect("run dhcpfix demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success());
+    assert!(stdout.contains("All as expected"), "{stdout}");
+    assert!(!stdout.contains('✗'), "{stdout}");
+}
