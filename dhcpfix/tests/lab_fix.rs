@@ -51,7 +51,9 @@ fn counters(lab: &Lab) -> Value {
 }
 
 fn count(c: &Value, name: &str) -> u64 {
-    c[name].as_u64().unwrap_or_else(|| panic!("no counter {name} in {c}"))
+    c[name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no counter {name} in {c}"))
 }
 
 /// Every examined packet lands in exactly one outcome.
@@ -67,7 +69,8 @@ fn assert_consistent(c: &Value) {
 
 fn leased(lab: &Lab, out: &ClientOutcome) -> bool {
     eprintln!("{}: lease {:?} in {:.2?}", out.client, out.lease, out.elapsed);
-    out.lease.is_some_and(|ip| ip.octets()[..3] == lab.subnet().octets()[..3])
+    out.lease
+        .is_some_and(|ip| ip.octets()[..3] == lab.subnet().octets()[..3])
 }
 
 #[test]
@@ -78,7 +81,10 @@ fn offload_guest_gets_lease_only_with_dhcpfix() {
     let lab = lab(Offload::On, GuestKind::Legacy);
     // Without the fix the bug is real.
     let before = lab.run_dhclient(FAIL_TIMEOUT).unwrap();
-    assert!(!leased(&lab, &before), "dhclient got a lease without dhcpfix: the lab does not reproduce the bug");
+    assert!(
+        !leased(&lab, &before),
+        "dhclient got a lease without dhcpfix: the lab does not reproduce the bug"
+    );
     assert!(before.bad_checksum_logged, "{}", before.log);
 
     let out = dhcpfix_ok(&lab, &["attach", lab.tap_name()]);
@@ -95,7 +101,10 @@ fn offload_guest_gets_lease_only_with_dhcpfix() {
     let c = counters(&lab);
     assert_consistent(&c);
     let needs_csum = lab.relay_stats().host_to_guest_needs_csum - relay_before;
-    assert!(needs_csum >= 4, "expected OFFER+ACK for two clients, relay saw {needs_csum}");
+    assert!(
+        needs_csum >= 4,
+        "expected OFFER+ACK for two clients, relay saw {needs_csum}"
+    );
     assert_eq!(count(&c, "filled"), needs_csum, "{c}");
     assert_eq!(count(&c, "deferred"), 0, "{c}");
 
@@ -183,12 +192,19 @@ fn operator_errors_are_one_line_and_change_nothing() {
     assert!(err.contains("vnet-missing") && err.contains("not found"), "{err}");
     // All or nothing: the existing tap was not attached either.
     let status: Value = serde_json::from_str(&dhcpfix_ok(&lab, &["status", "--json"])).unwrap();
-    assert_eq!(status["interfaces"].as_array().map(Vec::len).unwrap_or(0), 0, "{status}");
+    assert_eq!(
+        status["interfaces"].as_array().map(Vec::len).unwrap_or(0),
+        0,
+        "{status}"
+    );
 
     // A kernel layout that cannot be resolved fails with a clear message.
     let bogus = lab.work_dir().join("not-btf");
     std::fs::write(&bogus, b"this is not BTF").unwrap();
-    let out = dhcpfix(&lab, &["attach", "--btf", bogus.to_str().unwrap(), lab.tap_name()]);
+    let out = dhcpfix(
+        &lab,
+        &["attach", "--btf", bogus.to_str().unwrap(), lab.tap_name()],
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("BTF") && err.trim().lines().count() == 1, "{err}");
@@ -210,4 +226,30 @@ fn demo_shows_the_bug_and_the_fix() {
     assert!(out.status.success());
     assert!(stdout.contains("All as expected"), "{stdout}");
     assert!(!stdout.contains('✗'), "{stdout}");
+}
+
+/// The netlink clsact path (what kernels before 6.6 get) fixes the guest
+/// too, and detach removes the filter.
+#[test]
+fn netlink_clsact_attachment_works_and_detaches() {
+    if !privileged("netlink_clsact_attachment_works_and_detaches") {
+        return;
+    }
+    let lab = lab(Offload::On, GuestKind::Legacy);
+    assert!(dhcpfix_ok(&lab, &["attach", "--method", "netlink", lab.tap_name()]).contains("netlink"));
+    assert!(
+        dhcpfix_ok(&lab, &["attach", "--method", "netlink", lab.tap_name()]).contains("already attached")
+    );
+    let status: Value = serde_json::from_str(&dhcpfix_ok(&lab, &["status", "--json"])).unwrap();
+    assert_eq!(status["interfaces"][0]["method"], "netlink", "{status}");
+    assert!(leased(&lab, &lab.run_udhcpc(OK_TIMEOUT).unwrap()));
+    let c = counters(&lab);
+    assert_consistent(&c);
+    assert!(count(&c, "filled") >= 2, "{c}");
+    assert!(dhcpfix_ok(&lab, &["detach", lab.tap_name()]).contains("detached"));
+    assert!(
+        !leased(&lab, &lab.run_udhcpc(FAIL_TIMEOUT).unwrap()),
+        "filter still there after detach"
+    );
+    lab.destroy().unwrap();
 }

@@ -70,7 +70,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         offload: Offload::Off,
         guest: GuestKind::Legacy,
     })?;
-    println!("\n3. Guest without checksum offload (firmware, PXE, iPXE): the host kernel completes the checksum");
+    println!(
+        "\n3. Guest without checksum offload (firmware, PXE, iPXE): the host kernel completes the checksum"
+    );
     println!("   without dhcpfix:");
     ok &= expect(&lab.run_dhclient(OK_TIMEOUT)?, true);
     ok &= expect(&lab.run_udhcpc(OK_TIMEOUT)?, true);
@@ -93,14 +95,22 @@ fn expect(out: &ClientOutcome, lease_expected: bool) -> bool {
     let good = out.lease.is_some() == lease_expected;
     let mark = if good { "✓" } else { "✗" };
     match out.lease {
-        Some(ip) => println!("   {mark} {:<8}  lease {ip} in {:.2} s", out.client, out.elapsed.as_secs_f64()),
+        Some(ip) => println!(
+            "   {mark} {:<8}  lease {ip} in {:.2} s",
+            out.client,
+            out.elapsed.as_secs_f64()
+        ),
         None => {
             let why = if out.bad_checksum_logged {
                 format!(": \"{}\"", bad_checksum_line(&out.log))
             } else {
                 String::new()
             };
-            println!("   {mark} {:<8}  no lease after {:.0} s{why}", out.client, out.elapsed.as_secs_f64());
+            println!(
+                "   {mark} {:<8}  no lease after {:.0} s{why}",
+                out.client,
+                out.elapsed.as_secs_f64()
+            );
         }
     }
     good
@@ -132,4 +142,3 @@ fn dhcpfix(exe: &Path, lab: &Lab, args: &[&str]) -> anyhow::Result<bool> {
     }
     Ok(out.status.success())
 }
-

@@ -503,7 +503,11 @@ fn unmount_below(dir: &Path) -> Vec<String> {
         };
         // SAFETY: `c` is a valid NUL-terminated path.
         if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
-            problems.push(format!("umount {}: {}", point.display(), io::Error::last_os_error()));
+            problems.push(format!(
+                "umount {}: {}",
+                point.display(),
+                io::Error::last_os_error()
+            ));
         }
     }
     problems
