@@ -38,11 +38,16 @@ fn parser_matches_reference_on_random_and_mutated_frames() {
     let (mut dhcp, mut skip) = (0, 0);
     for case in 0..20_000 {
         let mut spec = FrameSpec::dhcp_reply(rng.below(2100) as usize, &mut rng);
-        spec.vlans = [vec![], vec![0x8100], vec![0x88a8, 0x8100], vec![0x8100; 3]][rng.below(4) as usize].clone();
+        spec.vlans =
+            [vec![], vec![0x8100], vec![0x88a8, 0x8100], vec![0x8100; 3]][rng.below(4) as usize].clone();
         spec.ip_options = 4 * rng.below(11) as usize;
         spec.dport = [67, 68, 53][rng.below(3) as usize];
         spec.more_fragments = rng.chance(10);
-        spec.frag_offset = if rng.chance(10) { 1 + rng.below(100) as u16 } else { 0 };
+        spec.frag_offset = if rng.chance(10) {
+            1 + rng.below(100) as u16
+        } else {
+            0
+        };
         let mut f = spec.build(Check::Partial);
         if rng.chance(50) {
             let at = rng.below(f.len().min(90) as u64) as usize;
@@ -57,11 +62,17 @@ fn parser_matches_reference_on_random_and_mutated_frames() {
             (Parsed::Other, RefVerdict::Other) => {}
             (Parsed::Skip(_), RefVerdict::Skip) => skip += 1,
             (Parsed::Dhcp(p), RefVerdict::Dhcp { l3, l4, udp_len }) => {
-                assert_eq!((p.l3 as usize, p.l4 as usize, p.udp_len as usize), (l3, l4, udp_len));
+                assert_eq!(
+                    (p.l3 as usize, p.l4 as usize, p.udp_len as usize),
+                    (l3, l4, udp_len)
+                );
                 dhcp += 1;
             }
             (ours, reference) => panic!("case {case}: parser {ours:?}, reference {reference:?}"),
         }
     }
-    assert!(dhcp > 1_000 && skip > 1_000, "generator too narrow: {dhcp} fillable, {skip} skipped");
+    assert!(
+        dhcp > 1_000 && skip > 1_000,
+        "generator too narrow: {dhcp} fillable, {skip} skipped"
+    );
 }
