@@ -10,6 +10,7 @@
 pub mod checksum;
 pub mod config;
 pub mod counters;
+pub mod event;
 pub mod frame;
 pub mod layout;
 
@@ -19,6 +20,8 @@ pub const PROGRAM_NAME: &str = "dhcpfix";
 pub const COUNTERS_MAP: &str = "DHCPFIX_COUNTERS";
 /// Name of the per-interface configuration map (key: ifindex, value: [`config::IfaceConfig`]).
 pub const CONFIG_MAP: &str = "DHCPFIX_CONFIG";
+/// Name of the ring buffer of fill events (records: [`event::FillEvent`]).
+pub const EVENTS_MAP: &str = "DHCPFIX_EVENTS";
 /// Name of the read-only global holding the kernel layout.
 pub const LAYOUT_GLOBAL: &str = "DHCPFIX_LAYOUT";
 /// Name of the read-only global that enables the test-run override.

@@ -20,12 +20,13 @@ use core::ptr;
 use aya_ebpf::{
     helpers::generated::{bpf_csum_diff, bpf_probe_read_kernel, bpf_skb_load_bytes, bpf_skb_store_bytes},
     macros::{classifier, map},
-    maps::{HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::TcContext,
 };
 use dhcpfix_common::{
     config::{IfaceConfig, MODE_AUDIT, MODE_FILL},
     counters::{Counters, Outcome},
+    event::{FillEvent, EVENTS_BYTES, EVENT_FILLED, EVENT_WOULD_FILL},
     frame::{
         self, DhcpPacket, Frame, Parsed, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, IPPROTO_UDP, MAX_UDP_LEN,
         UDP_CHECK_OFFSET,
@@ -63,6 +64,11 @@ static CONFIG: HashMap<u32, IfaceConfig> = HashMap::with_max_entries(MAX_INTERFA
 
 #[map(name = "DHCPFIX_COUNTERS")]
 static COUNTERS: PerCpuHashMap<u32, Counters> = PerCpuHashMap::with_max_entries(MAX_INTERFACES, 0);
+
+/// One [`FillEvent`] per filled (or would-be filled) packet, for the agent's
+/// log. Best effort: when it is full, events are skipped, never fills.
+#[map(name = "DHCPFIX_EVENTS")]
+static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
 /// Bytes summed per `bpf_csum_diff` call (the helper's limit is 512).
 const CHUNK: u32 = 512;
@@ -122,12 +128,31 @@ fn classify(ctx: &TcContext) {
     let outcome = match frame::parse(&SkbFrame(ctx), |port| cfg.watches(port)) {
         Parsed::Other => return,
         Parsed::Skip(_) => Outcome::Skipped,
-        Parsed::Dhcp(packet) => decide(ctx, cfg, &packet),
+        Parsed::Dhcp(packet) => {
+            let outcome = decide(ctx, cfg, &packet);
+            match outcome {
+                Outcome::Filled => emit(ctx, ifindex, &packet, EVENT_FILLED),
+                Outcome::WouldFill => emit(ctx, ifindex, &packet, EVENT_WOULD_FILL),
+                _ => {}
+            }
+            outcome
+        }
     };
     if let Some(counters) = COUNTERS.get_ptr_mut(&ifindex) {
         // SAFETY: per-CPU value of this CPU; nothing else writes it now.
         unsafe { (*counters).record(outcome) };
     }
+}
+
+/// Reports a fill to the agent. Reserves first, so that a full ring buffer
+/// costs one helper call and no packet reads.
+#[inline(always)]
+fn emit(ctx: &TcContext, ifindex: u32, packet: &DhcpPacket, outcome: u8) {
+    let Some(mut entry) = EVENTS.reserve::<FillEvent>(0) else {
+        return;
+    };
+    entry.write(FillEvent::read(&SkbFrame(ctx), ifindex, packet, outcome));
+    entry.submit(0);
 }
 
 /// The fast path: with direct packet access, leave after a few instructions

@@ -35,6 +35,8 @@ pub enum AttachError {
     NoInterface(String),
     #[error("{0:?} is not a valid interface name")]
     BadName(String),
+    #[error("{iface} is a {kind} device: frames towards its guest pass its receive path, not its egress hook, and it does not show the guest's checksum offload; dhcpfix cannot fix them there (see docs/macvtap.md)")]
+    ReceivePathTap { iface: String, kind: String },
     #[error("at most {MAX_PORTS} ports per interface, got {0}")]
     TooManyPorts(usize),
     #[error(transparent)]
@@ -186,7 +188,7 @@ fn resolve_method(method: Method) -> Method {
 }
 
 /// The state of a pinned tcx link.
-enum PinnedLinkState {
+pub(crate) enum PinnedLinkState {
     None,
     /// Attached to `ifindex`.
     Live(u32),
@@ -194,7 +196,7 @@ enum PinnedLinkState {
     Dead,
 }
 
-fn pinned_link_state(pins: &PinDir, iface: &str) -> Result<PinnedLinkState, AttachError> {
+pub(crate) fn pinned_link_state(pins: &PinDir, iface: &str) -> Result<PinnedLinkState, AttachError> {
     let path = pins.link(iface);
     if !path.exists() {
         return Ok(PinnedLinkState::None);
@@ -264,6 +266,15 @@ pub fn attach(pins: &PinDir, iface: &str, opts: &AttachOptions) -> Result<Attach
         return Err(AttachError::TooManyPorts(opts.ports.len()));
     }
     let ifindex = sys::ifindex(iface).ok_or_else(|| AttachError::NoInterface(iface.into()))?;
+    // macvtap/ipvtap: measured in docs/macvtap.md.
+    if let Ok(Some(link)) = crate::integrations::netdev::link(ifindex) {
+        if link.is_rx_handler_tap() {
+            return Err(AttachError::ReceivePathTap {
+                iface: iface.into(),
+                kind: link.kind.unwrap_or_default(),
+            });
+        }
+    }
     let _lock = pins.lock()?;
     let method = resolve_method(opts.method);
     let mut cfg = IfaceConfig::new(opts.mode.raw(), &opts.ports);

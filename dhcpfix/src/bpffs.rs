@@ -6,6 +6,7 @@
 //!   prog                the loaded classifier
 //!   maps/DHCPFIX_CONFIG      per-interface configuration (key: ifindex)
 //!   maps/DHCPFIX_COUNTERS    per-CPU counters (key: ifindex)
+//!   maps/DHCPFIX_EVENTS      fill events (ring buffer, read by `dhcpfix run`)
 //!   links/<ifname>      one tcx link per interface
 //! ```
 

@@ -7,12 +7,15 @@
 //! ([`testrun`]) and the network-namespace lab behind `dhcpfix demo` and
 //! the end-to-end tests ([`lab`]).
 
+pub mod agent;
 pub mod attach;
 pub mod bpffs;
 pub mod cli;
 pub mod counters;
+pub mod integrations;
 pub mod kernel_layout;
 pub mod lab;
+pub mod metrics;
 pub mod program;
 pub mod sys;
 pub mod testrun;

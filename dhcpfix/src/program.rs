@@ -3,13 +3,13 @@
 use std::path::{Path, PathBuf};
 
 use aya::{
-    maps::{HashMap, MapData, PerCpuHashMap},
+    maps::{HashMap, MapData, PerCpuHashMap, RingBuf},
     programs::{ProgramError, SchedClassifier},
     Ebpf, EbpfLoader,
 };
 use dhcpfix_common::{
-    config::IfaceConfig, counters::Counters, layout::KernelLayout, CONFIG_MAP, COUNTERS_MAP, LAYOUT_GLOBAL,
-    PROGRAM_NAME, TEST_MODE_GLOBAL,
+    config::IfaceConfig, counters::Counters, layout::KernelLayout, CONFIG_MAP, COUNTERS_MAP, EVENTS_MAP,
+    LAYOUT_GLOBAL, PROGRAM_NAME, TEST_MODE_GLOBAL,
 };
 
 use crate::{
@@ -122,11 +122,13 @@ pub fn load_or_open(pins: &PinDir, layout: &LayoutSource) -> Result<SchedClassif
     if !prog_pin.exists() {
         let layout = layout.resolve()?;
         let (config_pin, counters_pin) = (pins.map(CONFIG_MAP), pins.map(COUNTERS_MAP));
+        let events_pin = pins.map(EVENTS_MAP);
         let mut ebpf = EbpfLoader::new()
             .override_global(LAYOUT_GLOBAL, &layout, true)
             .override_global(TEST_MODE_GLOBAL, &0u32, true)
             .map_pin_path(CONFIG_MAP, config_pin.as_path())
             .map_pin_path(COUNTERS_MAP, counters_pin.as_path())
+            .map_pin_path(EVENTS_MAP, events_pin.as_path())
             .load(object()?)
             .map_err(LoadError::Object)?;
         let prog = classifier(&mut ebpf, PROGRAM_NAME)?;
@@ -168,6 +170,19 @@ pub fn counters_map(pins: &PinDir) -> Result<PerCpuHashMap<MapData, u32, Counter
         source: Box::new(source),
     })?;
     PerCpuHashMap::try_from(aya::maps::Map::PerCpuHashMap(data)).map_err(|source| LoadError::OpenPinned {
+        path,
+        source: Box::new(source),
+    })
+}
+
+/// The ring buffer of fill events (one reader at a time: `dhcpfix run`).
+pub fn events_map(pins: &PinDir) -> Result<RingBuf<MapData>, LoadError> {
+    let path = pins.map(EVENTS_MAP);
+    let data = MapData::from_pin(&path).map_err(|source| LoadError::OpenPinned {
+        path: path.clone(),
+        source: Box::new(source),
+    })?;
+    RingBuf::try_from(aya::maps::Map::RingBuf(data)).map_err(|source| LoadError::OpenPinned {
         path,
         source: Box::new(source),
     })

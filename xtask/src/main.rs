@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask setup|build|test|lint|demo`.
+//! Developer tasks: `cargo xtask setup|build|test|lint|demo|bench`.
 //!
 //! The only place that knows how to get the eBPF toolchain (nightly
 //! `rust-src`, bpf-linker) and the lab's Debian packages onto a machine.
@@ -41,6 +41,13 @@ enum Task {
     Lint,
     /// Set up, build, and run `dhcpfix demo`.
     Demo,
+    /// Set up, build release binaries, run the benchmarks; writes
+    /// BENCHMARKS.md, bench.json and bench.svg at the repository root.
+    Bench {
+        /// Extra arguments for dhcpfix-bench (after `--`): --quick, --only NAME.
+        #[arg(last = true)]
+        bench_args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -79,7 +86,40 @@ fn run(cli: Cli) -> Result<()> {
             let bin = workspace_root().join("target/release/dhcpfix");
             run_cmd(Command::new(bin).arg("demo").envs(env.vars()))
         }
+        Task::Bench { bench_args } => bench(&bench_args),
     }
+}
+
+/// `cargo xtask bench`: set-up, release build, then the benchmark binary
+/// against the release `dhcpfix`, writing its report at the repository root.
+fn bench(bench_args: &[String]) -> Result<()> {
+    let started = std::time::Instant::now();
+    let env = setup::all()?;
+    cargo(
+        &env,
+        &["build", "--release", "--package", "dhcpfix", "--package", "dhcpfix-bench"],
+    )?;
+    let root = workspace_root();
+    // Where cargo put them: CARGO_TARGET_DIR (relative to the root) or target/.
+    let release = std::env::var_os("CARGO_TARGET_DIR")
+        .map(|d| root.join(d))
+        .unwrap_or_else(|| root.join("target"))
+        .join("release");
+    run_cmd(
+        Command::new(release.join("dhcpfix-bench"))
+            .arg("--dhcpfix")
+            .arg(release.join("dhcpfix"))
+            .arg("--out")
+            .arg(&root)
+            .args(bench_args)
+            .current_dir(&root)
+            .envs(env.vars()),
+    )?;
+    println!(
+        "cargo xtask bench: done in {:.1} minutes (set-up and build included)",
+        started.elapsed().as_secs_f64() / 60.0
+    );
+    Ok(())
 }
 
 fn build_release(env: &setup::Env) -> Result<()> {

@@ -32,6 +32,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("tcpdump", "tcpdump"),
     ("libcap2-bin", "capsh"),
     ("util-linux", "nsenter"),
+    ("curl", "curl"),
 ];
 
 /// Environment for cargo and the tools: PATH with bpf-linker in front.

@@ -7,11 +7,16 @@ use clap::{Parser, Subcommand};
 use crate::bpffs::DEFAULT_PIN_DIR;
 
 mod attach;
+mod clean;
 mod demo;
 mod detach;
+mod doctor;
+mod libvirt_hook;
 mod output;
+mod run;
 mod stats;
 mod status;
+mod watch;
 
 /// Completes the UDP checksum of DHCP packets on KVM guests' taps, so guests
 /// whose DHCP client reads raw frames get their leases.
@@ -39,6 +44,31 @@ pub enum Command {
     Stats(stats::Args),
     /// Build a lab in network namespaces and show the fix at work.
     Demo(demo::Args),
+    /// Run the host agent: attach to matching interfaces as they appear,
+    /// log fills, serve metrics.
+    Run(run::Args),
+    /// Show a live per-interface table of the counters and their rates.
+    Watch(watch::Args),
+    /// Remove pins of deleted interfaces and stale entries (--all: everything).
+    Clean(clean::Args),
+    /// Check the host: kernel support, each guest tap and what covers it,
+    /// host DHCP servers, other checksum fixes. Exits 2 if action is needed.
+    Doctor(doctor::Args),
+    /// libvirt qemu hook (contrib/libvirt/qemu.d/dhcpfix): domain XML on
+    /// stdin, libvirt's arguments after `--`. Always exits 0, prints nothing.
+    #[command(disable_help_flag = true, disable_version_flag = true)]
+    LibvirtHook(libvirt_hook::Args),
+}
+
+impl Cli {
+    /// The log level when RUST_LOG is not set: the agent reports what it
+    /// does at info level; one-shot commands only warn.
+    pub fn default_log_filter(&self) -> &'static str {
+        match self.command {
+            Command::Run(_) => "info",
+            _ => "warn",
+        }
+    }
 }
 
 /// Runs the parsed command. Errors are meant to be printed on one line.
@@ -49,5 +79,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => status::run(&cli.pin_dir, args),
         Command::Stats(args) => stats::run(&cli.pin_dir, args),
         Command::Demo(args) => demo::run(args),
+        Command::Run(args) => run::run(&cli.pin_dir, args),
+        Command::Watch(args) => watch::run(&cli.pin_dir, args),
+        Command::Clean(args) => clean::run(&cli.pin_dir, args),
+        Command::Doctor(args) => doctor::run(&cli.pin_dir, args),
+        Command::LibvirtHook(args) => libvirt_hook::run(&cli.pin_dir, args),
     }
 }

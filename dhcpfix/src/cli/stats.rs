@@ -1,4 +1,4 @@
-//! `dhcpfix stats [--json] [IFACE...]`
+//! `dhcpfix stats [--format table|json|prometheus] [--json] [IFACE...]`
 
 use std::path::Path;
 
@@ -15,9 +15,20 @@ pub struct Args {
     /// Only these interfaces (default: all attached).
     #[arg(value_name = "IFACE")]
     pub interfaces: Vec<String>,
-    /// Print JSON instead of a table.
-    #[arg(long)]
+    /// Print JSON instead of a table (same as --format json).
+    #[arg(long, conflicts_with = "format")]
     pub json: bool,
+    /// Output format; prometheus prints the same text as `dhcpfix run`'s
+    /// /metrics (for the node exporter's textfile collector).
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+    Prometheus,
 }
 
 #[derive(Serialize)]
@@ -37,8 +48,12 @@ pub fn run(pin_dir: &Path, args: Args) -> anyhow::Result<()> {
     {
         anyhow::bail!("{missing}: dhcpfix is not attached there; see `dhcpfix status`");
     }
-    if args.json {
+    if args.json || args.format == Format::Json {
         return output::json(&stats);
+    }
+    if args.format == Format::Prometheus {
+        print!("{}", crate::metrics::encode(&stats.interfaces)?);
+        return Ok(());
     }
     let rows = stats
         .interfaces

@@ -1,0 +1,215 @@
+//! `bench.svg`: per-packet cost, throughput against the workarounds, and
+//! cold attach times, each with its spread and its target.
+
+use std::{error::Error, path::Path};
+
+use plotters::{coord::Shift, prelude::*};
+
+use crate::{
+    error::{BenchError, Result},
+    report::{self, Report},
+    stats::Stat,
+};
+
+type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
+type DrawResult = std::result::Result<(), Box<dyn Error>>;
+
+const FONT: &str = "sans-serif";
+const BAR: RGBColor = RGBColor(70, 110, 170);
+const TARGET: RGBColor = RGBColor(200, 60, 50);
+
+pub fn draw(report: &Report, path: &Path) -> Result<()> {
+    draw_all(report, path).map_err(|e| BenchError::Chart {
+        path: path.into(),
+        detail: e.to_string(),
+    })
+}
+
+fn draw_all(report: &Report, path: &Path) -> DrawResult {
+    let root = SVGBackend::new(path, (1500, 480)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let title = format!(
+        "dhcpfix benchmarks ({}, {} CPUs, {}){}",
+        report.machine.kernel,
+        report.machine.nproc,
+        report.generated_utc,
+        if report.quick { " QUICK RUN" } else { "" }
+    );
+    let root = root.titled(&title, (FONT, 20))?;
+    let panels = root.split_evenly((1, 3));
+    prog_cost(report, &panels[0])?;
+    throughput(report, &panels[1])?;
+    cold_attach(report, &panels[2])?;
+    root.present()?;
+    Ok(())
+}
+
+fn not_measured(area: &Area<'_>, what: &str) -> DrawResult {
+    area.draw(&Text::new(format!("{what}: not measured"), (40, 200), (FONT, 14)))?;
+    Ok(())
+}
+
+/// Bars of medians with min–max whiskers and an optional target line.
+fn bars(
+    area: &Area<'_>,
+    title: &str,
+    y_desc: &str,
+    labels: &[&str],
+    stats: &[&Stat],
+    target: Option<f64>,
+) -> DrawResult {
+    let top = stats
+        .iter()
+        .map(|s| s.max)
+        .chain(target)
+        .fold(0.0, f64::max)
+        .max(1e-9)
+        * 1.15;
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, (FONT, 15))
+        .margin(12)
+        .x_label_area_size(35)
+        .y_label_area_size(60)
+        // A segmented 0..n has n + 1 segments.
+        .build_cartesian_2d((0..labels.len().saturating_sub(1)).into_segmented(), 0f64..top)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(labels.len())
+        .x_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) => labels.get(*i).map_or(String::new(), |s| (*s).to_owned()),
+            _ => String::new(),
+        })
+        .x_label_style((FONT, 11))
+        .y_desc(y_desc)
+        .draw()?;
+    chart.draw_series(stats.iter().enumerate().map(|(i, s)| {
+        let mut bar = Rectangle::new(
+            [
+                (SegmentValue::Exact(i), 0.0),
+                (SegmentValue::Exact(i + 1), s.median),
+            ],
+            BAR.filled(),
+        );
+        bar.set_margin(0, 0, 6, 6);
+        bar
+    }))?;
+    chart.draw_series(stats.iter().enumerate().map(|(i, s)| {
+        PathElement::new(
+            vec![
+                (SegmentValue::CenterOf(i), s.min),
+                (SegmentValue::CenterOf(i), s.max),
+            ],
+            BLACK.stroke_width(2),
+        )
+    }))?;
+    if let Some(t) = target {
+        chart.draw_series(std::iter::once(PathElement::new(
+            vec![(SegmentValue::Exact(0), t), (SegmentValue::Last, t)],
+            TARGET.stroke_width(2),
+        )))?;
+    }
+    Ok(())
+}
+
+fn prog_cost(report: &Report, area: &Area<'_>) -> DrawResult {
+    let Some(pc) = &report.prog_cost else {
+        return not_measured(area, "per-packet cost");
+    };
+    let short = |key: &str| match key {
+        "empty" => "empty",
+        "tcp_ipv4" => "TCP",
+        "udp_ipv4" => "UDP",
+        "tcp_ipv6" => "IPv6",
+        "arp" => "ARP",
+        "udp_ipv4_lookup_only" => "UDP lookup",
+        "dhcp_fill_300" => "fill 300",
+        "dhcp_fill_576" => "fill 576",
+        "dhcp_fill_1472" => "fill 1472",
+        _ => "?",
+    };
+    let labels: Vec<&str> = pc.cases.iter().map(|c| short(&c.key)).collect();
+    let stats: Vec<&Stat> = pc.cases.iter().map(|c| &c.ns).collect();
+    let floor = pc
+        .cases
+        .first()
+        .map(|c| c.ns.median * report::FAST_PATH_MAX_RATIO);
+    bars(
+        area,
+        "ns per packet (BPF_PROG_TEST_RUN); red: 1.5x empty",
+        "ns per packet",
+        &labels,
+        &stats,
+        floor,
+    )
+}
+
+fn throughput(report: &Report, area: &Area<'_>) -> DrawResult {
+    let Some(t) = &report.throughput else {
+        return not_measured(area, "throughput");
+    };
+    let short = |key: &str| match key {
+        "nothing" => "nothing",
+        "dhcpfix" => "dhcpfix",
+        "ethtool_tx_off" => "tx off",
+        "iptables_checksum" => "iptables",
+        _ => "?",
+    };
+    let labels: Vec<&str> = t.variants.iter().map(|v| short(&v.key)).collect();
+    let stats: Vec<&Stat> = t.variants.iter().map(|v| &v.gbit_s).collect();
+    let target = t
+        .variants
+        .first()
+        .map(|v| v.gbit_s.median * report::THROUGHPUT_MIN_RATIO);
+    bars(
+        area,
+        "bulk TCP over veth, Gbit/s; red: 98% of nothing",
+        "Gbit/s",
+        &labels,
+        &stats,
+        target,
+    )
+}
+
+fn cold_attach(report: &Report, area: &Area<'_>) -> DrawResult {
+    let Some(s) = &report.scale else {
+        return not_measured(area, "cold attach");
+    };
+    let mut sorted = s.cold_attach.samples_ms.clone();
+    sorted.sort_by(f64::total_cmp);
+    let top = sorted
+        .last()
+        .copied()
+        .unwrap_or(0.0)
+        .max(report::COLD_ATTACH_MAX_MS)
+        * 1.1;
+    let mut chart = ChartBuilder::on(area)
+        .caption(
+            format!("one cold `dhcpfix attach`, {} taps; red: 50 ms", s.taps),
+            (FONT, 15),
+        )
+        .margin(12)
+        .x_label_area_size(35)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..100f64, 0f64..top)?;
+    chart
+        .configure_mesh()
+        .x_desc("percentile of calls")
+        .y_desc("ms")
+        .draw()?;
+    let n = sorted.len().max(2) - 1;
+    let points: Vec<(f64, f64)> = sorted
+        .iter()
+        .enumerate()
+        .map(|(i, ms)| (i as f64 * 100.0 / n as f64, *ms))
+        .collect();
+    chart.draw_series(std::iter::once(PathElement::new(points, BAR.stroke_width(2))))?;
+    chart.draw_series(std::iter::once(PathElement::new(
+        vec![
+            (0.0, report::COLD_ATTACH_MAX_MS),
+            (100.0, report::COLD_ATTACH_MAX_MS),
+        ],
+        TARGET.stroke_width(2),
+    )))?;
+    Ok(())
+}

@@ -1,0 +1,166 @@
+//! `dhcpfix-bench`: what dhcpfix costs, against the workarounds, on one host
+//! and at 1000 taps. Run by `cargo xtask bench`; writes `BENCHMARKS.md`,
+//! `bench.json` and `bench.svg`.
+//!
+//! Every figure is a median over repetitions with its spread, and every
+//! comparison is a ratio taken within one repetition, with the variants
+//! interleaved: the machines this runs on are shared and noisy.
+
+pub mod bpfsys;
+pub mod chart;
+pub mod dhcpfix_cli;
+pub mod error;
+pub mod frames;
+pub mod machine;
+pub mod process;
+pub mod prog_cost;
+pub mod report;
+pub mod sandbox;
+pub mod scale;
+pub mod stats;
+pub mod storm;
+pub mod throughput;
+pub mod topology;
+
+use std::{path::PathBuf, time::Instant};
+
+pub use error::{BenchError, Result};
+use report::Report;
+
+/// The four benchmarks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Section {
+    /// Per-packet cost in the kernel (BPF_PROG_TEST_RUN).
+    ProgCost,
+    /// Bulk TCP throughput against the workarounds.
+    Throughput,
+    /// 1000 taps: attach times, agent, kernel memory.
+    Scale,
+    /// DHCP reply storm under bulk traffic.
+    Storm,
+}
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Tiny repeat counts, 10 taps, 1 s runs: a smoke run, not a benchmark.
+    pub quick: bool,
+    /// Where BENCHMARKS.md, bench.json and bench.svg go.
+    pub out: PathBuf,
+    /// The dhcpfix binary under test.
+    pub dhcpfix: PathBuf,
+    /// Run only these sections (all when empty).
+    pub only: Vec<Section>,
+}
+
+/// Sizes of one run.
+#[derive(Clone, Copy, Debug)]
+pub struct Plan {
+    pub prog_cost: prog_cost::Config,
+    pub throughput: throughput::Config,
+    pub scale: scale::Config,
+    pub storm: storm::Config,
+}
+
+impl Plan {
+    pub fn new(quick: bool) -> Plan {
+        if quick {
+            Plan {
+                prog_cost: prog_cost::Config {
+                    repeat: 10_000,
+                    repetitions: 3,
+                },
+                throughput: throughput::Config {
+                    secs: 1.0,
+                    repetitions: 1,
+                },
+                scale: scale::Config { taps: 10 },
+                storm: storm::Config {
+                    secs: 1.0,
+                    rate: 20_000,
+                    repetitions: 1,
+                    dhcp_bytes: 300,
+                },
+            }
+        } else {
+            Plan {
+                prog_cost: prog_cost::Config {
+                    repeat: 1_000_000,
+                    repetitions: 15,
+                },
+                throughput: throughput::Config {
+                    secs: 2.5,
+                    repetitions: 8,
+                },
+                scale: scale::Config { taps: 1000 },
+                storm: storm::Config {
+                    secs: 3.0,
+                    rate: 100_000,
+                    repetitions: 3,
+                    dhcp_bytes: 300,
+                },
+            }
+        }
+    }
+}
+
+/// Runs the selected benchmarks and writes the report files.
+pub fn run(opts: &Options) -> Result<Report> {
+    let started = Instant::now();
+    let plan = Plan::new(opts.quick);
+    let wants = |s: Section| opts.only.is_empty() || opts.only.contains(&s);
+    let mut machine = machine::Machine::probe();
+    let generated_utc = machine::utc_now();
+    let sb = sandbox::Sandbox::create()?;
+    let needs_binary = wants(Section::Throughput) || wants(Section::Scale) || wants(Section::Storm);
+    let dhcpfix = if needs_binary {
+        Some(dhcpfix_cli::Dhcpfix::new(&opts.dhcpfix)?)
+    } else {
+        None
+    };
+    let binary = || {
+        dhcpfix
+            .as_ref()
+            .ok_or_else(|| BenchError::NoBinary(opts.dhcpfix.clone()))
+    };
+
+    let prog_cost = if wants(Section::ProgCost) {
+        eprintln!("dhcpfix-bench: per-packet cost (BPF_PROG_TEST_RUN)");
+        Some(prog_cost::run(plan.prog_cost)?)
+    } else {
+        None
+    };
+    let throughput = if wants(Section::Throughput) {
+        eprintln!("dhcpfix-bench: bulk TCP throughput");
+        Some(throughput::run(&sb, binary()?, plan.throughput)?)
+    } else {
+        None
+    };
+    let scale = if wants(Section::Scale) {
+        eprintln!("dhcpfix-bench: {} taps", plan.scale.taps);
+        Some(scale::run(&sb, binary()?, plan.scale)?)
+    } else {
+        None
+    };
+    let storm = if wants(Section::Storm) {
+        eprintln!("dhcpfix-bench: DHCP storm");
+        Some(storm::run(&sb, binary()?, plan.storm)?)
+    } else {
+        None
+    };
+    drop(sb);
+    machine.load_end = machine::load_average();
+
+    let report = Report::new(report::Parts {
+        generated_utc,
+        quick: opts.quick,
+        wall_time_s: started.elapsed().as_secs_f64(),
+        machine,
+        dhcpfix_binary: opts.dhcpfix.display().to_string(),
+        prog_cost,
+        throughput,
+        scale,
+        storm,
+    });
+    report.write(&opts.out)?;
+    Ok(report)
+}

@@ -1,0 +1,356 @@
+//! The fill path under load: a DHCP reply storm (UDP from port 67 to port
+//! 68, sent by a UDP socket in the sending namespace) over the veth with
+//! dhcpfix attached, while iperf3 bulk traffic runs through the same device.
+//! veth offers checksum offload, so every datagram leaves as a
+//! `CHECKSUM_PARTIAL` skb and must be filled: the counters must say exactly
+//! that, and a raw packet socket on the receiving side checks the
+//! checksums in userspace.
+
+use std::{
+    fs, io, mem,
+    net::UdpSocket,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    dhcpfix_cli::{Counters, Dhcpfix},
+    error::{BenchError, Result},
+    frames,
+    process::{self, spawn_in_netns},
+    sandbox::Sandbox,
+    stats::Stat,
+    topology::{self, IperfServer, VethPair, RECEIVER_IF, RECEIVER_IP, SENDER_IF, SENDER_IP},
+};
+
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    /// How long the storm lasts.
+    pub secs: f64,
+    /// Datagrams per second the sender aims for.
+    pub rate: u64,
+    pub repetitions: usize,
+    /// DHCP message size (UDP payload).
+    pub dhcp_bytes: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StormRun {
+    /// Datagrams the kernel accepted (`send` succeeded).
+    pub sent: u64,
+    pub send_errors: u64,
+    pub elapsed_s: f64,
+    pub achieved_rate: f64,
+    /// dhcpfix's counters on the sending device afterwards.
+    pub counters: Counters,
+    /// Datagrams the packet socket captured and checked.
+    pub captured: u64,
+    pub checksum_ok: u64,
+    pub checksum_bad: u64,
+    /// iperf3 throughput during the storm.
+    pub bulk_gbit_s: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Storm {
+    pub target_rate: u64,
+    pub secs: f64,
+    pub dhcp_bytes: usize,
+    pub achieved_rate: Stat,
+    pub bulk_gbit_s: Stat,
+    /// `filled == sent`, `seen == filled` and `errors == 0` in every run.
+    pub counters_exact: bool,
+    /// No captured datagram had a bad checksum, and some were captured.
+    pub checksums_ok: bool,
+    pub runs: Vec<StormRun>,
+}
+
+pub fn run(sb: &Sandbox, dhcpfix: &Dhcpfix, cfg: Config) -> Result<Storm> {
+    let mut runs = Vec::with_capacity(cfg.repetitions);
+    for rep in 0..cfg.repetitions {
+        let r = one(sb, dhcpfix, cfg)?;
+        eprintln!(
+            "  storm rep {}/{}: {} sent at {:.0}/s, filled {}, errors {}, {} captured, {} bad, bulk {:.2} Gbit/s",
+            rep + 1,
+            cfg.repetitions,
+            r.sent,
+            r.achieved_rate,
+            r.counters.filled,
+            r.counters.errors,
+            r.captured,
+            r.checksum_bad,
+            r.bulk_gbit_s
+        );
+        runs.push(r);
+    }
+    let rates: Vec<f64> = runs.iter().map(|r| r.achieved_rate).collect();
+    let bulk: Vec<f64> = runs.iter().map(|r| r.bulk_gbit_s).collect();
+    Ok(Storm {
+        target_rate: cfg.rate,
+        secs: cfg.secs,
+        dhcp_bytes: cfg.dhcp_bytes,
+        achieved_rate: Stat::of(&rates),
+        bulk_gbit_s: Stat::of(&bulk),
+        counters_exact: runs.iter().all(|r| counters_exact(r.sent, &r.counters)),
+        checksums_ok: runs.iter().all(|r| r.checksum_bad == 0 && r.checksum_ok > 0),
+        runs,
+    })
+}
+
+fn counters_exact(sent: u64, c: &Counters) -> bool {
+    c.filled == sent && c.seen == c.filled && c.errors == 0
+}
+
+fn one(sb: &Sandbox, dhcpfix: &Dhcpfix, cfg: Config) -> Result<StormRun> {
+    let pair = VethPair::create(sb)?;
+    let pin_dir = sb.pin_dir("storm");
+    let result = (|| {
+        dhcpfix.attach(&pair.sender, &pin_dir, &[SENDER_IF.to_string()])?;
+
+        // A socket on port 68 on the receiving side, so the datagrams are
+        // delivered (and dropped when its buffer is full), not answered with
+        // ICMP port unreachable.
+        let sink = process::in_netns(pair.receiver.path(), || {
+            UdpSocket::bind((RECEIVER_IP, 68)).map_err(BenchError::sys("bind UDP port 68"))
+        })?;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let stop_rx = Arc::clone(&stop);
+        let capture = spawn_in_netns(pair.receiver.path(), "capture", move || {
+            capture(&stop_rx, ready_tx)
+        })?;
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .map_err(|_| BenchError::Check("the packet socket did not start".into()))?;
+
+        let server = IperfServer::start(&pair.receiver)?;
+        let mut client = topology::iperf_client(&pair.sender, cfg.secs + 1.0)?;
+        let shown = process::shown(&client);
+        let limit = Duration::from_secs_f64(cfg.secs + 25.0);
+        let bulk = thread::spawn(move || process::run_unchecked(&mut client, None, limit));
+        // Let the bulk transfer get going first.
+        thread::sleep(Duration::from_millis(500));
+
+        let (secs, rate, size) = (cfg.secs, cfg.rate, cfg.dhcp_bytes);
+        let sender = spawn_in_netns(pair.sender.path(), "storm", move || send(secs, rate, size))?;
+        let sent = sender
+            .join()
+            .map_err(|_| BenchError::Check("the storm sender panicked".into()))?;
+        let bulk_out = bulk
+            .join()
+            .map_err(|_| BenchError::Check("the iperf3 waiter panicked".into()))?;
+        stop.store(true, Ordering::Relaxed);
+        let captured = capture
+            .join()
+            .map_err(|_| BenchError::Check("the packet socket thread panicked".into()))?;
+        drop(server);
+        drop(sink);
+        let (sent, send_errors, elapsed_s) = sent?;
+        let bulk_gbit_s = topology::parse_iperf(&bulk_out?.stdout, &shown)?;
+        let captured = captured?;
+        let counters = dhcpfix.counters(&pair.sender, &pin_dir, SENDER_IF)?;
+        let run = StormRun {
+            sent,
+            send_errors,
+            elapsed_s,
+            achieved_rate: sent as f64 / elapsed_s,
+            counters,
+            captured: captured.captured,
+            checksum_ok: captured.ok,
+            checksum_bad: captured.bad,
+            bulk_gbit_s,
+        };
+        if !counters_exact(run.sent, &run.counters) {
+            return Err(BenchError::Check(format!(
+                "storm: {} datagrams sent, counters {:?}",
+                run.sent, run.counters
+            )));
+        }
+        if run.checksum_bad != 0 || run.checksum_ok == 0 {
+            return Err(BenchError::Check(format!(
+                "storm: {} captured datagrams verified, {} had a bad UDP checksum",
+                run.checksum_ok, run.checksum_bad
+            )));
+        }
+        Ok(run)
+    })();
+    drop(pair);
+    if pin_dir.exists() {
+        fs::remove_dir_all(&pin_dir).map_err(BenchError::io("remove", &pin_dir))?;
+    }
+    result
+}
+
+/// Sends DHCP ACKs from port 67 to port 68 at `rate` per second for `secs`
+/// seconds (flat out when it cannot keep up). Returns (accepted, failed,
+/// elapsed seconds).
+fn send(secs: f64, rate: u64, dhcp_bytes: usize) -> Result<(u64, u64, f64)> {
+    let sock = UdpSocket::bind((SENDER_IP, 67)).map_err(BenchError::sys("bind UDP port 67"))?;
+    sock.connect((RECEIVER_IP, 68))
+        .map_err(BenchError::sys("connect UDP socket"))?;
+    let msg = frames::dhcp_ack(dhcp_bytes);
+    let (mut sent, mut failed, mut attempts) = (0u64, 0u64, 0u64);
+    let start = Instant::now();
+    loop {
+        let elapsed = start.elapsed().as_secs_f64();
+        if elapsed >= secs {
+            break;
+        }
+        let due = (elapsed * rate as f64) as u64;
+        if attempts >= due {
+            thread::sleep(Duration::from_micros(100));
+            continue;
+        }
+        while attempts < due {
+            match sock.send(&msg) {
+                Ok(_) => sent += 1,
+                Err(_) => failed += 1,
+            }
+            attempts += 1;
+        }
+    }
+    Ok((sent, failed, start.elapsed().as_secs_f64()))
+}
+
+struct Captured {
+    captured: u64,
+    ok: u64,
+    bad: u64,
+}
+
+/// Classic BPF for "IPv4, UDP, not a fragment, destination port 68", so
+/// the packet socket does not copy the bulk TCP traffic.
+fn dhcp_client_filter() -> [libc::sock_filter; 11] {
+    let op = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
+    [
+        op(0x28, 0, 0, 12),     // ldh [12]          ethertype
+        op(0x15, 0, 8, 0x0800), // jeq IPv4, else drop
+        op(0x30, 0, 0, 23),     // ldb [23]          protocol
+        op(0x15, 0, 6, 17),     // jeq UDP, else drop
+        op(0x28, 0, 0, 20),     // ldh [20]          flags + fragment offset
+        op(0x45, 4, 0, 0x1fff), // jset offset -> drop
+        op(0xb1, 0, 0, 14),     // ldxb 4*([14]&0xf) IP header length
+        op(0x48, 0, 0, 16),     // ldh [x+16]        UDP destination port
+        op(0x15, 0, 1, 68),     // jeq 68, else drop
+        op(0x06, 0, 0, 0xffff), // accept
+        op(0x06, 0, 0, 0),      // drop
+    ]
+}
+
+fn setsockopt<T>(fd: &OwnedFd, level: i32, name: i32, value: &T, what: &'static str) -> Result<()> {
+    // SAFETY: `value` points to a live T of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (value as *const T).cast(),
+            mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(BenchError::sys(what)(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Captures DHCP-client-port datagrams arriving on the receiving device and
+/// verifies each UDP checksum, until `stop`.
+fn capture(stop: &AtomicBool, ready: mpsc::Sender<()>) -> Result<Captured> {
+    let proto = (libc::ETH_P_IP as u16).to_be();
+    // SAFETY: socket(2) with constant arguments.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            i32::from(proto),
+        )
+    };
+    if raw < 0 {
+        return Err(BenchError::sys("socket(AF_PACKET)")(io::Error::last_os_error()));
+    }
+    // SAFETY: a fresh descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let mut filter = dhcp_client_filter();
+    let prog = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_mut_ptr(),
+    };
+    setsockopt(
+        &fd,
+        libc::SOL_SOCKET,
+        libc::SO_ATTACH_FILTER,
+        &prog,
+        "SO_ATTACH_FILTER",
+    )?;
+    setsockopt(
+        &fd,
+        libc::SOL_SOCKET,
+        libc::SO_RCVBUFFORCE,
+        &(8 << 20),
+        "SO_RCVBUFFORCE",
+    )?;
+    let timeout = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 100_000,
+    };
+    setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &timeout, "SO_RCVTIMEO")?;
+    let ifindex = dhcpfix::sys::ifindex(RECEIVER_IF)
+        .ok_or_else(|| BenchError::Check(format!("{RECEIVER_IF} not found")))?;
+    // SAFETY: a zeroed sockaddr_ll is valid; the fields set below complete it.
+    let mut addr: libc::sockaddr_ll = unsafe { mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_protocol = proto;
+    addr.sll_ifindex = ifindex as i32;
+    // SAFETY: `addr` is a valid sockaddr_ll of the size passed.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_ll).cast(),
+            mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(BenchError::sys("bind(AF_PACKET)")(io::Error::last_os_error()));
+    }
+    let _ = ready.send(());
+
+    let mut buf = vec![0u8; 65536];
+    let mut c = Captured {
+        captured: 0,
+        ok: 0,
+        bad: 0,
+    };
+    while !stop.load(Ordering::Relaxed) {
+        // SAFETY: `buf` is writable for its full length.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => continue,
+                _ => return Err(BenchError::sys("recv(AF_PACKET)")(e)),
+            }
+        }
+        let Some(view) = frames::udp_view(&buf[..n as usize]) else {
+            continue;
+        };
+        if view.sport != 67 || view.dport != 68 {
+            continue;
+        }
+        c.captured += 1;
+        if frames::udp_checksum_ok(&view) {
+            c.ok += 1;
+        } else {
+            c.bad += 1;
+        }
+    }
+    Ok(c)
+}

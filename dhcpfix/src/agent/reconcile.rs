@@ -1,0 +1,251 @@
+//! Bringing the attachments in line with the interfaces that exist: attach
+//! to every matching interface, keep what is attached already, remove what
+//! deleted interfaces left behind.
+//!
+//! The pins are the truth, not the agent's memory: a full pass rebuilds
+//! everything from them and from the kernel's list of interfaces, so an
+//! agent that was killed, restarted or missed events converges.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    thread,
+    time::Duration,
+};
+
+use aya::programs::ProgramError;
+
+use super::{cleanup, netlink::Link, pattern::Patterns, AgentError};
+use crate::{
+    attach::{self, AttachOptions, Attached, Method},
+    bpffs::PinDir,
+};
+
+/// The agent's view of its interfaces.
+pub struct Reconciler {
+    pins: PinDir,
+    patterns: Patterns,
+    opts: AttachOptions,
+    /// Matching interfaces attached now: ifindex -> name.
+    managed: BTreeMap<u32, String>,
+    /// Matching interfaces that could not be attached, with the error:
+    /// retried on full passes only, and logged again only if it changes.
+    failed: BTreeMap<u32, (String, String)>,
+}
+
+impl Reconciler {
+    pub fn new(pins: PinDir, patterns: Patterns, opts: AttachOptions) -> Self {
+        Self {
+            pins,
+            patterns,
+            opts,
+            managed: BTreeMap::new(),
+            failed: BTreeMap::new(),
+        }
+    }
+
+    /// Interfaces the agent covers now, by ifindex.
+    pub fn managed(&self) -> &BTreeMap<u32, String> {
+        &self.managed
+    }
+
+    /// The name of `ifindex` if the agent covers it.
+    pub fn name_of(&self, ifindex: u32) -> Option<&str> {
+        self.managed.get(&ifindex).map(String::as_str)
+    }
+
+    /// A full pass over `links`, every interface of the namespace.
+    pub fn full(&mut self, links: &[Link]) -> Result<(), AgentError> {
+        let by_index: HashMap<u32, &str> = links.iter().map(|l| (l.ifindex, l.name.as_str())).collect();
+        // Dead pins first, so that a re-created interface is attached anew.
+        for name in cleanup::remove_dead(&self.pins)?.dead_pins {
+            log::info!("detached {name}: the interface is gone; removed its pin");
+        }
+        let mut attached: HashMap<String, u32> = HashMap::new();
+        for a in attach::list(&self.pins)? {
+            if !a.attached {
+                continue;
+            }
+            match by_index.get(&a.ifindex) {
+                Some(now) if *now == a.name => {
+                    attached.insert(a.name, a.ifindex);
+                }
+                // The interface behind this pin was renamed. A pin named
+                // after one of our patterns is ours to fix.
+                Some(now) if a.method == Method::Tcx && self.patterns.matches(&a.name) => {
+                    let link = Link {
+                        ifindex: a.ifindex,
+                        name: (*now).to_owned(),
+                    };
+                    if self.follow_rename(&a.name, &link) {
+                        attached.insert(link.name, link.ifindex);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let before = std::mem::take(&mut self.managed);
+        self.failed
+            .retain(|ifindex, (name, _)| by_index.get(ifindex) == Some(&name.as_str()));
+        for link in links {
+            if !self.patterns.matches(&link.name) {
+                continue;
+            }
+            let is_attached = attached.get(&link.name) == Some(&link.ifindex);
+            if is_attached && before.get(&link.ifindex) == Some(&link.name) {
+                self.managed.insert(link.ifindex, link.name.clone());
+            } else {
+                // New to this agent: attach, or adopt what is attached
+                // already (its counters stay; its mode and ports become
+                // this agent's).
+                self.attach(link);
+            }
+        }
+        Ok(())
+    }
+
+    /// `RTM_NEWLINK`: a new interface, or a change to one (up, master, name).
+    pub fn changed(&mut self, link: &Link) {
+        let known = self.managed.get(&link.ifindex).cloned();
+        if known.as_deref() == Some(link.name.as_str()) {
+            // The common case: flags changed on an interface we cover.
+            return;
+        }
+        if let Some(old) = known {
+            // Renamed: its pin carries the old name.
+            self.managed.remove(&link.ifindex);
+            if self.follow_rename(&old, link) {
+                self.managed.insert(link.ifindex, link.name.clone());
+                return;
+            }
+        }
+        let failed_before = self
+            .failed
+            .get(&link.ifindex)
+            .is_some_and(|(name, _)| *name == link.name);
+        if self.patterns.matches(&link.name) && !failed_before {
+            self.attach(link);
+        }
+    }
+
+    /// `RTM_DELLINK`: the interface is gone, and so is its attachment; its
+    /// pin is left behind dead, with its configuration and counters.
+    pub fn deleted(&mut self, link: &Link) {
+        let covered = self.managed.remove(&link.ifindex);
+        self.failed.remove(&link.ifindex);
+        match cleanup::forget_deleted(&self.pins, &link.name, link.ifindex) {
+            Ok(true) => log::info!(
+                "detached {}: the interface was deleted; removed its pin",
+                link.name
+            ),
+            // A netlink filter has no pin: it went with the interface.
+            Ok(false) if covered.is_some() => log::info!("detached {}: the interface was deleted", link.name),
+            Ok(false) => {}
+            Err(e) => log::error!("{}: {e}", link.name),
+        }
+    }
+
+    /// Detaches from every interface the agent covers (`--detach-on-exit`).
+    pub fn detach_all(&mut self) {
+        for (_, name) in std::mem::take(&mut self.managed) {
+            match attach::detach(&self.pins, &name) {
+                Ok(attach::Detached::Removed) => log::info!("detached {name}"),
+                Ok(attach::Detached::NotAttached) => {}
+                Err(e) => log::error!("detaching {name}: {e}"),
+            }
+        }
+    }
+
+    fn attach(&mut self, link: &Link) {
+        let result = attach_patiently(&self.pins, &link.name, &self.opts);
+        if result.is_ok() {
+            self.failed.remove(&link.ifindex);
+        }
+        match result {
+            Ok(Attached::New(method)) => {
+                log::info!(
+                    "attached {} (ifindex {}, {method}, {}, ports {})",
+                    link.name,
+                    link.ifindex,
+                    self.opts.mode,
+                    ports(&self.opts.ports)
+                );
+                self.managed.insert(link.ifindex, link.name.clone());
+            }
+            Ok(Attached::Existing(_)) => {
+                log::info!("kept {} (ifindex {}): attached already", link.name, link.ifindex);
+                self.managed.insert(link.ifindex, link.name.clone());
+            }
+            // Gone again before we got to it: its deletion event follows.
+            Err(attach::AttachError::NoInterface(_)) => {}
+            Err(e) => {
+                let message = e.to_string();
+                let again = self.failed.get(&link.ifindex) == Some(&(link.name.clone(), message.clone()));
+                if again {
+                    log::debug!("{}: {message}", link.name);
+                } else {
+                    log::error!("{}: {message}", link.name);
+                }
+                self.failed.insert(link.ifindex, (link.name.clone(), message));
+            }
+        }
+    }
+
+    /// Interface `old` is now `link`: if the new name matches, its pin
+    /// follows it (true); otherwise it is detached (false).
+    fn follow_rename(&self, old: &str, link: &Link) -> bool {
+        if self.patterns.matches(&link.name) {
+            match cleanup::rename_pin(&self.pins, old, &link.name, link.ifindex) {
+                Ok(true) => {
+                    log::info!("{old} was renamed to {}; its attachment follows", link.name);
+                    return true;
+                }
+                // Not a pinned link (a netlink filter follows by itself).
+                Ok(false) => return false,
+                Err(e) => log::error!("{old}: {e}"),
+            }
+        }
+        self.drop_pin(old, &format!("renamed to {}", link.name));
+        false
+    }
+
+    fn drop_pin(&self, name: &str, why: &str) {
+        match attach::detach(&self.pins, name) {
+            Ok(_) => log::info!("detached {name}: {why}"),
+            Err(e) => log::error!("detaching {name} ({why}): {e}"),
+        }
+    }
+}
+
+/// How often, and how far apart, an attachment refused with EEXIST is tried
+/// again: 10 x 10 ms.
+const EEXIST_TRIES: u32 = 10;
+const EEXIST_PAUSE: Duration = Duration::from_millis(10);
+
+/// `attach`, tried again for a moment when the kernel says the program is
+/// attached already. Removing a link's pin (a detach just before: rename,
+/// `--detach-on-exit` and a restart) releases the link from a kernel work
+/// queue a little later; until then the same program cannot be attached
+/// to that interface again.
+fn attach_patiently(
+    pins: &PinDir,
+    name: &str,
+    opts: &AttachOptions,
+) -> Result<Attached, attach::AttachError> {
+    let mut tries = 1;
+    loop {
+        match attach::attach(pins, name, opts) {
+            Err(attach::AttachError::Attach {
+                source: ProgramError::SyscallError(e),
+                ..
+            }) if e.io_error.raw_os_error() == Some(libc::EEXIST) && tries < EEXIST_TRIES => {
+                tries += 1;
+                thread::sleep(EEXIST_PAUSE);
+            }
+            other => return other,
+        }
+    }
+}
+
+fn ports(ports: &[u16]) -> String {
+    ports.iter().map(u16::to_string).collect::<Vec<_>>().join(",")
+}

@@ -1,0 +1,83 @@
+//! `dhcpfix run --iface PATTERN...`: the host agent.
+
+use std::path::{Path, PathBuf};
+
+use crate::{
+    agent::{
+        self,
+        config::{FileConfig, MetricsAddr, Overrides, Settings},
+    },
+    attach::{Method, Mode},
+    kernel_layout::LayoutSpec,
+    program::LayoutSource,
+};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Attach to interfaces whose name matches this shell glob, now and as
+    /// they appear (repeatable): 'vnet*' (libvirt), 'tap*' (Proxmox, OpenStack).
+    #[arg(long = "iface", value_name = "PATTERN")]
+    pub interfaces: Vec<String>,
+    /// Read settings from this TOML file (interfaces, metrics_addr, mode,
+    /// ports, method, detach_on_exit); flags given here win.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics, or "none"
+    /// [default: 127.0.0.1:9788].
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<MetricsAddr>,
+    /// What to do on the interfaces [default: fill].
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
+    /// Same as --mode audit: only count what would be filled.
+    #[arg(long, conflicts_with = "mode")]
+    pub audit: bool,
+    /// UDP destination ports to act on, at most 4 [default: 68,67].
+    #[arg(long, value_delimiter = ',')]
+    pub ports: Option<Vec<u16>>,
+    /// How to hook into interfaces [default: auto].
+    #[arg(long, value_enum)]
+    pub method: Option<Method>,
+    /// On SIGTERM/SIGINT, detach from the interfaces this agent covers
+    /// (by default attachments stay, so guests stay covered while it
+    /// restarts).
+    #[arg(long)]
+    pub detach_on_exit: bool,
+    /// Seconds between full passes over all interfaces, a backstop for
+    /// link events the kernel could not deliver.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub resync: Option<u64>,
+    /// Read the kernel layout from this BTF file instead of
+    /// /sys/kernel/btf/vmlinux.
+    #[arg(long, value_name = "FILE", conflicts_with = "kernel_layout")]
+    pub btf: Option<PathBuf>,
+    /// Use these kernel offsets instead of BTF (at your own risk):
+    /// skb_dev=N,ip_summed=BYTE:SHIFT,dev_features=N,csum_bits=B+B
+    #[arg(long, value_name = "SPEC")]
+    pub kernel_layout: Option<LayoutSpec>,
+}
+
+pub fn run(pin_dir: &Path, args: Args) -> anyhow::Result<()> {
+    let layout = match (args.btf, args.kernel_layout) {
+        (Some(path), _) => LayoutSource::BtfFile(path),
+        (None, Some(spec)) => LayoutSource::Explicit(spec.0),
+        (None, None) => LayoutSource::Kernel,
+    };
+    let overrides = Overrides {
+        interfaces: args.interfaces,
+        metrics_addr: args.metrics_addr,
+        mode: if args.audit { Some(Mode::Audit) } else { args.mode },
+        ports: args.ports,
+        method: args.method,
+        detach_on_exit: args.detach_on_exit,
+        layout,
+        resync: args.resync.map(std::time::Duration::from_secs),
+    };
+    let file = match &args.config {
+        Some(path) => Some((path.as_path(), FileConfig::load(path)?)),
+        None => None,
+    };
+    let settings = Settings::resolve(overrides, file)?;
+    agent::run(pin_dir.to_path_buf(), settings)?;
+    Ok(())
+}

@@ -1,0 +1,645 @@
+//! End to end: `dhcpfix run`, the host agent, in the lab's host namespace:
+//! it attaches to taps as they appear (timed), a guest behind it gets its
+//! lease, its metrics match the counters, a SIGKILL and restart leaves the
+//! attachment and the counters alone, deleted taps leave no pins, SIGTERM
+//! leaves attachments (and --detach-on-exit removes them), `clean` and
+//! `clean --all` remove what they should, and the systemd unit's
+//! capabilities are exactly enough.
+
+mod support;
+
+use std::{
+    fs,
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use aya::programs::{SchedClassifier, TcAttachType};
+use dhcpfix::lab::{self, ClientOutcome, GuestKind, Lab, LabOptions, Offload};
+use serde_json::Value;
+use support::privileged;
+
+const BIN: &str = env!("CARGO_BIN_EXE_dhcpfix");
+const OK_TIMEOUT: Duration = Duration::from_secs(8);
+/// The brief: attached within 100 ms of the interface's appearance.
+const ATTACH_DEADLINE: Duration = Duration::from_millis(100);
+const METRICS: &str = "127.0.0.1:9788";
+
+fn lab(offload: Offload) -> Lab {
+    lab::install_interrupt_cleanup().expect("install signal cleanup");
+    Lab::create(LabOptions {
+        offload,
+        guest: GuestKind::Legacy,
+    })
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `ip -n <lab host netns> ARGS`.
+fn ip(lab: &Lab, args: &[&str]) {
+    let out = Command::new("ip")
+        .arg("-n")
+        .arg(lab.host_netns())
+        .args(args)
+        .output()
+        .expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn add_tap(lab: &Lab, name: &str) {
+    ip(lab, &["tuntap", "add", "dev", name, "mode", "tap"]);
+}
+
+fn del_link(lab: &Lab, name: &str) {
+    ip(lab, &["link", "del", name]);
+}
+
+/// Runs `dhcpfix --pin-dir PINS ARGS` in the lab's host namespace.
+fn dhcpfix(lab: &Lab, pins: &Path, args: &[&str]) -> Output {
+    let out = lab
+        .host_command(BIN)
+        .arg("--pin-dir")
+        .arg(pins)
+        .args(args)
+        .output()
+        .expect("run dhcpfix");
+    eprintln!(
+        "$ dhcpfix {}\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn dhcpfix_ok(lab: &Lab, pins: &Path, args: &[&str]) -> String {
+    let out = dhcpfix(lab, pins, args);
+    assert!(out.status.success(), "dhcpfix {args:?} failed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Polls `done` every millisecond until it holds or `timeout` passes;
+/// returns how long it took.
+fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    loop {
+        if done() {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() > timeout {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// A running `dhcpfix run`, its stderr (the log) going to a file.
+struct Agent {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn start(lab: &Lab, pins: &Path, args: &[&str]) -> Agent {
+        Self::start_with(lab, pins, args, None)
+    }
+
+    fn start_with(lab: &Lab, pins: &Path, args: &[&str], wrapper: Option<Vec<String>>) -> Agent {
+        static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = lab.work_dir().join(format!("agent-{n}.log"));
+        let mut cmd = match &wrapper {
+            Some(w) => {
+                let mut c = lab.host_command(&w[0]);
+                c.args(&w[1..]).arg(BIN);
+                c
+            }
+            None => lab.host_command(BIN),
+        };
+        let child = cmd
+            .env("RUST_LOG", "info")
+            .arg("--pin-dir")
+            .arg(pins)
+            .arg("run")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).expect("agent log file"))
+            .spawn()
+            .expect("start dhcpfix run");
+        Agent { child, log }
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the end of the agent's start-up (first full pass done).
+    fn wait_running(&mut self) {
+        let up = wait_until(Duration::from_secs(10), || {
+            self.log().contains("running: ") || self.child.try_wait().ok().flatten().is_some()
+        });
+        assert!(
+            up.is_some() && self.child.try_wait().unwrap().is_none(),
+            "agent did not start:\n{}",
+            self.log()
+        );
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) on our own child, not yet reaped.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
+    }
+
+    /// Sends `sig` and waits (up to 5 s) for the agent to exit.
+    fn stop(mut self, sig: libc::c_int) -> (ExitStatus, Duration, String) {
+        let start = Instant::now();
+        self.signal(sig);
+        let mut status = None;
+        wait_until(Duration::from_secs(5), || {
+            status = self.child.try_wait().unwrap();
+            status.is_some()
+        });
+        let took = start.elapsed();
+        let log = self.log();
+        eprintln!("--- agent log ---\n{log}--- end ---");
+        let status = status.unwrap_or_else(|| {
+            let _ = self.child.kill();
+            panic!("agent did not exit within 5 s of signal {sig}:\n{log}")
+        });
+        (status, took, log)
+    }
+}
+
+/// The pin of interface `name`'s link.
+fn link_pin(pins: &Path, name: &str) -> PathBuf {
+    pins.join("links").join(name)
+}
+
+/// The kernel's id of the link pinned for `name`.
+fn link_id(pins: &Path, name: &str) -> Option<u32> {
+    let fd = dhcpfix::sys::obj_get(&link_pin(pins, name)).ok()?;
+    dhcpfix::sys::link_info(&fd).ok().map(|i| i.id)
+}
+
+/// Names of the programs attached (tcx) to the egress of `iface` in the
+/// lab's host namespace, as the kernel lists them.
+fn tcx_programs(lab: &Lab, iface: &str) -> Vec<String> {
+    let ns = lab.host_netns_path();
+    let iface = iface.to_owned();
+    thread::spawn(move || {
+        let f = fs::File::open(&ns).expect("open netns");
+        // SAFETY: setns on a valid namespace fd; affects this thread only,
+        // which ends right after the query.
+        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        let (_, progs) = SchedClassifier::query_tcx(&iface, TcAttachType::Egress).expect("query tcx");
+        progs
+            .iter()
+            .map(|p| p.name_as_str().unwrap_or("?").to_owned())
+            .collect::<Vec<_>>()
+    })
+    .join()
+    .expect("tcx query thread")
+}
+
+/// Whether `iface` has no tcx program within a second. Removing a link's
+/// last pin releases the link from a kernel work queue, a moment later.
+fn detached(lab: &Lab, iface: &str) -> bool {
+    wait_until(Duration::from_secs(1), || tcx_programs(lab, iface).is_empty()).is_some()
+}
+
+fn stats(lab: &Lab, pins: &Path, iface: &str) -> Value {
+    let stats: Value = serde_json::from_str(&dhcpfix_ok(lab, pins, &["stats", "--json", iface])).unwrap();
+    let s = &stats["interfaces"][0];
+    assert_eq!(s["name"], iface);
+    s.clone()
+}
+
+fn filled(lab: &Lab, pins: &Path, iface: &str) -> u64 {
+    stats(lab, pins, iface)["counters"]["filled"].as_u64().unwrap()
+}
+
+/// `name{interface="iface"} VALUE` from a Prometheus text page.
+fn sample(page: &str, name: &str, iface: &str) -> Option<u64> {
+    let prefix = format!("{name}{{interface=\"{iface}\"}} ");
+    page.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// GET http://127.0.0.1:9788/metrics with curl, inside the lab.
+fn scrape(lab: &Lab) -> Option<String> {
+    let out = lab
+        .host_command("curl")
+        .args(["-sS", "--fail", "--max-time", "2"])
+        .arg(format!("http://{METRICS}/metrics"))
+        .output()
+        .expect("run curl (Debian package curl)");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn leased(lab: &Lab, out: &ClientOutcome) -> bool {
+    eprintln!("{}: lease {:?} in {:.2?}", out.client, out.lease, out.elapsed);
+    out.lease
+        .is_some_and(|ip| ip.octets()[..3] == lab.subnet().octets()[..3])
+}
+
+fn guest_mac(lab: &Lab) -> String {
+    let out = Command::new("ip")
+        .args(["-j", "-n", lab.guest_netns(), "link", "show", lab::GUEST_TAP])
+        .output()
+        .expect("ip link show");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("ip -j output");
+    v[0]["address"].as_str().expect("guest MAC").to_owned()
+}
+
+#[test]
+fn agent_attaches_new_taps_within_100ms_and_guests_get_leases() {
+    if !privileged("agent_attaches_new_taps_within_100ms_and_guests_get_leases") {
+        return;
+    }
+    let lab = lab(Offload::On);
+    let pins = lab.pin_dir();
+    let mut agent = Agent::start(&lab, &pins, &["--iface", "vnet*", "--metrics-addr", METRICS]);
+    agent.wait_running();
+    // vnet0 existed before the agent.
+    assert!(link_pin(&pins, "vnet0").exists(), "{}", agent.log());
+
+    // A guest behind it gets its lease, and each fill is logged with the
+    // guest's MAC, the message type and the transaction id.
+    let dhclient = lab.run_dhclient(OK_TIMEOUT).unwrap();
+    assert!(leased(&lab, &dhclient), "dhclient: {}", dhclient.log);
+    let mac = guest_mac(&lab);
+    let logged = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("filled vnet0: ") && l.contains(&format!(" for {mac} ")))
+            .count() as u64
+    };
+    // Late replies (a retransmitted ACK) may still be on their way: wait
+    // until the counter holds still and every fill has its line.
+    let mut filled_now = 0;
+    let settled = wait_until(Duration::from_secs(5), || {
+        let before = filled(&lab, &pins, "vnet0");
+        thread::sleep(Duration::from_millis(300));
+        filled_now = filled(&lab, &pins, "vnet0");
+        before == filled_now && logged(&agent.log()) == filled_now
+    });
+    let log = agent.log();
+    assert!(
+        settled.is_some(),
+        "{} fill lines for {mac}, filled = {filled_now}:\n{log}",
+        logged(&log)
+    );
+    assert!(filled_now >= 2, "OFFER and ACK: filled = {filled_now}");
+    assert!(log.contains("filled vnet0: DHCPOFFER xid 0x"), "{log}");
+    assert!(log.contains("filled vnet0: DHCPACK xid 0x"), "{log}");
+
+    // /metrics (a real HTTP client) says what `stats --json` says.
+    let page = wait_until(Duration::from_secs(3), || scrape(&lab).is_some())
+        .and_then(|_| scrape(&lab))
+        .expect("metrics endpoint");
+    let c = &stats(&lab, &pins, "vnet0")["counters"];
+    for (metric, counter) in [
+        ("dhcpfix_checksums_filled_total", "filled"),
+        ("dhcpfix_packets_seen_total", "seen"),
+        ("dhcpfix_checksums_valid_total", "valid"),
+        ("dhcpfix_checksums_deferred_total", "deferred"),
+        ("dhcpfix_packets_skipped_total", "skipped"),
+        ("dhcpfix_errors_total", "errors"),
+        ("dhcpfix_checksums_would_fill_total", "would_fill"),
+    ] {
+        assert_eq!(
+            sample(&page, metric, "vnet0"),
+            c[counter].as_u64(),
+            "{metric}:\n{page}"
+        );
+    }
+    assert!(page.contains("dhcpfix_attached_interfaces 1\n"), "{page}");
+    assert!(page.contains("dhcpfix_build_info{"), "{page}");
+    // `stats --format prometheus` prints the same text.
+    let textfile = dhcpfix_ok(&lab, &pins, &["stats", "--format", "prometheus"]);
+    assert_eq!(textfile, page);
+
+    // New taps: attached within 100 ms of their creation; others ignored.
+    let mut latencies = Vec::new();
+    for i in 0..5 {
+        add_tap(&lab, &format!("other{i}"));
+        let name = format!("vnet1{i}");
+        add_tap(&lab, &name);
+        let took = wait_until(Duration::from_secs(2), || link_pin(&pins, &name).exists());
+        latencies.push(took.unwrap_or_else(|| panic!("{name} was not attached:\n{}", agent.log())));
+        assert!(!link_pin(&pins, &format!("other{i}")).exists());
+        assert_eq!(tcx_programs(&lab, &name), ["dhcpfix"]);
+    }
+    eprintln!("attach latency after `ip tuntap add` returned: {latencies:?}");
+    for (i, took) in latencies.iter().enumerate() {
+        assert!(*took < ATTACH_DEADLINE, "vnet1{i} attached after {took:?}");
+    }
+
+    // A tap deleted while the agent runs leaves no pin.
+    del_link(&lab, "vnet10");
+    let gone = wait_until(Duration::from_secs(2), || !link_pin(&pins, "vnet10").exists());
+    eprintln!("pin of deleted vnet10 removed after {gone:?}");
+    assert!(gone.is_some(), "{}", agent.log());
+
+    // A renamed tap keeps exactly one attachment, pinned under its new name
+    // if that still matches; none if it does not.
+    ip(&lab, &["link", "set", "dev", "vnet11", "name", "vnet91"]);
+    ip(&lab, &["link", "set", "dev", "vnet12", "name", "other12"]);
+    let renamed = wait_until(Duration::from_secs(2), || {
+        link_pin(&pins, "vnet91").exists()
+            && !link_pin(&pins, "vnet11").exists()
+            && !link_pin(&pins, "vnet12").exists()
+    });
+    assert!(renamed.is_some(), "{}", agent.log());
+    assert_eq!(tcx_programs(&lab, "vnet91"), ["dhcpfix"]);
+    assert!(detached(&lab, "other12"));
+
+    // `watch --once` shows the counters and rates from the pinned maps.
+    let table = dhcpfix_ok(&lab, &pins, &["watch", "--once", "--interval", "0.2"]);
+    let row = table
+        .lines()
+        .find(|l| l.trim_start().starts_with("vnet0 "))
+        .expect("vnet0 row");
+    assert!(row.contains(&format!("{filled_now} (0.0/s)")), "{table}");
+
+    let (status, took, log) = agent.stop(libc::SIGTERM);
+    assert!(status.success(), "{status}");
+    eprintln!("SIGTERM to exit: {took:?}");
+    assert!(log.contains("attached vnet11 "), "{log}");
+    assert!(
+        log.contains("detached vnet10: the interface was deleted"),
+        "{log}"
+    );
+    lab.destroy().unwrap();
+}
+
+#[test]
+fn agent_restart_keeps_attachment_and_counters_and_forgets_deleted_taps() {
+    if !privileged("agent_restart_keeps_attachment_and_counters_and_forgets_deleted_taps") {
+        return;
+    }
+    let lab = lab(Offload::On);
+    let pins = lab.pin_dir();
+    add_tap(&lab, "vnet1");
+    let args = ["--iface", "vnet*", "--metrics-addr", "none"];
+    let mut agent = Agent::start(&lab, &pins, &args);
+    agent.wait_running();
+    assert!(link_pin(&pins, "vnet0").exists() && link_pin(&pins, "vnet1").exists());
+    assert!(leased(&lab, &lab.run_udhcpc(OK_TIMEOUT).unwrap()));
+    let before = filled(&lab, &pins, "vnet0");
+    assert!(before >= 2, "filled = {before}");
+    let id = link_id(&pins, "vnet0").expect("link of vnet0");
+
+    // SIGKILL: no chance to clean up. The attachment stays all along.
+    let (status, _, _) = agent.stop(libc::SIGKILL);
+    assert!(!status.success());
+    assert_eq!(
+        link_id(&pins, "vnet0"),
+        Some(id),
+        "link changed while the agent was dead"
+    );
+    assert_eq!(tcx_programs(&lab, "vnet0"), ["dhcpfix"]);
+    // Guests stay covered without the agent, and counting goes on.
+    assert!(leased(&lab, &lab.run_udhcpc(OK_TIMEOUT).unwrap()));
+    let while_dead = filled(&lab, &pins, "vnet0");
+    assert!(while_dead > before, "{while_dead} <= {before}");
+    // A tap deleted while the agent is down leaves a dead pin behind...
+    del_link(&lab, "vnet1");
+    assert!(link_pin(&pins, "vnet1").exists());
+
+    // ...which the restarted agent removes; vnet0 keeps its one link and
+    // its counters.
+    let mut agent = Agent::start(&lab, &pins, &args);
+    agent.wait_running();
+    assert!(!link_pin(&pins, "vnet1").exists(), "{}", agent.log());
+    assert_eq!(link_id(&pins, "vnet0"), Some(id));
+    assert_eq!(tcx_programs(&lab, "vnet0"), ["dhcpfix"]);
+    assert_eq!(filled(&lab, &pins, "vnet0"), while_dead);
+    let status: Value = serde_json::from_str(&dhcpfix_ok(&lab, &pins, &["status", "--json"])).unwrap();
+    let names: Vec<&str> = status["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["vnet0"], "{status}");
+
+    // SIGTERM: a clean exit that leaves the attachment in place.
+    let (status, took, log) = agent.stop(libc::SIGTERM);
+    assert!(status.success(), "{status}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert!(log.contains("kept vnet0 (ifindex"), "{log}");
+    assert!(log.contains("detached vnet1: the interface is gone"), "{log}");
+    assert_eq!(link_id(&pins, "vnet0"), Some(id));
+    assert_eq!(tcx_programs(&lab, "vnet0"), ["dhcpfix"]);
+
+    // --detach-on-exit: SIGTERM removes the attachments it covers.
+    let mut agent = Agent::start(
+        &lab,
+        &pins,
+        &["--iface", "vnet*", "--metrics-addr", "none", "--detach-on-exit"],
+    );
+    agent.wait_running();
+    let (status, _, _) = agent.stop(libc::SIGTERM);
+    assert!(status.success(), "{status}");
+    assert!(!link_pin(&pins, "vnet0").exists());
+    // Started again at once (while the kernel may still be releasing the
+    // old link), it attaches again.
+    let mut agent = Agent::start(&lab, &pins, &args);
+    agent.wait_running();
+    assert!(link_pin(&pins, "vnet0").exists(), "{}", agent.log());
+    assert_eq!(tcx_programs(&lab, "vnet0"), ["dhcpfix"]);
+    agent.stop(libc::SIGTERM);
+    lab.destroy().unwrap();
+}
+
+#[test]
+fn clean_removes_dead_pins_and_clean_all_removes_everything() {
+    if !privileged("clean_removes_dead_pins_and_clean_all_removes_everything") {
+        return;
+    }
+    let lab = lab(Offload::On);
+    let pins = lab.pin_dir();
+    add_tap(&lab, "vnet1");
+    add_tap(&lab, "vnet2");
+    dhcpfix_ok(&lab, &pins, &["attach", "vnet0", "vnet1", "vnet2"]);
+    del_link(&lab, "vnet2");
+    assert!(link_pin(&pins, "vnet2").exists());
+
+    let out = dhcpfix_ok(&lab, &pins, &["clean"]);
+    assert!(
+        out.contains("vnet2: the interface is gone; removed its pin"),
+        "{out}"
+    );
+    // Its configuration and counters entries went with it.
+    assert!(
+        out.contains("removed 2 configuration and counters entries"),
+        "{out}"
+    );
+    assert!(!link_pin(&pins, "vnet2").exists());
+    assert!(link_pin(&pins, "vnet0").exists() && link_pin(&pins, "vnet1").exists());
+    assert_eq!(tcx_programs(&lab, "vnet1"), ["dhcpfix"]);
+    assert_eq!(dhcpfix_ok(&lab, &pins, &["clean"]).trim(), "nothing to clean");
+
+    let out = dhcpfix_ok(&lab, &pins, &["clean", "--all"]);
+    assert!(
+        out.contains("vnet0: detached") && out.contains("vnet1: detached"),
+        "{out}"
+    );
+    for iface in ["vnet0", "vnet1"] {
+        assert!(detached(&lab, iface), "{iface}");
+    }
+    // Only bpffs's own files (maps.debug, progs.debug) are left.
+    let left: Vec<String> = fs::read_dir(&pins)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".debug"))
+        .collect();
+    assert!(left.is_empty(), "left in the pin directory: {left:?}");
+    let status: Value = serde_json::from_str(&dhcpfix_ok(&lab, &pins, &["status", "--json"])).unwrap();
+    assert_eq!(status["program_loaded"], false, "{status}");
+    lab.destroy().unwrap();
+}
+
+#[test]
+fn audit_mode_logs_what_would_be_filled() {
+    if !privileged("audit_mode_logs_what_would_be_filled") {
+        return;
+    }
+    let lab = lab(Offload::On);
+    let pins = lab.pin_dir();
+    let mut agent = Agent::start(
+        &lab,
+        &pins,
+        &["--iface", "vnet*", "--audit", "--metrics-addr", "none"],
+    );
+    agent.wait_running();
+    // Nothing is fixed, so no lease; the OFFERs are counted and logged.
+    let out = lab.run_udhcpc(Duration::from_secs(2)).unwrap();
+    assert!(!leased(&lab, &out), "audit mode fixed something");
+    let c = stats(&lab, &pins, "vnet0")["counters"].clone();
+    let would_fill = c["would_fill"].as_u64().unwrap();
+    assert!(would_fill >= 1 && c["filled"] == 0, "{c}");
+    let lines = |log: &str| log.matches("would fill vnet0: DHCPOFFER xid 0x").count() as u64;
+    wait_until(Duration::from_secs(2), || lines(&agent.log()) >= would_fill);
+    let (_, _, log) = agent.stop(libc::SIGTERM);
+    assert!(lines(&log) >= would_fill, "{would_fill} would_fill, log:\n{log}");
+    assert!(!log.contains("] filled "), "{log}");
+    lab.destroy().unwrap();
+}
+
+/// The capabilities and `NoNewPrivileges=` of contrib/systemd/dhcpfix.service.
+fn unit_privileges() -> (Vec<String>, bool) {
+    let unit = fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../contrib/systemd/dhcpfix.service"
+    ))
+    .expect("read the systemd unit");
+    let value = |key: &str| {
+        unit.lines()
+            .find_map(|l| l.trim().strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key} in the unit"))
+            .trim()
+            .to_owned()
+    };
+    let caps = value("CapabilityBoundingSet=")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    (caps, value("NoNewPrivileges=") == "yes")
+}
+
+/// `setpriv` with the bounding set `caps` (root's capabilities after exec
+/// are its bounding set, as under systemd's CapabilityBoundingSet=).
+fn setpriv(caps: &[String], no_new_privs: bool) -> Vec<String> {
+    let set: Vec<String> = caps
+        .iter()
+        .map(|c| format!("+{}", c.to_lowercase().trim_start_matches("cap_")))
+        .collect();
+    let mut w = vec![
+        "setpriv".to_owned(),
+        "--bounding-set".to_owned(),
+        format!("-all,{}", set.join(",")),
+        "--inh-caps".to_owned(),
+        "-all".to_owned(),
+    ];
+    if no_new_privs {
+        w.push("--no-new-privs".to_owned());
+    }
+    w.push("--".to_owned());
+    w
+}
+
+#[test]
+fn systemd_unit_capabilities_are_enough_and_each_is_needed() {
+    if !privileged("systemd_unit_capabilities_are_enough_and_each_is_needed") {
+        return;
+    }
+    let (caps, nnp) = unit_privileges();
+    assert_eq!(caps.len(), 3, "{caps:?}");
+    assert!(!caps.iter().any(|c| c == "CAP_SYS_ADMIN"), "{caps:?}");
+    let lab = lab(Offload::On);
+    // As on a systemd host: a bpffs is mounted already (at /sys/fs/bpf
+    // there); the agent only makes its directory inside it.
+    let bpffs = lab.work_dir().join("bpffs");
+    fs::create_dir(&bpffs).unwrap();
+    let out = Command::new("mount")
+        .args(["-t", "bpf", "bpf"])
+        .arg(&bpffs)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let pins = bpffs.join("dhcpfix");
+    let args = ["--iface", "vnet*", "--metrics-addr", METRICS];
+
+    // Exactly the unit's capabilities: it attaches, and serves metrics.
+    let mut agent = Agent::start_with(&lab, &pins, &args, Some(setpriv(&caps, nnp)));
+    agent.wait_running();
+    assert!(link_pin(&pins, "vnet0").exists(), "{}", agent.log());
+    assert_eq!(tcx_programs(&lab, "vnet0"), ["dhcpfix"]);
+    let page = wait_until(Duration::from_secs(3), || scrape(&lab).is_some()).and_then(|_| scrape(&lab));
+    assert!(page.is_some_and(|p| p.contains("dhcpfix_attached_interfaces 1\n")));
+    let status = fs::read_to_string(format!("/proc/{}/status", agent.child.id())).unwrap();
+    let eff = status
+        .lines()
+        .find(|l| l.starts_with("CapEff:"))
+        .unwrap()
+        .to_owned();
+    let (status, _, _) = agent.stop(libc::SIGTERM);
+    assert!(status.success(), "{status}");
+    // bpf, net_admin, perfmon = bits 39, 12, 38.
+    assert!(eff.ends_with("000000c000001000"), "{eff}");
+    dhcpfix_ok(&lab, &pins, &["clean", "--all"]);
+
+    // One capability fewer: a clear one-line error naming it, nothing attached.
+    for missing in &caps {
+        let fewer: Vec<String> = caps.iter().filter(|c| *c != missing).cloned().collect();
+        let mut agent = Agent::start_with(&lab, &pins, &args, Some(setpriv(&fewer, nnp)));
+        let mut status = None;
+        wait_until(Duration::from_secs(10), || {
+            status = agent.child.try_wait().unwrap();
+            status.is_some()
+        });
+        let log = agent.log();
+        let Some(status) = status else {
+            let _ = agent.child.kill();
+            panic!("the agent ran without {missing}:\n{log}");
+        };
+        assert!(!status.success());
+        assert_eq!(log.trim().lines().count(), 1, "{log}");
+        assert!(log.contains(&format!("missing capability {missing}")), "{log}");
+        assert!(!link_pin(&pins, "vnet0").exists());
+        assert!(detached(&lab, "vnet0"));
+    }
+    lab.destroy().unwrap();
+}
