@@ -11,6 +11,7 @@ use std::{
     },
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicBool, Ordering},
     thread,
     time::{Duration, Instant},
 };
@@ -108,7 +109,23 @@ pub fn shown(cmd: &Command) -> String {
         .join(" ")
 }
 
-fn spawn(cmd: &mut Command) -> Result<Child> {
+/// Set by the signal cleanup: from then on no child is started, so none
+/// can recreate what the cleanup removes (a dhcpfix mounting a bpffs on a
+/// pin directory whose parent mount just went away).
+static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
+
+pub fn refuse_new_children() {
+    SHUTTING_DOWN.store(true, Ordering::SeqCst);
+}
+
+/// Starts `cmd`, unless the bench is shutting down.
+pub fn spawn(cmd: &mut Command) -> Result<Child> {
+    if SHUTTING_DOWN.load(Ordering::SeqCst) {
+        return Err(BenchError::Spawn {
+            program: shown(cmd),
+            source: io::Error::new(io::ErrorKind::Interrupted, "the bench is shutting down"),
+        });
+    }
     cmd.spawn().map_err(|source| BenchError::Spawn {
         program: shown(cmd),
         source,

@@ -178,8 +178,25 @@ fn remove_netns(name: &str) {
         return;
     }
     kill_all_in(&path);
-    if let Err(e) = ip(&["netns", "del", name]) {
-        eprintln!("dhcpfix-bench: cleanup: {e}");
+    // Not through process::run, which refuses to start anything once the
+    // signal cleanup runs.
+    let deleted = find_tool("ip", "iproute2").and_then(|ip| {
+        Command::new(ip)
+            .args(["netns", "del", name])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|source| BenchError::Spawn {
+                program: "ip netns del".into(),
+                source,
+            })
+    });
+    match deleted {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => eprintln!(
+            "dhcpfix-bench: cleanup: ip netns del {name}: {}",
+            process::one_line(&String::from_utf8_lossy(&out.stderr))
+        ),
+        Err(e) => eprintln!("dhcpfix-bench: cleanup: {e}"),
     }
 }
 
@@ -268,8 +285,14 @@ fn teardown_dir(dir: &Path) {
     }
 }
 
-/// Tears down everything registered (signal path).
+/// Tears down everything registered (signal path), while the main thread
+/// may still be running: no new children first, then the namespaces with
+/// every process in them, then the mounts.
 fn teardown_registered() {
+    process::refuse_new_children();
+    // A child being spawned right now gets into its namespace before the
+    // kill below finds it.
+    thread::sleep(Duration::from_millis(100));
     let taken = std::mem::take(&mut *registry());
     for ns in &taken.netns {
         remove_netns(ns);

@@ -280,10 +280,7 @@ fn agent(sb: &Sandbox, dhcpfix: &Dhcpfix, n: usize) -> Result<Agent> {
         .stdout(log_file.try_clone().map_err(BenchError::io("dup", &log))?)
         .stderr(log_file);
     let t0 = Instant::now();
-    let mut child = cmd.spawn().map_err(|source| BenchError::Spawn {
-        program: process::shown(&cmd),
-        source,
-    })?;
+    let mut child = process::spawn(&mut cmd)?;
     let result = (|| {
         let died = |child: &mut std::process::Child| -> Option<String> {
             let status = child.try_wait().ok().flatten()?;

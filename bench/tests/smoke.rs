@@ -29,7 +29,10 @@ fn privileged(test: &str) -> bool {
 /// `target/<profile>/dhcpfix`, next to `target/<profile>/deps/<this test>`.
 fn dhcpfix_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/");
     profile_dir.join("dhcpfix")
 }
 
@@ -75,18 +78,28 @@ fn quick_bench_writes_a_complete_report() {
     keys.extend(prog_cost::FAST_PATH);
     keys.extend(["dhcp_fill_300", "dhcp_fill_576", "dhcp_fill_1472"]);
     for key in keys {
-        let case = pc.cases.iter().find(|c| c.key == key).unwrap_or_else(|| panic!("case {key}"));
+        let case = pc
+            .cases
+            .iter()
+            .find(|c| c.key == key)
+            .unwrap_or_else(|| panic!("case {key}"));
         assert_eq!(case.ns.samples.len(), pc.repetitions, "{key}");
         finite_positive(key, case.ns.median);
         finite_positive(key, case.ratio_to_empty.median);
     }
     let fill = pc.cases.iter().find(|c| c.key == "dhcp_fill_1472").unwrap();
     let empty = pc.cases.iter().find(|c| c.key == prog_cost::EMPTY).unwrap();
-    assert!(fill.ns.median > empty.ns.median, "a 1472-byte fill must cost more than nothing");
+    assert!(
+        fill.ns.median > empty.ns.median,
+        "a 1472-byte fill must cost more than nothing"
+    );
 
     let tp = report.throughput.as_ref().expect("throughput");
     let keys: Vec<&str> = tp.variants.iter().map(|v| v.key.as_str()).collect();
-    assert_eq!(keys, ["nothing", "dhcpfix", "ethtool_tx_off", "iptables_checksum"]);
+    assert_eq!(
+        keys,
+        ["nothing", "dhcpfix", "ethtool_tx_off", "iptables_checksum"]
+    );
     for v in &tp.variants {
         finite_positive(&v.key, v.gbit_s.median);
         finite_positive(&v.key, v.ratio_to_nothing.median);
@@ -101,7 +114,11 @@ fn quick_bench_writes_a_complete_report() {
     assert!(
         sc.kernel_memory.prog_memlock_bytes > 0
             && sc.kernel_memory.maps.iter().any(|m| m.name == "DHCPFIX_CONFIG")
-            && sc.kernel_memory.maps.iter().any(|m| m.name.starts_with("DHCPFIX_COUNTER")),
+            && sc
+                .kernel_memory
+                .maps
+                .iter()
+                .any(|m| m.name.starts_with("DHCPFIX_COUNTER")),
         "kernel memory: {:?}",
         sc.kernel_memory
     );

@@ -9,31 +9,9 @@ use crate::{
     program,
 };
 
-/// The counters of one interface, summed over CPUs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Totals {
-    pub seen: u64,
-    pub filled: u64,
-    pub would_fill: u64,
-    pub valid: u64,
-    pub deferred: u64,
-    pub skipped: u64,
-    pub errors: u64,
-}
-
-impl From<Counters> for Totals {
-    fn from(c: Counters) -> Self {
-        Self {
-            seen: c.seen,
-            filled: c.filled,
-            would_fill: c.would_fill,
-            valid: c.valid,
-            deferred: c.deferred,
-            skipped: c.skipped,
-            errors: c.errors,
-        }
-    }
-}
+/// The counters of one interface, summed over CPUs (the kernel's record,
+/// serialised as the `counters` object of `stats --json`).
+pub type Totals = Counters;
 
 /// Sums the per-CPU records of interface `ifindex`; zero if it has none.
 pub fn read(pins: &PinDir, ifindex: u32) -> Totals {
@@ -47,7 +25,7 @@ pub fn read(pins: &PinDir, ifindex: u32) -> Totals {
     for c in per_cpu.iter() {
         sum.add(c);
     }
-    sum.into()
+    sum
 }
 
 /// An attachment with its counters.

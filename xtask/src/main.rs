@@ -97,7 +97,14 @@ fn bench(bench_args: &[String]) -> Result<()> {
     let env = setup::all()?;
     cargo(
         &env,
-        &["build", "--release", "--package", "dhcpfix", "--package", "dhcpfix-bench"],
+        &[
+            "build",
+            "--release",
+            "--package",
+            "dhcpfix",
+            "--package",
+            "dhcpfix-bench",
+        ],
     )?;
     let root = workspace_root();
     // Where cargo put them: CARGO_TARGET_DIR (relative to the root) or target/.

@@ -1,14 +1,12 @@
 //! `dhcpfix attach IFACE...`
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::bail;
 
 use crate::{
     attach::{self, AttachOptions, Attached, Method, Mode},
     bpffs::PinDir,
-    kernel_layout::LayoutSpec,
-    program::LayoutSource,
 };
 
 #[derive(Debug, clap::Args)]
@@ -25,22 +23,12 @@ pub struct Args {
     /// How to hook into the interface.
     #[arg(long, value_enum, default_value_t = Method::Auto)]
     pub method: Method,
-    /// Read the kernel layout from this BTF file instead of
-    /// /sys/kernel/btf/vmlinux.
-    #[arg(long, value_name = "FILE", conflicts_with = "kernel_layout")]
-    pub btf: Option<PathBuf>,
-    /// Use these kernel offsets instead of BTF (at your own risk):
-    /// skb_dev=N,ip_summed=BYTE:SHIFT,dev_features=N,csum_bits=B+B
-    #[arg(long, value_name = "SPEC")]
-    pub kernel_layout: Option<LayoutSpec>,
+    #[command(flatten)]
+    pub layout: super::layout_args::LayoutArgs,
 }
 
 pub fn run(pin_dir: &Path, args: Args) -> anyhow::Result<()> {
-    let layout = match (args.btf, args.kernel_layout) {
-        (Some(path), _) => LayoutSource::BtfFile(path),
-        (None, Some(spec)) => LayoutSource::Explicit(spec.0),
-        (None, None) => LayoutSource::Kernel,
-    };
+    let layout = args.layout.source();
     let opts = AttachOptions {
         mode: if args.audit { Mode::Audit } else { Mode::Fill },
         ports: args.ports,

@@ -9,6 +9,7 @@ use crate::bpffs::DEFAULT_PIN_DIR;
 mod attach;
 mod clean;
 mod demo;
+mod layout_args;
 mod detach;
 mod doctor;
 mod libvirt_hook;

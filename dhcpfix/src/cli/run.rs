@@ -8,8 +8,6 @@ use crate::{
         config::{FileConfig, MetricsAddr, Overrides, Settings},
     },
     attach::{Method, Mode},
-    kernel_layout::LayoutSpec,
-    program::LayoutSource,
 };
 
 #[derive(Debug, clap::Args)]
@@ -47,22 +45,12 @@ pub struct Args {
     /// link events the kernel could not deliver.
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub resync: Option<u64>,
-    /// Read the kernel layout from this BTF file instead of
-    /// /sys/kernel/btf/vmlinux.
-    #[arg(long, value_name = "FILE", conflicts_with = "kernel_layout")]
-    pub btf: Option<PathBuf>,
-    /// Use these kernel offsets instead of BTF (at your own risk):
-    /// skb_dev=N,ip_summed=BYTE:SHIFT,dev_features=N,csum_bits=B+B
-    #[arg(long, value_name = "SPEC")]
-    pub kernel_layout: Option<LayoutSpec>,
+    #[command(flatten)]
+    pub layout: super::layout_args::LayoutArgs,
 }
 
 pub fn run(pin_dir: &Path, args: Args) -> anyhow::Result<()> {
-    let layout = match (args.btf, args.kernel_layout) {
-        (Some(path), _) => LayoutSource::BtfFile(path),
-        (None, Some(spec)) => LayoutSource::Explicit(spec.0),
-        (None, None) => LayoutSource::Kernel,
-    };
+    let layout = args.layout.source();
     let overrides = Overrides {
         interfaces: args.interfaces,
         metrics_addr: args.metrics_addr,
