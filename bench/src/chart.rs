@@ -185,7 +185,7 @@ fn cold_attach(report: &Report, area: &Area<'_>) -> DrawResult {
         * 1.1;
     let mut chart = ChartBuilder::on(area)
         .caption(
-            format!("one cold `dhcpfix attach`, {} taps; red: 50 ms", s.taps),
+            format!("one cold `dhcpfix attach`, {} calls; red: 50 ms", sorted.len()),
             (FONT, 15),
         )
         .margin(12)

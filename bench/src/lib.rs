@@ -73,7 +73,10 @@ impl Plan {
                     secs: 1.0,
                     repetitions: 1,
                 },
-                scale: scale::Config { taps: 10 },
+                scale: scale::Config {
+                    taps: 10,
+                    repetitions: 2,
+                },
                 storm: storm::Config {
                     secs: 1.0,
                     rate: 20_000,
@@ -91,7 +94,10 @@ impl Plan {
                     secs: 2.5,
                     repetitions: 8,
                 },
-                scale: scale::Config { taps: 1000 },
+                scale: scale::Config {
+                    taps: 1000,
+                    repetitions: 3,
+                },
                 storm: storm::Config {
                     secs: 3.0,
                     rate: 100_000,

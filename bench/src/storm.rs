@@ -70,9 +70,28 @@ pub struct Storm {
     /// No captured datagram had a bad checksum, and some were captured.
     pub checksums_ok: bool,
     pub runs: Vec<StormRun>,
+    /// A short storm without dhcpfix, proving the check catches bad sums.
+    pub control: Control,
 }
 
+/// The storm without dhcpfix (and without bulk traffic).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Control {
+    pub secs: f64,
+    pub sent: u64,
+    pub captured: u64,
+    pub checksum_bad: u64,
+}
+
+/// Length of the control storm.
+const CONTROL_SECS: f64 = 0.5;
+
 pub fn run(sb: &Sandbox, dhcpfix: &Dhcpfix, cfg: Config) -> Result<Storm> {
+    let control = control(sb, cfg)?;
+    eprintln!(
+        "  storm control without dhcpfix: {} of {} captured datagrams had a bad checksum",
+        control.checksum_bad, control.captured
+    );
     let mut runs = Vec::with_capacity(cfg.repetitions);
     for rep in 0..cfg.repetitions {
         let r = one(sb, dhcpfix, cfg)?;
@@ -101,6 +120,7 @@ pub fn run(sb: &Sandbox, dhcpfix: &Dhcpfix, cfg: Config) -> Result<Storm> {
         counters_exact: runs.iter().all(|r| counters_exact(r.sent, &r.counters)),
         checksums_ok: runs.iter().all(|r| r.checksum_bad == 0 && r.checksum_ok > 0),
         runs,
+        control,
     })
 }
 
@@ -114,23 +134,6 @@ fn one(sb: &Sandbox, dhcpfix: &Dhcpfix, cfg: Config) -> Result<StormRun> {
     let result = (|| {
         dhcpfix.attach(&pair.sender, &pin_dir, &[SENDER_IF.to_string()])?;
 
-        // A socket on port 68 on the receiving side, so the datagrams are
-        // delivered (and dropped when its buffer is full), not answered with
-        // ICMP port unreachable.
-        let sink = process::in_netns(pair.receiver.path(), || {
-            UdpSocket::bind((RECEIVER_IP, 68)).map_err(BenchError::sys("bind UDP port 68"))
-        })?;
-
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let stop_rx = Arc::clone(&stop);
-        let capture = spawn_in_netns(pair.receiver.path(), "capture", move || {
-            capture(&stop_rx, ready_tx)
-        })?;
-        ready_rx
-            .recv_timeout(Duration::from_secs(10))
-            .map_err(|_| BenchError::Check("the packet socket did not start".into()))?;
-
         let server = IperfServer::start(&pair.receiver)?;
         let mut client = topology::iperf_client(&pair.sender, cfg.secs + 1.0)?;
         let shown = process::shown(&client);
@@ -138,34 +141,23 @@ fn one(sb: &Sandbox, dhcpfix: &Dhcpfix, cfg: Config) -> Result<StormRun> {
         let bulk = thread::spawn(move || process::run_unchecked(&mut client, None, limit));
         // Let the bulk transfer get going first.
         thread::sleep(Duration::from_millis(500));
-
-        let (secs, rate, size) = (cfg.secs, cfg.rate, cfg.dhcp_bytes);
-        let sender = spawn_in_netns(pair.sender.path(), "storm", move || send(secs, rate, size))?;
-        let sent = sender
-            .join()
-            .map_err(|_| BenchError::Check("the storm sender panicked".into()))?;
+        let storm = storm_over(&pair, cfg.secs, cfg);
         let bulk_out = bulk
             .join()
             .map_err(|_| BenchError::Check("the iperf3 waiter panicked".into()))?;
-        stop.store(true, Ordering::Relaxed);
-        let captured = capture
-            .join()
-            .map_err(|_| BenchError::Check("the packet socket thread panicked".into()))?;
         drop(server);
-        drop(sink);
-        let (sent, send_errors, elapsed_s) = sent?;
+        let storm = storm?;
         let bulk_gbit_s = topology::parse_iperf(&bulk_out?.stdout, &shown)?;
-        let captured = captured?;
         let counters = dhcpfix.counters(&pair.sender, &pin_dir, SENDER_IF)?;
         let run = StormRun {
-            sent,
-            send_errors,
-            elapsed_s,
-            achieved_rate: sent as f64 / elapsed_s,
+            sent: storm.sent,
+            send_errors: storm.send_errors,
+            elapsed_s: storm.elapsed_s,
+            achieved_rate: storm.sent as f64 / storm.elapsed_s,
             counters,
-            captured: captured.captured,
-            checksum_ok: captured.ok,
-            checksum_bad: captured.bad,
+            captured: storm.captured.captured,
+            checksum_ok: storm.captured.ok,
+            checksum_bad: storm.captured.bad,
             bulk_gbit_s,
         };
         if !counters_exact(run.sent, &run.counters) {
@@ -187,6 +179,73 @@ fn one(sb: &Sandbox, dhcpfix: &Dhcpfix, cfg: Config) -> Result<StormRun> {
         fs::remove_dir_all(&pin_dir).map_err(BenchError::io("remove", &pin_dir))?;
     }
     result
+}
+
+/// The same storm, briefly, without dhcpfix: every captured datagram must
+/// fail the check, or the check proves nothing.
+fn control(sb: &Sandbox, cfg: Config) -> Result<Control> {
+    let pair = VethPair::create(sb)?;
+    let storm = storm_over(&pair, CONTROL_SECS.min(cfg.secs), cfg)?;
+    let c = Control {
+        secs: storm.elapsed_s,
+        sent: storm.sent,
+        captured: storm.captured.captured,
+        checksum_bad: storm.captured.bad,
+    };
+    if c.captured == 0 || c.checksum_bad != c.captured {
+        return Err(BenchError::Check(format!(
+            "control without dhcpfix: {} of {} captured datagrams had a bad checksum; expected all",
+            c.checksum_bad, c.captured
+        )));
+    }
+    Ok(c)
+}
+
+struct StormOutcome {
+    sent: u64,
+    send_errors: u64,
+    elapsed_s: f64,
+    captured: Captured,
+}
+
+/// Sends the storm over `pair` for `secs` seconds while the packet socket
+/// on the receiving side checks what arrives.
+fn storm_over(pair: &VethPair, secs: f64, cfg: Config) -> Result<StormOutcome> {
+    // A socket on port 68 on the receiving side, so the datagrams are
+    // delivered (and dropped when its buffer is full), not answered with
+    // ICMP port unreachable.
+    let sink = process::in_netns(pair.receiver.path(), || {
+        UdpSocket::bind((RECEIVER_IP, 68)).map_err(BenchError::sys("bind UDP port 68"))
+    })?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let stop_rx = Arc::clone(&stop);
+    let capture = spawn_in_netns(pair.receiver.path(), "capture", move || {
+        capture(&stop_rx, ready_tx)
+    })?;
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .map_err(|_| BenchError::Check("the packet socket did not start".into()))?;
+
+    let (rate, size) = (cfg.rate, cfg.dhcp_bytes);
+    let sender = spawn_in_netns(pair.sender.path(), "storm", move || send(secs, rate, size))?;
+    let sent = sender
+        .join()
+        .map_err(|_| BenchError::Check("the storm sender panicked".into()));
+    // Let the last datagrams arrive.
+    thread::sleep(Duration::from_millis(100));
+    stop.store(true, Ordering::Relaxed);
+    let captured = capture
+        .join()
+        .map_err(|_| BenchError::Check("the packet socket thread panicked".into()))??;
+    drop(sink);
+    let (sent, send_errors, elapsed_s) = sent??;
+    Ok(StormOutcome {
+        sent,
+        send_errors,
+        elapsed_s,
+        captured,
+    })
 }
 
 /// Sends DHCP ACKs from port 67 to port 68 at `rate` per second for `secs`

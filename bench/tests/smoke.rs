@@ -107,9 +107,11 @@ fn quick_bench_writes_a_complete_report() {
 
     let sc = report.scale.as_ref().expect("scale");
     assert_eq!(sc.taps, 10);
-    assert_eq!(sc.cold_attach.samples_ms.len(), 10);
+    assert_eq!(sc.cold_attach.samples_ms.len(), 10 * sc.repetitions);
+    assert_eq!(sc.cold_attach.total_s.samples.len(), sc.repetitions);
+    assert_eq!(sc.one_command_s.samples.len(), sc.repetitions);
     finite_positive("cold attach median", sc.cold_attach.median_ms);
-    finite_positive("one command", sc.one_command_s);
+    finite_positive("one command", sc.one_command_s.median);
     finite_positive("kernel attach", sc.kernel_attach.median_ms);
     assert!(
         sc.kernel_memory.prog_memlock_bytes > 0
@@ -123,14 +125,23 @@ fn quick_bench_writes_a_complete_report() {
         sc.kernel_memory
     );
     if sc.agent.available {
-        assert!(sc.agent.all_attached_s.is_some(), "agent: {}", sc.agent.note);
-        assert!(sc.agent.rss_kib.is_some_and(|k| k > 0), "agent RSS");
+        let all = sc.agent.all_attached_s.as_ref();
+        assert!(
+            all.is_some_and(|s| s.samples.len() == sc.repetitions),
+            "agent: {}",
+            sc.agent.note
+        );
+        assert!(
+            sc.agent.rss_kib.as_ref().is_some_and(|k| k.median > 0.0),
+            "agent RSS"
+        );
         assert!(sc.agent.new_tap_ms.is_some(), "agent new tap");
     }
 
     // The storm's counters are exact and every captured checksum verifies.
     let st = report.storm.as_ref().expect("storm");
     assert!(st.counters_exact && st.checksums_ok, "storm: {:?}", st.runs);
+    assert!(st.control.captured > 0 && st.control.checksum_bad == st.control.captured);
     for run in &st.runs {
         assert!(run.sent > 0);
         assert_eq!(run.counters.filled, run.sent);

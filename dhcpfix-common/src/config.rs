@@ -15,6 +15,17 @@ pub const DEFAULT_PORTS: [u16; 2] = [68, 67];
 /// link (kernels before 6.6). The classifier ignores flags.
 pub const FLAG_NETLINK: u32 = 1 << 0;
 
+/// Words of the watched-ports bitmap, one bit per UDP port. The classifier
+/// tests a packet's destination port against it before any hash lookup, so
+/// non-DHCP UDP leaves on the fast path.
+pub const PORT_BITMAP_WORDS: u32 = 65536 / 64;
+
+/// The bitmap word and bit of `port`.
+#[inline(always)]
+pub const fn port_bit(port: u16) -> (u32, u64) {
+    ((port >> 6) as u32, 1u64 << (port & 63))
+}
+
 /// Configuration of one attached interface (map value, key = ifindex).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

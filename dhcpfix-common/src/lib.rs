@@ -20,6 +20,8 @@ pub const PROGRAM_NAME: &str = "dhcpfix";
 pub const COUNTERS_MAP: &str = "DHCPFIX_COUNTERS";
 /// Name of the per-interface configuration map (key: ifindex, value: [`config::IfaceConfig`]).
 pub const CONFIG_MAP: &str = "DHCPFIX_CONFIG";
+/// Name of the watched-ports bitmap (array of [`config::PORT_BITMAP_WORDS`] u64).
+pub const PORTS_MAP: &str = "DHCPFIX_PORTS";
 /// Name of the ring buffer of fill events (records: [`event::FillEvent`]).
 pub const EVENTS_MAP: &str = "DHCPFIX_EVENTS";
 /// Name of the read-only global holding the kernel layout.

@@ -20,11 +20,11 @@ use core::ptr;
 use aya_ebpf::{
     helpers::generated::{bpf_csum_diff, bpf_probe_read_kernel, bpf_skb_load_bytes, bpf_skb_store_bytes},
     macros::{classifier, map},
-    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::TcContext,
 };
 use dhcpfix_common::{
-    config::{IfaceConfig, MODE_AUDIT, MODE_FILL},
+    config::{port_bit, IfaceConfig, MODE_AUDIT, MODE_FILL, PORT_BITMAP_WORDS},
     counters::{Counters, Outcome},
     event::{FillEvent, EVENTS_BYTES, EVENT_FILLED, EVENT_WOULD_FILL},
     frame::{
@@ -78,6 +78,10 @@ pub struct Scratch {
     buf: [u8; CHUNK as usize + 4],
 }
 
+/// One bit per UDP port watched on any interface (see `may_be_watched`).
+#[map(name = "DHCPFIX_PORTS")]
+static PORTS: Array<u64> = Array::with_max_entries(PORT_BITMAP_WORDS, 0);
+
 #[map(name = "DHCPFIX_SCRATCH")]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
@@ -115,7 +119,7 @@ impl Frame for SkbFrame<'_> {
 
 #[inline(always)]
 fn classify(ctx: &TcContext) {
-    if !maybe_ipv4_udp(ctx) {
+    if !may_be_watched(ctx) {
         return;
     }
     // SAFETY: ctx.skb.skb is the valid __sk_buff the kernel passed in.
@@ -156,28 +160,36 @@ fn emit(ctx: &TcContext, ifindex: u32, packet: &DhcpPacket, outcome: u8) {
 }
 
 /// The fast path: with direct packet access, leave after a few instructions
-/// unless the frame may be IPv4 UDP (or VLAN-tagged, parsed in full later).
+/// unless the frame may be IPv4 UDP to a watched port. VLAN-tagged frames and
+/// headers beyond the linear part go to the full parser.
 #[inline(always)]
-fn maybe_ipv4_udp(ctx: &TcContext) -> bool {
+fn may_be_watched(ctx: &TcContext) -> bool {
     let data = ctx.data();
     let data_end = ctx.data_end();
-    if data + 24 > data_end {
-        // Not even an IPv4 header in the linear part: let the full parser
-        // (which reads the paged part too) decide.
+    if data + 34 > data_end {
         return true;
     }
-    // SAFETY: bounds checked against data_end just above.
-    let (ethertype, proto) = unsafe {
+    // SAFETY: bytes 0..34 are within the packet (checked above).
+    let (ethertype, version_ihl, proto) = unsafe {
         (
             u16::from_be(ptr::read_unaligned((data + 12) as *const u16)),
+            *((data + 14) as *const u8),
             *((data + 23) as *const u8),
         )
     };
     match ethertype {
-        ETH_P_IP => proto == IPPROTO_UDP,
-        ETH_P_8021Q | ETH_P_8021AD => true,
-        _ => false,
+        ETH_P_IP if proto == IPPROTO_UDP => {}
+        ETH_P_8021Q | ETH_P_8021AD => return true,
+        _ => return false,
     }
+    let dport_at = data + 14 + usize::from(version_ihl & 0x0f) * 4 + 2;
+    if dport_at + 2 > data_end {
+        return true;
+    }
+    // SAFETY: the two bytes at dport_at are within the packet (checked above).
+    let dport = u16::from_be(unsafe { ptr::read_unaligned(dport_at as *const u16) });
+    let (word, bit) = port_bit(dport);
+    PORTS.get(word).is_none_or(|w| w & bit != 0)
 }
 
 #[inline(always)]

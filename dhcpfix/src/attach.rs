@@ -242,6 +242,10 @@ fn write_config(pins: &PinDir, iface: &str, ifindex: u32, cfg: IfaceConfig) -> R
             .insert(ifindex, zeros, 0)
             .map_err(|e| map_err("counters", e))?;
     }
+    // Ports first: the classifier's fast path drops out on unwatched ports
+    // before it looks at the configuration.
+    let mut ports = program::ports_map(pins)?;
+    program::watch_ports(&mut ports, &cfg.ports).map_err(|e| map_err("ports", e))?;
     let mut config = program::config_map(pins)?;
     config.insert(ifindex, cfg, 0).map_err(|e| map_err("config", e))
 }
@@ -396,6 +400,14 @@ pub fn detach(pins: &PinDir, iface: &str) -> Result<Detached, AttachError> {
         forget_interface(pins, index);
     }
     if pins.link(iface).exists() {
+        // Detach explicitly: a removed pin drops its reference only after
+        // an RCU grace period and a workqueue pass, and an attach right
+        // after this detach would meanwhile fail with EEXIST.
+        if let Ok(fd) = sys::obj_get(&pins.link(iface)) {
+            if let Err(e) = sys::link_detach(&fd) {
+                log::debug!("BPF_LINK_DETACH of {iface}: {e}");
+            }
+        }
         remove_pin(pins, iface)?;
         removed = true;
     }
@@ -457,6 +469,7 @@ pub struct Attachment {
 /// Every attachment recorded in the pin directory, sorted by name.
 pub fn list(pins: &PinDir) -> Result<Vec<Attachment>, AttachError> {
     let mut out = Vec::new();
+    pins.check_access()?;
     if !pins.is_ready() {
         return Ok(out);
     }

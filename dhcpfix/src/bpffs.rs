@@ -51,6 +51,20 @@ pub enum BpffsError {
         #[source]
         source: io::Error,
     },
+    #[error("pin directory {0} exists and is not a directory; remove it or pass another --pin-dir")]
+    NotDirectory(PathBuf),
+    #[error("{op} {path}: permission denied; the pin directory is root's: run dhcpfix as root (it needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)")]
+    Denied { op: &'static str, path: PathBuf },
+}
+
+/// An EACCES/EPERM on the pin directory says "not root": say that, rather
+/// than the bare errno.
+fn denied_or(op: &'static str, path: &Path, source: io::Error, other: impl FnOnce(io::Error) -> BpffsError) -> BpffsError {
+    if source.kind() == io::ErrorKind::PermissionDenied {
+        BpffsError::Denied { op, path: path.into() }
+    } else {
+        other(source)
+    }
 }
 
 /// Whether `path` lives on a bpffs.
@@ -99,9 +113,11 @@ fn mkdir_private(path: &Path) -> Result<(), BpffsError> {
         .recursive(true)
         .mode(0o700)
         .create(path)
-        .map_err(|source| BpffsError::Create {
-            path: path.into(),
-            source,
+        .map_err(|source| {
+            denied_or("creating pin directory", path, source, |source| BpffsError::Create {
+                path: path.into(),
+                source,
+            })
         })
 }
 
@@ -121,6 +137,11 @@ impl PinDir {
     /// `maps/` and `links/` subdirectories, all mode 0700.
     pub fn prepare(root: impl Into<PathBuf>) -> Result<Self, BpffsError> {
         let root = root.into();
+        if root.exists() && !root.is_dir() {
+            // mount(2) would say ENOTDIR, and the advice to be root would
+            // be wrong.
+            return Err(BpffsError::NotDirectory(root));
+        }
         if !root.exists() {
             // /sys/fs/bpf is a sysfs directory until bpffs is mounted on it,
             // and nothing can be created inside sysfs: mount it first, the
@@ -148,6 +169,18 @@ impl PinDir {
     /// Whether the directory exists on a bpffs (something may be pinned).
     pub fn is_ready(&self) -> bool {
         self.root.exists() && is_bpffs(&self.root).unwrap_or(false)
+    }
+
+    /// Fails if the directory exists but this process may not look inside
+    /// (not root): to a reader, that would look like "nothing attached".
+    pub fn check_access(&self) -> Result<(), BpffsError> {
+        match fs::read_dir(&self.root) {
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Err(BpffsError::Denied {
+                op: "reading pin directory",
+                path: self.root.clone(),
+            }),
+            _ => Ok(()),
+        }
     }
 
     pub fn program(&self) -> PathBuf {
@@ -190,7 +223,7 @@ impl PinDir {
             path: self.root.clone(),
             source,
         };
-        let dir = fs::File::open(&self.root).map_err(err)?;
+        let dir = fs::File::open(&self.root).map_err(|e| denied_or("locking pin directory", &self.root, e, err))?;
         // SAFETY: `dir` is an open file descriptor for the call's duration.
         if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX) } != 0 {
             return Err(err(io::Error::last_os_error()));

@@ -5,7 +5,8 @@
 //! classifier once ([`program`]), attaching it per interface ([`attach`]),
 //! reading counters ([`counters`]), running it under `BPF_PROG_TEST_RUN`
 //! ([`testrun`]) and the network-namespace lab behind `dhcpfix demo` and
-//! the end-to-end tests ([`lab`]).
+//! the end-to-end tests ([`lab`]). [`integrations`] fits it into libvirt
+//! (domain XML for the hook) and holds the checks behind `dhcpfix doctor`.
 
 pub mod agent;
 pub mod attach;

@@ -3,13 +3,15 @@
 use std::path::{Path, PathBuf};
 
 use aya::{
-    maps::{HashMap, MapData, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuHashMap, RingBuf},
     programs::{ProgramError, SchedClassifier},
     Ebpf, EbpfLoader,
 };
 use dhcpfix_common::{
-    config::IfaceConfig, counters::Counters, layout::KernelLayout, CONFIG_MAP, COUNTERS_MAP, EVENTS_MAP,
-    LAYOUT_GLOBAL, PROGRAM_NAME, TEST_MODE_GLOBAL,
+    config::{port_bit, IfaceConfig},
+    counters::Counters,
+    layout::KernelLayout,
+    CONFIG_MAP, COUNTERS_MAP, EVENTS_MAP, LAYOUT_GLOBAL, PORTS_MAP, PROGRAM_NAME, TEST_MODE_GLOBAL,
 };
 
 use crate::{
@@ -123,12 +125,14 @@ pub fn load_or_open(pins: &PinDir, layout: &LayoutSource) -> Result<SchedClassif
         let layout = layout.resolve()?;
         let (config_pin, counters_pin) = (pins.map(CONFIG_MAP), pins.map(COUNTERS_MAP));
         let events_pin = pins.map(EVENTS_MAP);
+        let ports_pin = pins.map(PORTS_MAP);
         let mut ebpf = EbpfLoader::new()
             .override_global(LAYOUT_GLOBAL, &layout, true)
             .override_global(TEST_MODE_GLOBAL, &0u32, true)
             .map_pin_path(CONFIG_MAP, config_pin.as_path())
             .map_pin_path(COUNTERS_MAP, counters_pin.as_path())
             .map_pin_path(EVENTS_MAP, events_pin.as_path())
+            .map_pin_path(PORTS_MAP, ports_pin.as_path())
             .load(object()?)
             .map_err(LoadError::Object)?;
         let prog = classifier(&mut ebpf, PROGRAM_NAME)?;
@@ -183,6 +187,36 @@ pub fn events_map(pins: &PinDir) -> Result<RingBuf<MapData>, LoadError> {
         source: Box::new(source),
     })?;
     RingBuf::try_from(aya::maps::Map::RingBuf(data)).map_err(|source| LoadError::OpenPinned {
+        path,
+        source: Box::new(source),
+    })
+}
+
+/// Sets the bits of `ports` in a watched-ports bitmap. Bits are never
+/// cleared: a port watched on no interface only costs the packet the
+/// per-interface lookup, which then ignores it.
+pub fn watch_ports<T: std::borrow::BorrowMut<MapData>>(
+    bitmap: &mut Array<T, u64>,
+    ports: &[u16],
+) -> Result<(), aya::maps::MapError> {
+    for port in ports.iter().copied().filter(|p| *p != 0) {
+        let (word, bit) = port_bit(port);
+        let value = bitmap.get(&word, 0)?;
+        if value & bit == 0 {
+            bitmap.set(word, value | bit, 0)?;
+        }
+    }
+    Ok(())
+}
+
+/// The pinned watched-ports bitmap.
+pub fn ports_map(pins: &PinDir) -> Result<Array<MapData, u64>, LoadError> {
+    let path = pins.map(PORTS_MAP);
+    let data = MapData::from_pin(&path).map_err(|source| LoadError::OpenPinned {
+        path: path.clone(),
+        source: Box::new(source),
+    })?;
+    Array::try_from(aya::maps::Map::Array(data)).map_err(|source| LoadError::OpenPinned {
         path,
         source: Box::new(source),
     })

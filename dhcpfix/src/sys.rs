@@ -11,6 +11,7 @@ use std::{
 
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_LINK_DETACH: libc::c_long = 34;
 /// `BPF_LINK_TYPE_TCX` (Linux 6.6).
 pub const BPF_LINK_TYPE_TCX: u32 = 11;
 /// `BPF_TCX_EGRESS` attach type.
@@ -83,6 +84,14 @@ pub fn link_info(fd: &OwnedFd) -> io::Result<LinkInfo> {
         ifindex: get(4),
         attach_type: get(5),
     })
+}
+
+/// `BPF_LINK_DETACH` (Linux 5.9): detaches a link from its hook now, even
+/// while other references to it (a pin being removed) still exist.
+pub fn link_detach(fd: &OwnedFd) -> io::Result<()> {
+    let mut attr = Attr([0; 128]);
+    attr.0[0..4].copy_from_slice(&(fd.as_raw_fd() as u32).to_ne_bytes());
+    bpf(BPF_LINK_DETACH, &mut attr).map(drop)
 }
 
 /// `if_nametoindex(3)`: the ifindex of `name` in this network namespace.

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use aya::{
-    maps::{HashMap, PerCpuHashMap},
+    maps::{Array, HashMap, PerCpuHashMap},
     programs::{SchedClassifier, TestRun, TestRunOptions},
     Ebpf, EbpfLoader,
 };
@@ -19,7 +19,7 @@ use dhcpfix_common::{
     config::IfaceConfig,
     counters::Counters,
     layout::{KernelLayout, LAYOUT_VALID},
-    CONFIG_MAP, COUNTERS_MAP, LAYOUT_GLOBAL, PROGRAM_NAME, TEST_MODE_GLOBAL,
+    CONFIG_MAP, COUNTERS_MAP, LAYOUT_GLOBAL, PORTS_MAP, PROGRAM_NAME, TEST_MODE_GLOBAL,
 };
 
 use crate::program::{self, LoadError, CLASSIFIER_OBJECT};
@@ -91,6 +91,10 @@ impl TestProgram {
 
     /// Sets the configuration of the test interface and zeroes its counters.
     pub fn configure(&mut self, cfg: IfaceConfig) -> Result<(), TestRunError> {
+        let mut ports: Array<_, u64> =
+            Array::try_from(self.ebpf.map_mut(PORTS_MAP).ok_or(LoadError::Missing("map"))?)
+                .map_err(|e| TestRunError::Map(PORTS_MAP, e))?;
+        program::watch_ports(&mut ports, &cfg.ports).map_err(|e| TestRunError::Map(PORTS_MAP, e))?;
         let mut config: HashMap<_, u32, IfaceConfig> =
             HashMap::try_from(self.ebpf.map_mut(CONFIG_MAP).ok_or(LoadError::Missing("map"))?)
                 .map_err(|e| TestRunError::Map(CONFIG_MAP, e))?;

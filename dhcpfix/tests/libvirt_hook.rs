@@ -12,7 +12,11 @@ use std::{
     os::unix::net::UnixDatagram,
     path::{Path, PathBuf},
     process::{Command, ExitStatus, Stdio},
-    time::Duration,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
 };
 
 use dhcpfix::lab::{self, GuestKind, Lab, LabOptions, Offload};
@@ -26,6 +30,8 @@ const TAP_MAC: &str = "fe:54:00:12:34:56";
 const VNET1_MAC: &str = "fe:54:00:12:34:57";
 /// What the hostile fixture and arguments try to create.
 const MARKER: &str = "/tmp/dhcpfix-libvirt-hook-pwned";
+/// Far longer than any hook run takes.
+const HOOK_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn fixture(name: &str) -> Vec<u8> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -90,8 +96,12 @@ impl Fixture {
     }
 
     fn run(&self, mut cmd: Command, stdin: &[u8]) -> HookRun {
-        cmd.env("DHCPFIX_SYSLOG_SOCKET", &self.syslog_path)
-            .stdin(Stdio::piped())
+        // Earlier reports out of the way: syslog() then returns this run's.
+        self.syslog();
+        if !cmd.get_envs().any(|(k, _)| k == "DHCPFIX_SYSLOG_SOCKET") {
+            cmd.env("DHCPFIX_SYSLOG_SOCKET", &self.syslog_path);
+        }
+        cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn hook");
@@ -100,7 +110,27 @@ impl Fixture {
         // Written from a thread, like libvirt's event loop: the hook must
         // take all of it (or a write fails with EPIPE).
         let writer = std::thread::spawn(move || pipe.write_all(&data).map_err(|e| e.kind()));
+        // A hook that hangs would hang libvirt: kill it and fail.
+        let pid = child.id() as libc::pid_t;
+        let done = Arc::new(AtomicBool::new(false));
+        let watchdog = {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let start = Instant::now();
+                while start.elapsed() < HOOK_TIMEOUT {
+                    if done.load(Ordering::SeqCst) {
+                        return false;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                // SAFETY: kill(2) on our own child, which has not been reaped.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                true
+            })
+        };
         let out = child.wait_with_output().expect("wait for hook");
+        done.store(true, Ordering::SeqCst);
+        assert!(!watchdog.join().unwrap(), "hook hung for {HOOK_TIMEOUT:?}");
         let stdin_ok = writer.join().unwrap().is_ok();
         let run = HookRun {
             status: out.status,
@@ -355,6 +385,19 @@ fn every_interface_shape() {
     ]);
     fx.run(cmd, &fixture("network.xml"));
     assert_eq!(fx.attached(), BTreeSet::from(["vnet0:audit".to_owned()]));
+
+    // A syslog daemon that reads nothing (its queue full) must not stall
+    // the hook: 5 runs of 4 reports each overflow its queue of 10.
+    let stuck_path = fx.lab.work_dir().join("stuck.sock");
+    let _stuck = UnixDatagram::bind(&stuck_path).unwrap();
+    for _ in 0..5 {
+        let mut cmd = fx.lab.host_command(BIN);
+        cmd.arg("--pin-dir")
+            .arg(fx.lab.pin_dir())
+            .env("DHCPFIX_SYSLOG_SOCKET", &stuck_path)
+            .args(["libvirt-hook", "--", "router", "started", "begin", "-"]);
+        fx.run(cmd, &fixture("several.xml"));
+    }
     fx.lab.destroy().unwrap();
 }
 

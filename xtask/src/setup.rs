@@ -33,6 +33,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("libcap2-bin", "capsh"),
     ("util-linux", "nsenter"),
     ("curl", "curl"),
+    ("shellcheck", "shellcheck"),
 ];
 
 /// Environment for cargo and the tools: PATH with bpf-linker in front.

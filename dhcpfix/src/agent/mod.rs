@@ -89,6 +89,12 @@ pub enum AgentError {
         #[source]
         source: io::Error,
     },
+    #[error("pin directory {path} is no longer on a bpffs (unmounted?), so the attachments pinned there are gone, and mounting a new one failed: {source}")]
+    PinDirLost {
+        path: PathBuf,
+        #[source]
+        source: Box<BpffsError>,
+    },
     // Boxed: these are large, and every agent function returns this type.
     #[error(transparent)]
     Bpffs(Box<BpffsError>),
@@ -170,6 +176,25 @@ fn wait(fds: &[Option<std::os::fd::BorrowedFd<'_>>], timeout: Duration) -> Resul
     Ok(polls.iter().map(|p| p.revents != 0).collect())
 }
 
+/// The bpffs under the pin directory was unmounted (by hand, by a
+/// careless clean-up): every link pinned there went with it and the guests
+/// are unprotected. Mount a new one and load the program again (the next
+/// full pass attaches every interface), or fail with one line so that the
+/// service manager shows it (under systemd, without CAP_SYS_ADMIN).
+fn recover_pin_dir(pins: &PinDir, layout: &crate::program::LayoutSource) -> Result<(), AgentError> {
+    log::warn!(
+        "pin directory {} is no longer on a bpffs (unmounted?): the attachments pinned there are gone; mounting a new one and attaching again",
+        pins.root().display()
+    );
+    PinDir::prepare(pins.root()).map_err(|source| AgentError::PinDirLost {
+        path: pins.root().to_path_buf(),
+        source: Box::new(source),
+    })?;
+    let _lock = pins.lock()?;
+    program::load_or_open(pins, layout)?;
+    Ok(())
+}
+
 fn full_pass(reconciler: &mut Reconciler) -> Result<(), AgentError> {
     let links = netlink::list_links()?;
     reconciler.full(&links)
@@ -236,6 +261,11 @@ pub fn run(pin_dir: PathBuf, settings: Settings) -> Result<(), AgentError> {
         )?;
         if ready[0] && signals.received() {
             break;
+        }
+        if !pins.is_ready() {
+            recover_pin_dir(&pins, &settings.attach.layout)?;
+            events = EventStream::open(&pins).ok();
+            next_pass = Instant::now();
         }
         if ready[1] {
             let mut lost = false;

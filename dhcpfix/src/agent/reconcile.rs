@@ -177,6 +177,11 @@ impl Reconciler {
             }
             // Gone again before we got to it: its deletion event follows.
             Err(attach::AttachError::NoInterface(_)) => {}
+            // Deleted (or re-created) while we attached: not a failure; the
+            // events that follow cover the new interface.
+            Err(e) if crate::sys::ifname(link.ifindex).as_deref() != Some(link.name.as_str()) => {
+                log::debug!("{}: gone while attaching ({e})", link.name);
+            }
             Err(e) => {
                 let message = e.to_string();
                 let again = self.failed.get(&link.ifindex) == Some(&(link.name.clone(), message.clone()));

@@ -416,9 +416,8 @@ fn judge(
         (
             Verdict::AtRisk,
             format!(
-                "tx checksum offload on, no fix, {port_of} served by {}: run dhcpfix attach {}",
-                served_by.join(", "),
-                tap.name
+                "tx checksum offload on and no fix; {port_of}, served by {}",
+                served_by.join(", ")
             ),
         )
     }
@@ -882,6 +881,38 @@ mod tests {
         if cfg!(target_endian = "little") {
             assert_eq!(dns, vec![(Ipv4Addr::LOCALHOST, 51836)]);
         }
+    }
+
+    #[test]
+    fn verdicts() {
+        let tap = Link {
+            index: 5,
+            name: "vnet5".into(),
+            kind: Some("tun".into()),
+            ethernet: true,
+            ..Default::default()
+        };
+        let server = ["dnsmasq[1]".to_owned()];
+        let verdict = |link: &Link, offload, fixes: &[&OtherFix], served: &[String]| {
+            judge(link, offload, None, fixes, Some("br0"), served).0
+        };
+        assert_eq!(verdict(&tap, Some(true), &[], &server), Verdict::AtRisk);
+        assert_eq!(verdict(&tap, Some(true), &[], &[]), Verdict::Exposed);
+        assert_eq!(verdict(&tap, Some(false), &[], &server), Verdict::NoOffload);
+        assert_eq!(verdict(&tap, None, &[], &server), Verdict::Unknown);
+        let tc = OtherFix {
+            kind: "tc-csum",
+            applies_to: "br0".into(),
+            rule: String::new(),
+        };
+        assert_eq!(verdict(&tap, Some(true), &[&tc], &server), Verdict::CoveredByTc);
+        let macvtap = Link {
+            kind: Some("macvtap".into()),
+            ..tap.clone()
+        };
+        assert_eq!(verdict(&macvtap, Some(true), &[], &server), Verdict::Unsupported);
+        assert_eq!(Verdict::AtRisk.level(), Level::Action);
+        assert_eq!(Verdict::Exposed.level(), Level::Warn);
     }
 
     #[test]

@@ -54,8 +54,12 @@ impl Reporter {
             }
             line.truncate(cut);
         }
+        // Non-blocking: a stuck or slow syslog daemon (its queue full) must
+        // not hang the hook, and with it the guest's start.
         if let Ok(socket) = UnixDatagram::unbound() {
-            let _ = socket.send_to(line.as_bytes(), &self.socket);
+            if socket.set_nonblocking(true).is_ok() {
+                let _ = socket.send_to(line.as_bytes(), &self.socket);
+            }
         }
     }
 }

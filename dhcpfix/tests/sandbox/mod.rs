@@ -1,0 +1,424 @@
+//! A bare network namespace and a work directory for the robustness tests
+//! (`datapath_kernel.rs`, `faults.rs`, `security.rs`): no DHCP server, no
+//! relay, just what each test builds in it. Everything is removed on drop,
+//! and leftovers of a test process that was killed are removed by the next
+//! one.
+#![allow(dead_code)]
+
+use std::{
+    ffi::{CString, OsStr},
+    fs, io,
+    os::{
+        fd::AsRawFd,
+        unix::{ffi::OsStrExt, fs::PermissionsExt, process::CommandExt},
+    },
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        Mutex, Once,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use aya::programs::{SchedClassifier, TcAttachType};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_dhcpfix");
+/// Parent of the sandboxes' work directories.
+const RUN_DIR: &str = "/run/dhcpfix-robust";
+const PREFIX: &str = "dfxr-";
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+/// `ip netns add` mounts /run/netns on first use: serialise add/del.
+static NETNS_LOCK: Mutex<()> = Mutex::new(());
+static STALE: Once = Once::new();
+
+/// One test's network namespace (`dfxr-<pid>-<n>`) and work directory
+/// (`/run/dhcpfix-robust/dfxr-<pid>-<n>`, mode 0755).
+pub struct Sandbox {
+    pub name: String,
+    pub dir: PathBuf,
+}
+
+fn ip_raw(args: &[&str]) -> Output {
+    Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ip (Debian package iproute2)")
+}
+
+/// SIGKILLs every process whose network namespace is `ns`, then waits a
+/// moment for them to go.
+fn kill_all_in(ns: &Path) {
+    let Ok(target) = fs::metadata(ns) else { return };
+    let me = std::process::id();
+    use std::os::unix::fs::MetadataExt;
+    let pids: Vec<i32> = fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid as u32 != me)
+        .filter(|pid| {
+            fs::metadata(format!("/proc/{pid}/ns/net"))
+                .is_ok_and(|m| (m.dev(), m.ino()) == (target.dev(), target.ino()))
+        })
+        .collect();
+    for pid in &pids {
+        // SAFETY: kill(2) on a process inside a namespace this test made.
+        unsafe { libc::kill(*pid, libc::SIGKILL) };
+    }
+    if !pids.is_empty() {
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Detaches every mount at or below `dir`, deepest first.
+pub fn unmount_below(dir: &Path) {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let mut points: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(PathBuf::from)
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for p in points {
+        let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+fn remove(name: &str, dir: &Path) {
+    let ns = Path::new("/run/netns").join(name);
+    kill_all_in(&ns);
+    {
+        let _guard = NETNS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        if ns.exists() {
+            ip_raw(&["netns", "del", name]);
+        }
+    }
+    unmount_below(dir);
+    let _ = fs::remove_dir_all(dir);
+}
+
+/// Removes sandboxes of test processes that are gone.
+fn clean_stale() {
+    for parent in ["/run/netns", RUN_DIR] {
+        for entry in fs::read_dir(parent).into_iter().flatten().flatten() {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            let Some(rest) = file.strip_prefix(PREFIX) else {
+                continue;
+            };
+            let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+                continue;
+            };
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                remove(&file, &Path::new(RUN_DIR).join(&file));
+            }
+        }
+    }
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        STALE.call_once(clean_stale);
+        let name = format!(
+            "{PREFIX}{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = Path::new(RUN_DIR).join(&name);
+        fs::create_dir_all(&dir).expect("create sandbox directory");
+        for d in [Path::new(RUN_DIR), &dir] {
+            fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        {
+            let _guard = NETNS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+            let out = ip_raw(&["netns", "add", &name]);
+            assert!(
+                out.status.success(),
+                "ip netns add {name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let sb = Sandbox { name, dir };
+        sb.ip(&["link", "set", "lo", "up"]);
+        sb
+    }
+
+    pub fn ns_path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.name)
+    }
+
+    /// A pin directory for dhcpfix (bpffs is mounted there by dhcpfix).
+    pub fn pin_dir(&self) -> PathBuf {
+        self.dir.join("bpf")
+    }
+
+    /// `ip -n <sandbox> ARGS`, which must succeed.
+    pub fn ip(&self, args: &[&str]) {
+        let out = self.try_ip(args);
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn try_ip(&self, args: &[&str]) -> Output {
+        let mut full = vec!["-n", self.name.as_str()];
+        full.extend_from_slice(args);
+        ip_raw(&full)
+    }
+
+    /// A persistent tap (no process holds it; enough to attach to).
+    pub fn add_tap(&self, name: &str) {
+        self.ip(&["tuntap", "add", "dev", name, "mode", "tap"]);
+    }
+
+    pub fn del_link(&self, name: &str) {
+        self.ip(&["link", "del", name]);
+    }
+
+    /// A command whose child enters the sandbox's network namespace right
+    /// before exec, keeping this process's mount namespace (so bpffs
+    /// mounts it makes stay visible to the test).
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        command_in(&self.ns_path(), program)
+    }
+
+    /// `dhcpfix --pin-dir PINS ARGS` in the sandbox.
+    pub fn dhcpfix_cmd(&self, pins: &Path, args: &[&str]) -> Command {
+        let mut cmd = self.command(BIN);
+        cmd.arg("--pin-dir").arg(pins).args(args);
+        cmd
+    }
+
+    /// Runs `dhcpfix --pin-dir PINS ARGS`, echoing its output.
+    pub fn dhcpfix(&self, pins: &Path, args: &[&str]) -> Output {
+        let out = self.dhcpfix_cmd(pins, args).output().expect("run dhcpfix");
+        eprintln!(
+            "$ dhcpfix {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    pub fn dhcpfix_ok(&self, pins: &Path, args: &[&str]) -> String {
+        let out = self.dhcpfix(pins, args);
+        assert!(
+            out.status.success(),
+            "dhcpfix {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs `f` on a thread that has entered the sandbox's network
+    /// namespace (sockets, tap fds and ioctls made there belong to it).
+    pub fn in_netns<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let ns = self.ns_path();
+        thread::spawn(move || {
+            let file = fs::File::open(&ns).expect("open the sandbox netns");
+            // SAFETY: setns on a valid namespace fd; it affects this thread
+            // only, which ends when `f` returns.
+            assert_eq!(unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+            f()
+        })
+        .join()
+        .expect("sandbox thread panicked")
+    }
+
+    /// The ifindex of `iface` in the sandbox.
+    pub fn ifindex(&self, iface: &str) -> Option<u32> {
+        let iface = iface.to_owned();
+        self.in_netns(move || dhcpfix::sys::ifindex(&iface))
+    }
+
+    /// Names of the tcx programs at the egress of `iface`, as the kernel
+    /// lists them; `None` if the interface does not exist.
+    pub fn tcx_programs(&self, iface: &str) -> Option<Vec<String>> {
+        let iface = iface.to_owned();
+        self.in_netns(move || {
+            dhcpfix::sys::ifindex(&iface)?;
+            let (_, progs) = SchedClassifier::query_tcx(&iface, TcAttachType::Egress).ok()?;
+            Some(
+                progs
+                    .iter()
+                    .map(|p| p.name_as_str().unwrap_or("?").to_owned())
+                    .collect(),
+            )
+        })
+    }
+
+    /// Waits (up to `timeout`) until `iface` has exactly the programs
+    /// `want` (a pin removal releases a link a moment later).
+    pub fn wait_programs(&self, iface: &str, want: &[&str], timeout: Duration) -> Vec<String> {
+        let start = Instant::now();
+        loop {
+            let now = self.tcx_programs(iface).unwrap_or_default();
+            if now == want || start.elapsed() > timeout {
+                return now;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// See [`Sandbox::command`]: a command run in the network namespace `ns`.
+pub fn command_in(ns: &Path, program: impl AsRef<OsStr>) -> Command {
+    let mut cmd = Command::new(program);
+    let path = CString::new(ns.as_os_str().as_bytes()).unwrap();
+    // SAFETY: the closure runs in the child between fork and exec and
+    // only calls async-signal-safe functions on memory allocated before
+    // the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let rc = libc::setns(fd, libc::CLONE_NEWNET);
+            let err = io::Error::last_os_error();
+            libc::close(fd);
+            if rc != 0 {
+                return Err(err);
+            }
+            Ok(())
+        });
+    }
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        remove(&self.name, &self.dir);
+    }
+}
+
+/// The interface a pinned tcx link is attached to (0: its interface is
+/// gone); `None` if there is no such pin.
+pub fn pinned_link_ifindex(pins: &Path, iface: &str) -> Option<u32> {
+    let fd = dhcpfix::sys::obj_get(&pins.join("links").join(iface)).ok()?;
+    dhcpfix::sys::link_info(&fd).ok().map(|i| i.ifindex)
+}
+
+/// Polls `done` every 5 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if done() {
+            return true;
+        }
+        if start.elapsed() > timeout {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Asserts `stderr` is one line, with no panic in it.
+pub fn assert_one_line(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr).into_owned();
+    assert!(!text.contains("panicked"), "dhcpfix panicked: {text}");
+    assert_eq!(text.trim_end().lines().count(), 1, "not one line: {text:?}");
+    text.trim_end().to_owned()
+}
+
+/// A running `dhcpfix run`, its stderr (the log) going to a file.
+pub struct Agent {
+    pub child: std::process::Child,
+    pub log: PathBuf,
+}
+
+static AGENTS: AtomicU32 = AtomicU32::new(0);
+
+impl Agent {
+    /// Starts `dhcpfix --pin-dir PINS run ARGS` in the sandbox, behind
+    /// `wrapper` (e.g. setpriv or strace) if given.
+    pub fn start(sb: &Sandbox, pins: &Path, args: &[&str], wrapper: &[&str]) -> Agent {
+        let n = AGENTS.fetch_add(1, Ordering::Relaxed);
+        let log = sb.dir.join(format!("agent-{n}.log"));
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = sb.command(program);
+                c.args(rest).arg(BIN);
+                c
+            }
+            None => sb.command(BIN),
+        };
+        let child = cmd
+            .env("RUST_LOG", "info")
+            .arg("--pin-dir")
+            .arg(pins)
+            .arg("run")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).expect("agent log file"))
+            .spawn()
+            .expect("start dhcpfix run");
+        Agent { child, log }
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().expect("wait for the agent")
+    }
+
+    /// Waits for the end of start-up (the first full pass).
+    pub fn wait_running(&mut self) {
+        let up = wait_until(Duration::from_secs(15), || {
+            self.log().contains("running: ") || self.child.try_wait().ok().flatten().is_some()
+        });
+        assert!(
+            up && self.exited().is_none(),
+            "the agent did not start:\n{}",
+            self.log()
+        );
+    }
+
+    pub fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) on our own child, not yet reaped.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
+    }
+
+    /// Sends `sig`, waits (up to 5 s) for the exit; returns the status and
+    /// the log, which must not show a panic.
+    pub fn stop(mut self, sig: libc::c_int) -> (std::process::ExitStatus, String) {
+        self.signal(sig);
+        let mut status = None;
+        wait_until(Duration::from_secs(5), || {
+            status = self.exited();
+            status.is_some()
+        });
+        let log = self.log();
+        let Some(status) = status else {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            panic!("the agent did not exit within 5 s of signal {sig}:\n{log}");
+        };
+        assert!(!log.contains("panicked"), "the agent panicked:\n{log}");
+        (status, log)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! Security: what dhcpfix creates is root's alone, the metrics listen on
+//! loopback unless told otherwise, and interface names (which may hold any
+//! byte but '/', ':' and white space) never reach a shell or a path outside
+//! the pin directory.
+
+mod sandbox;
+mod support;
+
+use std::{
+    fs,
+    os::unix::{
+        fs::{MetadataExt, PermissionsExt},
+        process::CommandExt,
+    },
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use sandbox::{assert_one_line, pinned_link_ifindex, wait_until, Agent, Sandbox};
+use support::privileged;
+
+/// Every directory and file under `root` (and `root`): owned by root, no
+/// access for group or others; directories 0700 (bpffs adds the sticky
+/// bit to its root), pins 0600, bpffs's own `*.debug` files 0400.
+fn assert_root_only(root: &Path) -> usize {
+    let mut seen = 0;
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(path) = todo.pop() {
+        let meta = fs::symlink_metadata(&path).unwrap();
+        let mode = meta.permissions().mode() & 0o777;
+        seen += 1;
+        assert_eq!((meta.uid(), meta.gid()), (0, 0), "{}", path.display());
+        if meta.is_dir() {
+            assert_eq!(mode, 0o700, "{} is {mode:o}", path.display());
+            todo.extend(fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            let want = if path.extension().is_some_and(|e| e == "debug") {
+                0o400
+            } else {
+                0o600
+            };
+            assert!(meta.file_type().is_file(), "{} is not a file", path.display());
+            assert_eq!(mode, want, "{} is {mode:o}", path.display());
+        }
+    }
+    seen
+}
+
+#[test]
+fn pins_and_directories_are_root_only_even_with_umask_0() {
+    if !privileged("pins_and_directories_are_root_only_even_with_umask_0") {
+        return;
+    }
+    let sb = Sandbox::new();
+    sb.add_tap("vnet0");
+    sb.add_tap("vnet1");
+    let pins = sb.pin_dir();
+    // A careless environment: umask 0.
+    let mut cmd = sb.dhcpfix_cmd(&pins, &["attach", "vnet0"]);
+    // SAFETY: umask(2) is async-signal-safe and touches no memory.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::umask(0);
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let n = assert_root_only(&pins);
+    assert!(pins.join("prog").exists() && pins.join("links/vnet0").exists());
+    eprintln!("after attach: {n} entries, all root-only");
+
+    // And what the agent creates, in a pin directory of its own.
+    let agent_pins = sb.dir.join("agent-bpf");
+    let mut agent = Agent::start(&sb, &agent_pins, &["--iface", "vnet*", "--metrics-addr", "none"], &[]);
+    agent.wait_running();
+    let n = assert_root_only(&agent_pins);
+    assert!(agent_pins.join("links/vnet1").exists() && agent_pins.join("maps/DHCPFIX_EVENTS").exists());
+    eprintln!("after run: {n} entries, all root-only");
+    let (status, _) = agent.stop(libc::SIGTERM);
+    assert!(status.success());
+}
+
+/// Listening TCP sockets (local address as in /proc/net/tcp) of process `pid`'s
+/// network namespace.
+fn listeners(pid: u32, table: &str) -> Vec<String> {
+    let text = fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // sl local_address rem_address st ...; 0A = LISTEN.
+            (f.get(3) == Some(&"0A")).then(|| f[1].to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn metrics_listen_on_loopback_only_unless_told_otherwise() {
+    if !privileged("metrics_listen_on_loopback_only_unless_told_otherwise") {
+        return;
+    }
+    let sb = Sandbox::new();
+    sb.add_tap("vnet0");
+    for (args, want) in [
+        // Defaults: 127.0.0.1:9788 (0x263c), little-endian hex in /proc.
+        (vec!["--iface", "vnet*"], "0100007F:263C"),
+        (vec!["--iface", "vnet*", "--metrics-addr", "0.0.0.0:9788"], "00000000:263C"),
+    ] {
+        let pins = sb.dir.join(format!("bpf-{}", want.replace(':', "-")));
+        let mut agent = Agent::start(&sb, &pins, &args, &[]);
+        agent.wait_running();
+        let pid = agent.child.id();
+        assert!(
+            wait_until(Duration::from_secs(3), || !listeners(pid, "tcp").is_empty()),
+            "no listener:\n{}",
+            agent.log()
+        );
+        assert_eq!(listeners(pid, "tcp"), [want], "{args:?}");
+        assert_eq!(listeners(pid, "tcp6"), Vec::<String>::new(), "{args:?}");
+        let (status, _) = agent.stop(libc::SIGTERM);
+        assert!(status.success());
+    }
+}
+
+/// Taps whose names a shell would act on; all valid for the kernel.
+const HOSTILE: [&str; 8] = ["v$(id)", "v;id", "v|sh", "v`id`", "v&&id", "v'\"x", "-v", "v*"];
+
+/// Every program `strace -f -e trace=execve` saw started.
+fn execs(trace: &Path) -> Vec<String> {
+    fs::read_to_string(trace)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("execve(") && !l.contains("= -1 ENOENT"))
+        .map(|l| {
+            let from = l.find("execve(\"").unwrap() + 8;
+            l[from..from + l[from..].find('"').unwrap()].to_owned()
+        })
+        .collect()
+}
+
+fn strace(trace: &Path) -> Vec<String> {
+    ["strace", "-f", "-qq", "-e", "trace=execve", "-o", trace.to_str().unwrap(), "--"]
+        .map(str::to_owned)
+        .to_vec()
+}
+
+#[test]
+fn hostile_interface_names_never_reach_a_shell() {
+    if !privileged("hostile_interface_names_never_reach_a_shell") {
+        return;
+    }
+    let sb = Sandbox::new();
+    for name in HOSTILE {
+        sb.add_tap(name);
+    }
+    let bin = fs::canonicalize(sandbox::BIN).unwrap();
+    let only_dhcpfix = |trace: &Path| {
+        let execs = execs(trace);
+        assert!(!execs.is_empty(), "strace saw nothing");
+        for e in &execs {
+            assert_eq!(fs::canonicalize(e).ok().as_deref(), Some(bin.as_path()), "executed {e}");
+        }
+    };
+
+    // The agent, matching them all.
+    let pins = sb.pin_dir();
+    let trace = sb.dir.join("agent.strace");
+    let wrapper = strace(&trace);
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let mut agent = Agent::start(
+        &sb,
+        &pins,
+        &["--iface", "v*", "--iface=-*", "--metrics-addr", "none"],
+        &wrapper,
+    );
+    agent.wait_running();
+    for name in HOSTILE {
+        let ifindex = sb.ifindex(name).unwrap();
+        assert_eq!(pinned_link_ifindex(&pins, name), Some(ifindex), "{name}:\n{}", agent.log());
+        assert_eq!(sb.tcx_programs(name).unwrap(), ["dhcpfix"], "{name}");
+    }
+    let (status, log) = agent.stop(libc::SIGTERM);
+    assert!(status.success(), "{log}");
+    only_dhcpfix(&trace);
+    sb.dhcpfix_ok(&pins, &["clean", "--all"]);
+
+    // The commands a hook or an operator runs.
+    let pins = sb.dir.join("bpf-cli");
+    let mut names = vec!["--"];
+    names.extend(HOSTILE);
+    for (i, args) in [
+        [vec!["attach"], names.clone()].concat(),
+        vec!["status", "--json"],
+        vec!["stats", "--format", "prometheus"],
+        [vec!["detach"], names.clone()].concat(),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let trace = sb.dir.join(format!("cli-{i}.strace"));
+        let out = sb
+            .command(&wrapper[0])
+            .args(&strace(&trace)[1..])
+            .arg(sandbox::BIN)
+            .arg("--pin-dir")
+            .arg(&pins)
+            .args(&args)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        only_dhcpfix(&trace);
+        if args[0] == "status" {
+            let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+            let mut listed: Vec<&str> = v["interfaces"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["name"].as_str().unwrap())
+                .collect();
+            listed.sort();
+            let mut want = HOSTILE.to_vec();
+            want.sort();
+            assert_eq!(listed, want);
+        }
+    }
+    for name in HOSTILE {
+        assert!(sb.wait_programs(name, &[], Duration::from_secs(2)).is_empty(), "{name}");
+    }
+}
+
+#[test]
+fn names_that_are_paths_are_refused_before_touching_anything() {
+    if !privileged("names_that_are_paths_are_refused_before_touching_anything") {
+        return;
+    }
+    let sb = Sandbox::new();
+    sb.add_tap("vnet0");
+    let pins = sb.pin_dir();
+    sb.dhcpfix_ok(&pins, &["attach", "vnet0"]);
+    let before = tree(&sb.dir);
+    for name in ["..", ".", "../links", "links/vnet0", "a/b", "", "vnet0:1", "v net", "waytoolongname0123"] {
+        for cmd in ["attach", "detach"] {
+            let out = sb.dhcpfix(&pins, &[cmd, name]);
+            assert_eq!(out.status.code(), Some(1), "{cmd} {name:?}");
+            let line = assert_one_line(&out.stderr);
+            assert!(line.contains("is not a valid interface name"), "{line}");
+        }
+    }
+    for pattern in ["../*", "a/b*", "v net*", ""] {
+        let out = sb.dhcpfix(&pins, &["run", "--iface", pattern]);
+        assert_eq!(out.status.code(), Some(1), "run --iface {pattern:?}");
+        let line = assert_one_line(&out.stderr);
+        assert!(line.contains("interface pattern"), "{line}");
+    }
+    assert_eq!(tree(&sb.dir), before, "something was created or removed");
+    assert_eq!(sb.tcx_programs("vnet0").unwrap(), ["dhcpfix"]);
+}
+
+/// Every path below `dir`, sorted.
+fn tree(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(p) = todo.pop() {
+        if p.is_dir() {
+            todo.extend(fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        }
+        out.push(p);
+    }
+    out.sort();
+    out
+}
