@@ -122,7 +122,7 @@ fn prog_cost(report: &Report, area: &Area<'_>) -> DrawResult {
         "udp_ipv4" => "UDP",
         "tcp_ipv6" => "IPv6",
         "arp" => "ARP",
-        "udp_ipv4_lookup_only" => "UDP lookup",
+        "dhcp_valid_300" => "DHCP ok",
         "dhcp_fill_300" => "fill 300",
         "dhcp_fill_576" => "fill 576",
         "dhcp_fill_1472" => "fill 1472",

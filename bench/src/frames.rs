@@ -93,6 +93,12 @@ pub fn dhcp_reply(dhcp_len: usize) -> Vec<u8> {
     udp_with(67, 68, &dhcp_ack(dhcp_len), true)
 }
 
+/// The same DHCP reply with its checksum already complete (a server
+/// without offload, or a relay).
+pub fn dhcp_reply_complete(dhcp_len: usize) -> Vec<u8> {
+    udp_with(67, 68, &dhcp_ack(dhcp_len), false)
+}
+
 /// A BOOTP/DHCP ACK message of `len` bytes (at least 244): fixed header,
 /// magic cookie, message type and end options, zero padding.
 pub fn dhcp_ack(len: usize) -> Vec<u8> {
@@ -197,6 +203,8 @@ mod tests {
             assert!(udp_checksum_ok(&udp_view(&full).unwrap()), "len {len}");
             let partial = dhcp_reply(len);
             assert!(!udp_checksum_ok(&udp_view(&partial).unwrap()), "len {len}");
+            let complete = dhcp_reply_complete(len);
+            assert!(udp_checksum_ok(&udp_view(&complete).unwrap()), "len {len}");
         }
     }
 

@@ -47,46 +47,50 @@ pub struct ProgCost {
     pub cases: Vec<CaseResult>,
 }
 
+/// What a case must do to the frame and the counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Expect {
+    /// Frame unchanged, counters unchanged (not a watched packet).
+    Untouched,
+    /// Frame unchanged, `valid` up by the repeat count.
+    Valid,
+    /// Checksum filled and correct, `filled` up by the repeat count.
+    Filled,
+}
+
 struct Case {
     key: &'static str,
     label: &'static str,
     program: &'static str,
     frame: Vec<u8>,
     mark: u32,
-    fills: bool,
-    /// Whether the test interface has a configuration (attached taps do).
-    configured: bool,
+    expect: Expect,
 }
 
 /// The key of the floor case.
 pub const EMPTY: &str = "empty";
 /// Keys of the cases every bulk packet takes.
 pub const FAST_PATH: [&str; 4] = ["tcp_ipv4", "udp_ipv4", "tcp_ipv6", "arp"];
-/// Diagnostic: non-DHCP UDP on an interface without configuration, so only
-/// the config lookup runs (splits the UDP fast path into lookup and parse).
-pub const UDP_LOOKUP_ONLY: &str = "udp_ipv4_lookup_only";
+/// A DHCP reply whose checksum is already complete: the whole parse and
+/// decision, no fill (what DHCP from a server without offload costs).
+pub const DHCP_VALID: &str = "dhcp_valid_300";
 /// DHCP payload sizes of the fill-path cases.
 pub const FILL_SIZES: [usize; 3] = [300, 576, 1472];
 
 fn cases() -> Vec<Case> {
-    let fast = |key, label, frame| Case {
+    let case = |key, label, frame, mark, expect| Case {
         key,
         label,
         program: PROGRAM_NAME,
         frame,
-        mark: 0,
-        fills: false,
-        configured: true,
+        mark,
+        expect,
     };
+    let fast = |key, label, frame| case(key, label, frame, 0, Expect::Untouched);
     let mut cases = vec![
         Case {
-            key: EMPTY,
-            label: "empty classifier (floor)",
             program: EMPTY_PROGRAM,
-            frame: frames::tcp_ipv4(),
-            mark: 0,
-            fills: false,
-            configured: true,
+            ..fast(EMPTY, "empty classifier (floor)", frames::tcp_ipv4())
         },
         fast("tcp_ipv4", "dhcpfix, IPv4 TCP", frames::tcp_ipv4()),
         fast(
@@ -96,14 +100,13 @@ fn cases() -> Vec<Case> {
         ),
         fast("tcp_ipv6", "dhcpfix, IPv6 TCP", frames::tcp_ipv6()),
         fast("arp", "dhcpfix, ARP", frames::arp()),
-        Case {
-            configured: false,
-            ..fast(
-                UDP_LOOKUP_ONLY,
-                "dhcpfix, IPv4 UDP, interface not configured (lookup only)",
-                frames::udp(40000, 4789, 1472, false),
-            )
-        },
+        case(
+            DHCP_VALID,
+            "dhcpfix, DHCP 300 B, checksum already complete",
+            frames::dhcp_reply_complete(300),
+            0,
+            Expect::Valid,
+        ),
     ];
     let fill_keys = ["dhcp_fill_300", "dhcp_fill_576", "dhcp_fill_1472"];
     let fill_labels = [
@@ -112,15 +115,13 @@ fn cases() -> Vec<Case> {
         "dhcpfix fill, DHCP 1472 B",
     ];
     for ((key, label), size) in fill_keys.into_iter().zip(fill_labels).zip(FILL_SIZES) {
-        cases.push(Case {
+        cases.push(case(
             key,
             label,
-            program: PROGRAM_NAME,
-            frame: frames::dhcp_reply(size),
-            mark: TEST_MARK_PARTIAL | TEST_MARK_OFFLOAD,
-            fills: true,
-            configured: true,
-        });
+            frames::dhcp_reply(size),
+            TEST_MARK_PARTIAL | TEST_MARK_OFFLOAD,
+            Expect::Filled,
+        ));
     }
     cases
 }
@@ -129,24 +130,15 @@ fn cases() -> Vec<Case> {
 /// checking each run's verdict, output frame and counters.
 pub fn run(cfg: Config) -> Result<ProgCost> {
     let mut prog = TestProgram::load()?;
-    // Configured like an attached tap, so non-DHCP UDP goes through the
-    // config lookup and the parser, as it does in production.
-    let config = IfaceConfig::new(MODE_FILL, &DEFAULT_PORTS);
-    prog.configure(config)?;
+    // Configured like an attached tap (config entry and watched-ports
+    // bitmap), so every path is the one production packets take.
+    prog.configure(IfaceConfig::new(MODE_FILL, &DEFAULT_PORTS))?;
     let cases = cases();
     let mut samples = vec![Vec::with_capacity(cfg.repetitions); cases.len()];
     for rep in 0..cfg.repetitions {
         for k in 0..cases.len() {
             let i = (k + rep) % cases.len();
-            let case = &cases[i];
-            if !case.configured {
-                prog.unconfigure()?;
-            }
-            let ns = measure(&prog, case, cfg.repeat);
-            if !case.configured {
-                prog.configure(config)?;
-            }
-            samples[i].push(ns?);
+            samples[i].push(measure(&prog, &cases[i], cfg.repeat)?);
         }
     }
     let empty = samples[0].clone();
@@ -176,24 +168,34 @@ fn measure(prog: &TestProgram, case: &Case, repeat: u32) -> Result<f64> {
     if run.verdict != TC_NEXT {
         return fail(format!("verdict {} instead of TCX_NEXT", run.verdict));
     }
-    if case.fills {
-        let filled = after.filled - before.filled;
-        if filled != u64::from(repeat) || after.errors != before.errors {
-            return fail(format!(
-                "filled {filled} of {repeat} runs, errors {}",
-                after.errors
-            ));
+    let runs = u64::from(repeat);
+    match case.expect {
+        Expect::Filled => {
+            let filled = after.filled - before.filled;
+            if filled != runs || after.errors != before.errors {
+                return fail(format!(
+                    "filled {filled} of {repeat} runs, errors {}",
+                    after.errors
+                ));
+            }
+            let view = frames::udp_view(&run.frame);
+            if !view.as_ref().is_some_and(frames::udp_checksum_ok) {
+                return fail("the filled checksum does not verify".into());
+            }
         }
-        let view = frames::udp_view(&run.frame);
-        if !view.as_ref().is_some_and(frames::udp_checksum_ok) {
-            return fail("the filled checksum does not verify".into());
-        }
-    } else {
-        if after != before {
-            return fail(format!("counters moved on a non-DHCP frame: {after:?}"));
-        }
-        if run.frame != case.frame {
-            return fail("a non-DHCP frame was modified".into());
+        Expect::Valid | Expect::Untouched => {
+            let valid = if case.expect == Expect::Valid { runs } else { 0 };
+            let expected = dhcpfix_common::counters::Counters {
+                seen: before.seen + valid,
+                valid: before.valid + valid,
+                ..before
+            };
+            if after != expected {
+                return fail(format!("counters {after:?}, expected {expected:?}"));
+            }
+            if run.frame != case.frame {
+                return fail("the frame was modified".into());
+            }
         }
     }
     Ok(run.duration.as_nanos() as f64)

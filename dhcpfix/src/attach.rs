@@ -43,7 +43,7 @@ pub enum AttachError {
     Bpffs(#[from] BpffsError),
     #[error(transparent)]
     Load(#[from] LoadError),
-    #[error("attaching to {iface} egress ({how}) failed: {source}")]
+    #[error("attaching to {iface} egress ({how}) failed: {}", describe(.source))]
     Attach {
         iface: String,
         how: &'static str,
@@ -79,6 +79,15 @@ pub enum AttachError {
         #[source]
         source: tc::TcError,
     },
+}
+
+/// aya's syscall errors name the call but keep the errno in their source;
+/// an operator needs both on the one line.
+fn describe(e: &ProgramError) -> String {
+    match e {
+        ProgramError::SyscallError(s) => format!("{}: {}", s.call, s.io_error),
+        other => other.to_string(),
+    }
 }
 
 /// What the classifier does on an interface.

@@ -247,8 +247,10 @@ impl Btf {
             }
             if name.is_empty() {
                 if let Some(inner) = self.member_in(type_id, member, depth + 1) {
+                    // Offsets come from the file: a sum past u32 is malformed
+                    // BTF, not a place in a struct.
                     return Some(Member {
-                        bit_offset: bit_offset + inner.bit_offset,
+                        bit_offset: bit_offset.checked_add(inner.bit_offset)?,
                         ..inner
                     });
                 }

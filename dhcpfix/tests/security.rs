@@ -180,7 +180,7 @@ fn hostile_interface_names_never_reach_a_shell() {
         assert_eq!(pinned_link_ifindex(&pins, name), Some(ifindex), "{name}:\n{}", agent.log());
         assert_eq!(sb.tcx_programs(name).unwrap(), ["dhcpfix"], "{name}");
     }
-    let (status, log) = agent.stop(libc::SIGTERM);
+    let (status, log) = agent.stop_wrapped(libc::SIGTERM);
     assert!(status.success(), "{log}");
     only_dhcpfix(&trace);
     sb.dhcpfix_ok(&pins, &["clean", "--all"]);

@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask setup|build|test|lint|demo|bench`.
+//! Developer tasks: `cargo xtask setup|build|test|lint|demo|bench|fuzz`.
 //!
 //! The only place that knows how to get the eBPF toolchain (nightly
 //! `rust-src`, bpf-linker) and the lab's Debian packages onto a machine.
@@ -48,6 +48,16 @@ enum Task {
         #[arg(last = true)]
         bench_args: Vec<String>,
     },
+    /// Set up (cargo-fuzz too), then run the fuzz targets in fuzz/ with
+    /// libFuzzer and ASan (nightly), each for --seconds. Crashes land in
+    /// fuzz/artifacts/TARGET/.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only this target (default: all; `cargo fuzz list` in fuzz/).
+        target: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -87,7 +97,50 @@ fn run(cli: Cli) -> Result<()> {
             run_cmd(Command::new(bin).arg("demo").envs(env.vars()))
         }
         Task::Bench { bench_args } => bench(&bench_args),
+        Task::Fuzz { seconds, target } => fuzz(seconds, target.as_deref()),
     }
+}
+
+/// Fuzz targets, as in fuzz/Cargo.toml.
+const FUZZ_TARGETS: [&str; 6] = ["frame", "btf", "layout_spec", "pattern", "config", "libvirt_xml"];
+
+/// `cargo xtask fuzz`: seeds from the short version's test
+/// (tests/fuzz_short.rs), then `cargo +nightly fuzz run` per target.
+fn fuzz(seconds: u64, only: Option<&str>) -> Result<()> {
+    let targets: Vec<&str> = match only {
+        Some(t) if FUZZ_TARGETS.contains(&t) => vec![t],
+        Some(t) => bail!("no fuzz target {t:?}; there are {}", FUZZ_TARGETS.join(", ")),
+        None => FUZZ_TARGETS.to_vec(),
+    };
+    let env = setup::all()?;
+    let fuzz_bin = setup::cargo_fuzz()?;
+    let root = workspace_root();
+    let seeds = root.join("fuzz/seeds");
+    let mut write_seeds = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    write_seeds
+        .args(["test", "-p", "dhcpfix", "--test", "fuzz_short", "--", "--ignored", "--exact", "write_seeds"])
+        .current_dir(&root)
+        .envs(env.vars())
+        .env("DHCPFIX_FUZZ_SEEDS_DIR", &seeds);
+    run_cmd(&mut write_seeds)?;
+    let path = format!("{}:{}", fuzz_bin.display(), env.vars()["PATH"]);
+    for target in targets {
+        let corpus = root.join("fuzz/corpus").join(target);
+        std::fs::create_dir_all(&corpus)?;
+        run_cmd(
+            Command::new("cargo")
+                .args(["+nightly", "fuzz", "run", target])
+                .arg(&corpus)
+                .arg(seeds.join(target))
+                .arg("--")
+                .arg(format!("-max_total_time={seconds}"))
+                .current_dir(&root)
+                .env("PATH", &path)
+                // The fuzz targets do not load the eBPF object.
+                .env("AYA_BUILD_SKIP", "1"),
+        )?;
+    }
+    Ok(())
 }
 
 /// `cargo xtask bench`: set-up, release build, then the benchmark binary

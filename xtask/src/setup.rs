@@ -34,6 +34,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("util-linux", "nsenter"),
     ("curl", "curl"),
     ("shellcheck", "shellcheck"),
+    // tests/security.rs: which programs dhcpfix executes (execve).
+    ("strace", "strace"),
 ];
 
 /// Environment for cargo and the tools: PATH with bpf-linker in front.
@@ -133,6 +135,26 @@ fn cache_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/root"));
     home.join(".cache/dhcpfix")
+}
+
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+/// Installs cargo-fuzz (for `cargo xtask fuzz`) into the cache unless it is
+/// there; returns the directory holding the `cargo-fuzz` binary.
+pub fn cargo_fuzz() -> Result<PathBuf> {
+    let root = cache_dir().join(format!("cargo-fuzz-{CARGO_FUZZ_VERSION}"));
+    let bin_dir = root.join("bin");
+    if bin_dir.join("cargo-fuzz").is_file() {
+        return Ok(bin_dir);
+    }
+    run_cmd(
+        Command::new("cargo")
+            .args(["install", "--locked", &format!("cargo-fuzz@{CARGO_FUZZ_VERSION}")])
+            .arg("--root")
+            .arg(&root)
+            .current_dir(Path::new("/")),
+    )?;
+    Ok(bin_dir)
 }
 
 /// Builds bpf-linker against the nightly's libLLVM unless the cache has it.

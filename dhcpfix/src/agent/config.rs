@@ -82,6 +82,12 @@ impl FileConfig {
         })
     }
 
+    /// [`FileConfig::parse`], for the fuzz target (`fuzz/`).
+    #[doc(hidden)]
+    pub fn fuzz_parse(text: &str) -> Result<Self, String> {
+        Self::parse(text)
+    }
+
     fn parse(text: &str) -> Result<Self, String> {
         toml::from_str(text).map_err(|e| {
             // toml's messages span lines (with a source excerpt); keep the gist.

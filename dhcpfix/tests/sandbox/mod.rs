@@ -396,8 +396,27 @@ impl Agent {
 
     /// Sends `sig`, waits (up to 5 s) for the exit; returns the status and
     /// the log, which must not show a panic.
-    pub fn stop(mut self, sig: libc::c_int) -> (std::process::ExitStatus, String) {
+    pub fn stop(self, sig: libc::c_int) -> (std::process::ExitStatus, String) {
         self.signal(sig);
+        self.wait_exit(sig)
+    }
+
+    /// Like [`Agent::stop`] for an agent started behind a wrapper (strace):
+    /// signals the wrapper's child, the agent itself.
+    pub fn stop_wrapped(self, sig: libc::c_int) -> (std::process::ExitStatus, String) {
+        let pid = self.child.id();
+        let children = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        let inner: i32 = children
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("the wrapper has no child");
+        // SAFETY: kill(2) on a process this test started (through the wrapper).
+        assert_eq!(unsafe { libc::kill(inner, sig) }, 0);
+        self.wait_exit(sig)
+    }
+
+    fn wait_exit(mut self, sig: libc::c_int) -> (std::process::ExitStatus, String) {
         let mut status = None;
         wait_until(Duration::from_secs(5), || {
             status = self.exited();

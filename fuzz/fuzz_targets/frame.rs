@@ -1,0 +1,4 @@
+#![no_main]
+//! See `dhcpfix_fuzz::targets::frame`.
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| dhcpfix_fuzz::targets::frame(data));
