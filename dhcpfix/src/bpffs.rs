@@ -59,9 +59,17 @@ pub enum BpffsError {
 
 /// An EACCES/EPERM on the pin directory says "not root": say that, rather
 /// than the bare errno.
-fn denied_or(op: &'static str, path: &Path, source: io::Error, other: impl FnOnce(io::Error) -> BpffsError) -> BpffsError {
+fn denied_or(
+    op: &'static str,
+    path: &Path,
+    source: io::Error,
+    other: impl FnOnce(io::Error) -> BpffsError,
+) -> BpffsError {
     if source.kind() == io::ErrorKind::PermissionDenied {
-        BpffsError::Denied { op, path: path.into() }
+        BpffsError::Denied {
+            op,
+            path: path.into(),
+        }
     } else {
         other(source)
     }
@@ -114,9 +122,11 @@ fn mkdir_private(path: &Path) -> Result<(), BpffsError> {
         .mode(0o700)
         .create(path)
         .map_err(|source| {
-            denied_or("creating pin directory", path, source, |source| BpffsError::Create {
-                path: path.into(),
-                source,
+            denied_or("creating pin directory", path, source, |source| {
+                BpffsError::Create {
+                    path: path.into(),
+                    source,
+                }
             })
         })
 }
@@ -223,7 +233,8 @@ impl PinDir {
             path: self.root.clone(),
             source,
         };
-        let dir = fs::File::open(&self.root).map_err(|e| denied_or("locking pin directory", &self.root, e, err))?;
+        let dir =
+            fs::File::open(&self.root).map_err(|e| denied_or("locking pin directory", &self.root, e, err))?;
         // SAFETY: `dir` is an open file descriptor for the call's duration.
         if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX) } != 0 {
             return Err(err(io::Error::last_os_error()));

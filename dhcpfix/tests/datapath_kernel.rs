@@ -20,6 +20,9 @@
 //! the skb's hardware-accelerated tag), so the classifier sees the frame
 //! without it, and the tap puts it back when the frame is read: the model
 //! below does the same.
+//!
+//! `DHCPFIX_KERNEL_FRAMES=N` changes the number of frames (100,000);
+//! `DHCPFIX_KERNEL_DEBUG=1` prints the frames around a mismatch.
 
 mod sandbox;
 mod support;
@@ -34,7 +37,9 @@ use std::{
 use dhcpfix_common::{config::DEFAULT_PORTS, counters::Counters, counters::Outcome, frame::MAX_UDP_LEN};
 use sandbox::Sandbox;
 use serde_json::Value;
-use support::{privileged, ref_classify, ref_sum, ref_udp_checksum, ref_verifies, Check, FrameSpec, RefVerdict, Rng};
+use support::{
+    privileged, ref_classify, ref_sum, ref_udp_checksum, ref_verifies, Check, FrameSpec, RefVerdict, Rng,
+};
 
 const TAP_ON: &str = "tapon";
 const TAP_OFF: &str = "tapoff";
@@ -126,7 +131,11 @@ fn gen_case(rng: &mut Rng) -> Case {
         5 => vec![0x88a8],
         _ => vec![],
     };
-    spec.ip_options = if rng.chance(30) { 4 * rng.below(11) as usize } else { 0 };
+    spec.ip_options = if rng.chance(30) {
+        4 * rng.below(11) as usize
+    } else {
+        0
+    };
     spec.dport = [68, 68, 68, 67, 67, 53, 0, rng.next_u64() as u16][rng.below(8) as usize];
     spec.sport = [67, 68, rng.next_u64() as u16][rng.below(3) as usize];
     if rng.chance(30) {
@@ -134,8 +143,16 @@ fn gen_case(rng: &mut Rng) -> Case {
         spec.dst = rng.bytes(4).try_into().unwrap();
     }
     spec.more_fragments = rng.chance(4);
-    spec.frag_offset = if rng.chance(4) { 1 + rng.below(8191) as u16 } else { 0 };
-    spec.trailer = if rng.chance(8) { 1 + rng.below(40) as usize } else { 0 };
+    spec.frag_offset = if rng.chance(4) {
+        1 + rng.below(8191) as u16
+    } else {
+        0
+    };
+    spec.trailer = if rng.chance(8) {
+        1 + rng.below(40) as usize
+    } else {
+        0
+    };
     let check = match rng.below(10) {
         0 | 1 => Check::Complete,
         2 => Check::Zero,
@@ -181,7 +198,8 @@ fn gen_case(rng: &mut Rng) -> Case {
                 2 => bump16(&mut frame, l3 + 2, delta, rng.chance(50)),
                 3 => bump16(&mut frame, l4 + 4, delta, rng.chance(50)),
                 // Not IPv4 at all.
-                4 => frame[l3 - 2..l3].copy_from_slice(&[[0x86, 0xdd], [0x08, 0x06], [0x88, 0xcc]][rng.below(3) as usize]),
+                4 => frame[l3 - 2..l3]
+                    .copy_from_slice(&[[0x86, 0xdd], [0x08, 0x06], [0x88, 0xcc]][rng.below(3) as usize]),
                 _ => frame[l3 + 9] = [6u8, 1, 0, 255][rng.below(4) as usize],
             }
         }
@@ -198,7 +216,11 @@ fn gen_case(rng: &mut Rng) -> Case {
 
 fn bump16(frame: &mut [u8], at: usize, delta: u16, up: bool) {
     let v = be16(frame, at).unwrap();
-    let v = if up { v.wrapping_add(delta) } else { v.wrapping_sub(delta) };
+    let v = if up {
+        v.wrapping_add(delta)
+    } else {
+        v.wrapping_sub(delta)
+    };
     frame[at..at + 2].copy_from_slice(&v.to_be_bytes());
 }
 
@@ -213,8 +235,9 @@ fn force_macs(frame: &mut [u8]) {
 /// checksum start before the end of a minimal IPv4 header, or the check
 /// field not inside the frame.
 fn refused_at_send(case: &Case) -> bool {
-    case.partial
-        .is_some_and(|(start, off)| start < 20 || usize::from(start) + usize::from(off) + 2 > case.frame.len())
+    case.partial.is_some_and(|(start, off)| {
+        start < 20 || usize::from(start) + usize::from(off) + 2 > case.frame.len()
+    })
 }
 
 /// The frame as the classifier sees it at the tap's egress, and how far its
@@ -336,7 +359,12 @@ fn open_tap(name: &str, offload: bool) -> OwnedFd {
         _pad: [u8; 22],
     }
     // SAFETY: plain open(2) of a NUL-terminated path.
-    let fd = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC) };
+    let fd = unsafe {
+        libc::open(
+            c"/dev/net/tun".as_ptr(),
+            libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
+        )
+    };
     assert!(fd >= 0, "open /dev/net/tun: {}", io::Error::last_os_error());
     // SAFETY: a fresh descriptor nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -390,7 +418,12 @@ fn packet_socket(ifname: &str) -> OwnedFd {
             std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
         )
     };
-    assert_eq!(rc, 0, "bind AF_PACKET to {ifname}: {}", io::Error::last_os_error());
+    assert_eq!(
+        rc,
+        0,
+        "bind AF_PACKET to {ifname}: {}",
+        io::Error::last_os_error()
+    );
     fd
 }
 
@@ -459,9 +492,9 @@ fn check_tap(tap: &str, sent: &[(u64, &Case, Option<Expected>)], got: &[Vec<u8>]
         .iter()
         .filter_map(|(n, c, e)| e.as_ref().map(|e| (*n, *c, e)))
         .collect();
-    if std::env::var_os("DHCPFIX_KERNEL_DEBUG").is_some() {
-        let w: Vec<usize> = want.iter().map(|(_, c, _)| c.frame.len()).collect();
-        let g: Vec<usize> = got.iter().map(|f| f.len() - VNET_HDR_LEN).collect();
+    let w: Vec<usize> = want.iter().map(|(_, c, _)| c.frame.len()).collect();
+    let g: Vec<usize> = got.iter().map(|f| f.len() - VNET_HDR_LEN).collect();
+    if w != g && std::env::var_os("DHCPFIX_KERNEL_DEBUG").is_some() {
         eprintln!("{tap}: want {w:?}\n{tap}: got  {g:?}");
         let first = w.iter().zip(&g).position(|(a, b)| a != b).unwrap_or(0);
         for (_, c, _) in want.iter().skip(first.saturating_sub(1)).take(3) {
@@ -483,7 +516,13 @@ fn check_tap(tap: &str, sent: &[(u64, &Case, Option<Expected>)], got: &[Vec<u8>]
             );
         };
         let (hdr, frame) = raw.split_at(VNET_HDR_LEN);
-        let ctx = || format!("{tap}: frame {n} ({} bytes, partial {:?})", case.frame.len(), case.partial);
+        let ctx = || {
+            format!(
+                "{tap}: frame {n} ({} bytes, partial {:?})",
+                case.frame.len(),
+                case.partial
+            )
+        };
         assert_eq!(frame.len(), case.frame.len(), "{}: length changed", ctx());
         assert_eq!(hdr[0], exp.flags, "{}: vnet header flags {:02x?}", ctx(), hdr);
         assert_eq!(hdr[1], 0, "{}: gso_type", ctx());
@@ -509,7 +548,11 @@ fn check_tap(tap: &str, sent: &[(u64, &Case, Option<Expected>)], got: &[Vec<u8>]
             // checksum verifies (the byte comparison above already showed
             // the kernel wrote what the reference computed).
             assert!(
-                ref_verifies(&frame[l3 + 12..l3 + 16], &frame[l3 + 16..l3 + 20], &frame[l4..l4 + udp_len]),
+                ref_verifies(
+                    &frame[l3 + 12..l3 + 16],
+                    &frame[l3 + 16..l3 + 20],
+                    &frame[l4..l4 + udp_len]
+                ),
                 "{}: UDP checksum does not verify (filled at {:?})",
                 ctx(),
                 exp.filled_at
@@ -532,7 +575,11 @@ fn counters_json(sb: &Sandbox, iface: &str) -> Value {
 }
 
 fn assert_counters(tap: &str, got: &Value, want: &Counters) {
-    let field = |name: &str| got[name].as_u64().unwrap_or_else(|| panic!("{tap}: no {name} in {got}"));
+    let field = |name: &str| {
+        got[name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{tap}: no {name} in {got}"))
+    };
     let got = Counters {
         seen: field("seen"),
         filled: field("filled"),
@@ -551,7 +598,8 @@ fn topology(sb: &Sandbox) -> (OwnedFd, OwnedFd, OwnedFd, OwnedFd) {
     sb.in_netns(|| {
         // No IPv6: no router solicitations or MLD reports among the frames.
         for conf in ["all", "default"] {
-            std::fs::write(format!("/proc/sys/net/ipv6/conf/{conf}/disable_ipv6"), "1").expect("disable IPv6");
+            std::fs::write(format!("/proc/sys/net/ipv6/conf/{conf}/disable_ipv6"), "1")
+                .expect("disable IPv6");
         }
         // A plain layer-2 bridge: with br_netfilter loaded (by anything on
         // the host), the bridge would drop IPv4 frames with bad headers
@@ -564,7 +612,17 @@ fn topology(sb: &Sandbox) -> (OwnedFd, OwnedFd, OwnedFd, OwnedFd) {
             }
         }
     });
-    sb.ip(&["link", "add", BRIDGE, "type", "bridge", "stp_state", "0", "mcast_snooping", "0"]);
+    sb.ip(&[
+        "link",
+        "add",
+        BRIDGE,
+        "type",
+        "bridge",
+        "stp_state",
+        "0",
+        "mcast_snooping",
+        "0",
+    ]);
     sb.ip(&["link", "add", VETH, "type", "veth", "peer", "name", VETH_PEER]);
     let (on, off) = sb.in_netns(|| (open_tap(TAP_ON, true), open_tap(TAP_OFF, false)));
     for dev in [VETH, VETH_PEER, TAP_ON, TAP_OFF] {
@@ -613,10 +671,20 @@ fn random_and_mutated_frames_through_the_kernel_match_the_reference() {
     let mut buf = Vec::with_capacity(8192);
     let mut n = 0u64;
     while n < total {
-        let path = if batches % 2 == 0 { Path::Bridge } else { Path::Veth };
-        let sock = if path == Path::Bridge { &sock_bridge } else { &sock_veth };
+        let path = if batches % 2 == 0 {
+            Path::Bridge
+        } else {
+            Path::Veth
+        };
+        let sock = if path == Path::Bridge {
+            &sock_bridge
+        } else {
+            &sock_veth
+        };
         batches += 1;
-        let cases: Vec<Case> = (0..BATCH.min((total - n) as usize)).map(|_| gen_case(&mut rng)).collect();
+        let cases: Vec<Case> = (0..BATCH.min((total - n) as usize))
+            .map(|_| gen_case(&mut rng))
+            .collect();
         let mut on_sent = Vec::with_capacity(cases.len());
         let mut off_sent = Vec::with_capacity(cases.len());
         for case in &cases {
@@ -635,7 +703,10 @@ fn random_and_mutated_frames_through_the_kernel_match_the_reference() {
                     continue;
                 }
                 Ok(()) => {
-                    assert!(!refused_at_send(case), "frame {id}: accepted, but the model refuses it: {case:?}");
+                    assert!(
+                        !refused_at_send(case),
+                        "frame {id}: accepted, but the model refuses it: {case:?}"
+                    );
                     sent_ok += 1;
                 }
             }
@@ -645,7 +716,10 @@ fn random_and_mutated_frames_through_the_kernel_match_the_reference() {
                 dropped += 1;
             }
             pristine_done += u64::from(off.as_ref().is_some_and(|(e, _)| e.verify.is_some()));
-            for (exp, want, list) in [(on, &mut want_on, &mut on_sent), (off, &mut want_off, &mut off_sent)] {
+            for (exp, want, list) in [
+                (on, &mut want_on, &mut on_sent),
+                (off, &mut want_off, &mut off_sent),
+            ] {
                 let exp = exp.map(|(e, outcome)| {
                     if let Some(o) = outcome {
                         want.record(o);
@@ -671,10 +745,19 @@ fn random_and_mutated_frames_through_the_kernel_match_the_reference() {
     assert_counters(TAP_OFF, &counters_json(&sb, TAP_OFF), &want_off);
     // The generator reaches every outcome, in numbers.
     assert!(want_on.filled > total / 10, "{want_on:?}");
-    assert!(want_on.skipped > total / 50 && want_on.valid > total / 20, "{want_on:?}");
-    assert!(want_off.deferred > total / 10 && want_off.filled == 0, "{want_off:?}");
+    assert!(
+        want_on.skipped > total / 50 && want_on.valid > total / 20,
+        "{want_on:?}"
+    );
+    assert!(
+        want_off.deferred > total / 10 && want_off.filled == 0,
+        "{want_off:?}"
+    );
     assert_eq!(want_on.errors + want_off.errors, 0);
-    assert!(refused.values().sum::<u64>() > 0, "no vnet header was refused: the model of refusals is untested");
+    assert!(
+        refused.values().sum::<u64>() > 0,
+        "no vnet header was refused: the model of refusals is untested"
+    );
     assert!(took < Duration::from_secs(60), "too slow: {took:?}");
     drop((tap_on, tap_off, sock_bridge, sock_veth));
 }

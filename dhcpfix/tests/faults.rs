@@ -50,7 +50,12 @@ fn assert_covered(sb: &Sandbox, pins: &Path, taps: &[&str]) {
         .iter()
         // Attached, and configured (the classifier ignores an interface
         // without configuration).
-        .map(|i| (i["name"].as_str().unwrap().to_owned(), i["attached"] == true && i["mode"] == "fill"))
+        .map(|i| {
+            (
+                i["name"].as_str().unwrap().to_owned(),
+                i["attached"] == true && i["mode"] == "fill",
+            )
+        })
         .collect();
     listed.sort();
     let mut want: Vec<(String, bool)> = taps.iter().map(|t| (t.to_string(), true)).collect();
@@ -120,7 +125,7 @@ fn sigkilled_attach_at_random_points_then_a_rerun_converges() {
     sb.dhcpfix_ok(&pins, &["clean", "--all"]);
     let (mut finished, mut killed, mut killed_loading) = (0, 0, 0);
     for round in 0..24u64 {
-        if round % 8 == 7 {
+        if round % 8 == 0 && round > 0 {
             // Start over, so that kills land in loading the program again.
             sb.dhcpfix_ok(&pins, &["clean", "--all"]);
         }
@@ -130,9 +135,14 @@ fn sigkilled_attach_at_random_points_then_a_rerun_converges() {
             args.push(taps[round as usize % taps.len()]);
         }
         // 0-30 ms once the program is loaded (taking links, pinning them);
-        // anywhere in the first load while it is not.
+        // anywhere in the first load while it is not, and right after a
+        // reset surely within it.
         let loading = !pins.join("prog").exists();
-        let delay = rng.below(if loading { load_ms * 6 / 5 } else { 31 });
+        let delay = match (loading, round % 8) {
+            (true, 0) => rng.below(load_ms / 2),
+            (true, _) => rng.below(load_ms * 6 / 5),
+            (false, _) => rng.below(31),
+        };
         let (ok, _) = kill_after(spawn(&sb, &pins, &args), Duration::from_millis(delay));
         if ok {
             finished += 1;
@@ -294,7 +304,10 @@ fn tap_recreated_under_the_same_name_is_protected_again() {
         "the agent did not attach the re-created vnet0:\n{}",
         agent.log()
     );
-    eprintln!("re-created vnet0 covered {:?} after the last re-creation", start.elapsed());
+    eprintln!(
+        "re-created vnet0 covered {:?} after the last re-creation",
+        start.elapsed()
+    );
     assert_covered(&sb, &pins, &["vnet0"]);
     sb.del_link("vnet0");
     thread::sleep(Duration::from_millis(100));
@@ -312,7 +325,13 @@ fn unmount(path: &Path) {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
     // SAFETY: a valid NUL-terminated path.
     let rc = unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-    assert_eq!(rc, 0, "umount {}: {}", path.display(), std::io::Error::last_os_error());
+    assert_eq!(
+        rc,
+        0,
+        "umount {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
 }
 
 fn is_bpffs(path: &Path) -> bool {
@@ -349,7 +368,10 @@ fn bpffs_unmounted_under_the_agent_is_mounted_again_or_the_agent_exits() {
     let gone = wait_until(SETTLE, || sb.tcx_programs("vnet0").unwrap().is_empty());
     eprintln!("after umount: links released: {gone}");
     let back = wait_until(Duration::from_secs(5), || {
-        is_bpffs(&pins) && taps.iter().all(|t| pinned_link_ifindex(&pins, t) == sb.ifindex(t))
+        is_bpffs(&pins)
+            && taps
+                .iter()
+                .all(|t| pinned_link_ifindex(&pins, t) == sb.ifindex(t))
     });
     assert!(back, "the agent did not recover:\n{}", agent.log());
     eprintln!("covered again {:?} after the umount", start.elapsed());
@@ -405,7 +427,10 @@ fn bpffs_unmounted_under_the_agent_is_mounted_again_or_the_agent_exits() {
         error.starts_with("dhcpfix: error: pin directory ") && error.contains("is no longer on a bpffs"),
         "{log}"
     );
-    assert!(error.contains("mount(2) of bpffs") && error.contains("CAP_SYS_ADMIN"), "{error}");
+    assert!(
+        error.contains("mount(2) of bpffs") && error.contains("CAP_SYS_ADMIN"),
+        "{error}"
+    );
     eprintln!("without CAP_SYS_ADMIN the agent exits 1: {error}");
 }
 
@@ -426,7 +451,11 @@ fn unwritable_pin_directory_fails_with_one_line_and_attaches_nothing() {
         vec!["--bind", ro.to_str().unwrap(), ro.to_str().unwrap()],
         vec!["-o", "remount,ro,bind", ro.to_str().unwrap()],
     ] {
-        assert!(std::process::Command::new("mount").args(&args).status().unwrap().success());
+        assert!(std::process::Command::new("mount")
+            .args(&args)
+            .status()
+            .unwrap()
+            .success());
     }
     // A read-only bpffs.
     let robpf = sb.dir.join("robpf");
@@ -448,7 +477,10 @@ fn unwritable_pin_directory_fails_with_one_line_and_attaches_nothing() {
         assert_eq!(out.status.code(), Some(1), "{}", pins.display());
         let line = assert_one_line(&out.stderr);
         assert!(line.starts_with("dhcpfix: error: "), "{line}");
-        assert!(line.contains(says) && line.contains(pins.to_str().unwrap()), "{line}");
+        assert!(
+            line.contains(says) && line.contains(pins.to_str().unwrap()),
+            "{line}"
+        );
         assert_eq!(sb.tcx_programs("vnet0").unwrap(), Vec::<String>::new());
     }
     // The file is untouched.
@@ -530,7 +562,11 @@ fn not_root_fails_with_one_line_naming_the_privilege() {
         .arg(&pins)
         .args(args);
         let out = cmd.output().expect("run setpriv (Debian package util-linux)");
-        eprintln!("$ (nobody) dhcpfix {}\n{}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        eprintln!(
+            "$ (nobody) dhcpfix {}\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
         out
     };
     // Before anything exists, and once root has attached.
@@ -552,7 +588,10 @@ fn not_root_fails_with_one_line_naming_the_privilege() {
             assert_eq!(out.status.code(), Some(1), "{args:?} as nobody");
             let line = assert_one_line(&out.stderr);
             assert!(line.contains("permission denied"), "{line}");
-            assert!(line.contains("run dhcpfix as root") && line.contains("CAP_BPF"), "{line}");
+            assert!(
+                line.contains("run dhcpfix as root") && line.contains("CAP_BPF"),
+                "{line}"
+            );
             assert!(out.stdout.is_empty(), "{args:?} printed something");
         }
         let want: &[&str] = if root_attached { &["dhcpfix"] } else { &[] };
@@ -561,7 +600,10 @@ fn not_root_fails_with_one_line_naming_the_privilege() {
     let out = nobody(&["run", "--iface", "vnet*"]);
     assert_eq!(out.status.code(), Some(1));
     let line = assert_one_line(&out.stderr);
-    assert!(line.contains("missing capability CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON"), "{line}");
+    assert!(
+        line.contains("missing capability CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON"),
+        "{line}"
+    );
     // Root's pin directory stays root's.
     let mode = fs::metadata(&pins).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o700);

@@ -13,7 +13,10 @@ use dhcpfix::kernel_layout::{self, Btf};
 use support::Rng;
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn short(target: &str, seed: u64) {
@@ -54,9 +57,15 @@ fn btf_resolver_survives_mutations() {
 fn btf_seeds_are_meaningful() {
     // The realistic blob resolves like the kernel does...
     let l = kernel_layout::resolve(&Btf::parse(targets::sample_btf(0)).unwrap()).unwrap();
-    assert_eq!((l.skb_dev, l.skb_ip_summed, l.ip_summed_shift, l.ip_summed_mask), (8, 128, 5, 3));
+    assert_eq!(
+        (l.skb_dev, l.skb_ip_summed, l.ip_summed_shift, l.ip_summed_mask),
+        (8, 128, 5, 3)
+    );
     assert_eq!((l.dev_features, l.csum_features), (184, 0b1010));
-    assert_eq!((l.skb_csum_start, l.skb_csum_offset, l.skb_head, l.skb_data), (152, 154, 192, 200));
+    assert_eq!(
+        (l.skb_csum_start, l.skb_csum_offset, l.skb_head, l.skb_data),
+        (152, 154, 192, 200)
+    );
     let l = kernel_layout::resolve(&Btf::parse(targets::sample_btf(1)).unwrap()).unwrap();
     assert_eq!(l.csum_features, 0b1010, "ENUM64 feature bits");
     let l = kernel_layout::resolve(&Btf::parse(targets::sample_btf(2)).unwrap()).unwrap();

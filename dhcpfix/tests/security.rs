@@ -72,7 +72,12 @@ fn pins_and_directories_are_root_only_even_with_umask_0() {
 
     // And what the agent creates, in a pin directory of its own.
     let agent_pins = sb.dir.join("agent-bpf");
-    let mut agent = Agent::start(&sb, &agent_pins, &["--iface", "vnet*", "--metrics-addr", "none"], &[]);
+    let mut agent = Agent::start(
+        &sb,
+        &agent_pins,
+        &["--iface", "vnet*", "--metrics-addr", "none"],
+        &[],
+    );
     agent.wait_running();
     let n = assert_root_only(&agent_pins);
     assert!(agent_pins.join("links/vnet1").exists() && agent_pins.join("maps/DHCPFIX_EVENTS").exists());
@@ -105,7 +110,10 @@ fn metrics_listen_on_loopback_only_unless_told_otherwise() {
     for (args, want) in [
         // Defaults: 127.0.0.1:9788 (0x263c), little-endian hex in /proc.
         (vec!["--iface", "vnet*"], "0100007F:263C"),
-        (vec!["--iface", "vnet*", "--metrics-addr", "0.0.0.0:9788"], "00000000:263C"),
+        (
+            vec!["--iface", "vnet*", "--metrics-addr", "0.0.0.0:9788"],
+            "00000000:263C",
+        ),
     ] {
         let pins = sb.dir.join(format!("bpf-{}", want.replace(':', "-")));
         let mut agent = Agent::start(&sb, &pins, &args, &[]);
@@ -140,9 +148,18 @@ fn execs(trace: &Path) -> Vec<String> {
 }
 
 fn strace(trace: &Path) -> Vec<String> {
-    ["strace", "-f", "-qq", "-e", "trace=execve", "-o", trace.to_str().unwrap(), "--"]
-        .map(str::to_owned)
-        .to_vec()
+    [
+        "strace",
+        "-f",
+        "-qq",
+        "-e",
+        "trace=execve",
+        "-o",
+        trace.to_str().unwrap(),
+        "--",
+    ]
+    .map(str::to_owned)
+    .to_vec()
 }
 
 #[test]
@@ -159,7 +176,11 @@ fn hostile_interface_names_never_reach_a_shell() {
         let execs = execs(trace);
         assert!(!execs.is_empty(), "strace saw nothing");
         for e in &execs {
-            assert_eq!(fs::canonicalize(e).ok().as_deref(), Some(bin.as_path()), "executed {e}");
+            assert_eq!(
+                fs::canonicalize(e).ok().as_deref(),
+                Some(bin.as_path()),
+                "executed {e}"
+            );
         }
     };
 
@@ -177,7 +198,12 @@ fn hostile_interface_names_never_reach_a_shell() {
     agent.wait_running();
     for name in HOSTILE {
         let ifindex = sb.ifindex(name).unwrap();
-        assert_eq!(pinned_link_ifindex(&pins, name), Some(ifindex), "{name}:\n{}", agent.log());
+        assert_eq!(
+            pinned_link_ifindex(&pins, name),
+            Some(ifindex),
+            "{name}:\n{}",
+            agent.log()
+        );
         assert_eq!(sb.tcx_programs(name).unwrap(), ["dhcpfix"], "{name}");
     }
     let (status, log) = agent.stop_wrapped(libc::SIGTERM);
@@ -200,7 +226,7 @@ fn hostile_interface_names_never_reach_a_shell() {
     {
         let trace = sb.dir.join(format!("cli-{i}.strace"));
         let out = sb
-            .command(&wrapper[0])
+            .command(wrapper[0])
             .args(&strace(&trace)[1..])
             .arg(sandbox::BIN)
             .arg("--pin-dir")
@@ -209,7 +235,11 @@ fn hostile_interface_names_never_reach_a_shell() {
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         only_dhcpfix(&trace);
         if args[0] == "status" {
             let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
@@ -226,7 +256,10 @@ fn hostile_interface_names_never_reach_a_shell() {
         }
     }
     for name in HOSTILE {
-        assert!(sb.wait_programs(name, &[], Duration::from_secs(2)).is_empty(), "{name}");
+        assert!(
+            sb.wait_programs(name, &[], Duration::from_secs(2)).is_empty(),
+            "{name}"
+        );
     }
 }
 
@@ -240,7 +273,17 @@ fn names_that_are_paths_are_refused_before_touching_anything() {
     let pins = sb.pin_dir();
     sb.dhcpfix_ok(&pins, &["attach", "vnet0"]);
     let before = tree(&sb.dir);
-    for name in ["..", ".", "../links", "links/vnet0", "a/b", "", "vnet0:1", "v net", "waytoolongname0123"] {
+    for name in [
+        "..",
+        ".",
+        "../links",
+        "links/vnet0",
+        "a/b",
+        "",
+        "vnet0:1",
+        "v net",
+        "waytoolongname0123",
+    ] {
         for cmd in ["attach", "detach"] {
             let out = sb.dhcpfix(&pins, &[cmd, name]);
             assert_eq!(out.status.code(), Some(1), "{cmd} {name:?}");

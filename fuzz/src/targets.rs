@@ -85,7 +85,11 @@ pub fn frame(data: &[u8]) {
             let field = |at: usize, n: usize| dhcp.get(at..at + n);
             let xid = field(4, 4).map_or(0, |b| u32::from_be_bytes(b.try_into().unwrap()));
             let mac: [u8; 6] = field(28, 6).map_or([0; 6], |b| b.try_into().unwrap());
-            assert_eq!((event.xid, event.mac), (xid, mac), "event fields from outside the packet");
+            assert_eq!(
+                (event.xid, event.mac),
+                (xid, mac),
+                "event fields from outside the packet"
+            );
             assert_eq!(event.msg_type, ref_message_type(dhcp), "message type");
             assert_eq!((event.ifindex, event.dport), (7, d.dport));
         }
@@ -112,7 +116,11 @@ fn ref_message_type(dhcp: &[u8]) -> u8 {
                     None => return 0,
                 };
                 if *code == 53 {
-                    return if len > 0 { dhcp.get(at + 2).copied().unwrap_or(0) } else { 0 };
+                    return if len > 0 {
+                        dhcp.get(at + 2).copied().unwrap_or(0)
+                    } else {
+                        0
+                    };
                 }
                 at += 2 + len;
             }
@@ -204,30 +212,30 @@ pub fn sample_btf(variant: usize) -> Vec<u8> {
         off
     };
     let names: Vec<u32> = [
-        "unsigned char",     // 0
-        "__u16",             // 1
+        "unsigned char",          // 0
+        "__u16",                  // 1
         "long long unsigned int", // 2
-        "sk_buff",           // 3
-        "dev",               // 4
-        "ip_summed",         // 5
-        "net_device",        // 6
-        "features",          // 7
-        "netdev_features_t", // 8
-        "netdev_features",   // 9
-        "NETIF_F_SG_BIT",    // 10
-        "NETIF_F_IP_CSUM_BIT", // 11
-        "__UNUSED_NETIF_F_1", // 12
-        "NETIF_F_HW_CSUM_BIT", // 13
-        "csum_start",        // 14
-        "csum_offset",       // 15
-        "head",              // 16
-        "data",              // 17
-        "len",               // 18
-        "next",              // 19
-        "kfree_skb",         // 20
-        ".data..percpu",     // 21
-        "skb_var",           // 22
-        "u8",                // 23
+        "sk_buff",                // 3
+        "dev",                    // 4
+        "ip_summed",              // 5
+        "net_device",             // 6
+        "features",               // 7
+        "netdev_features_t",      // 8
+        "netdev_features",        // 9
+        "NETIF_F_SG_BIT",         // 10
+        "NETIF_F_IP_CSUM_BIT",    // 11
+        "__UNUSED_NETIF_F_1",     // 12
+        "NETIF_F_HW_CSUM_BIT",    // 13
+        "csum_start",             // 14
+        "csum_offset",            // 15
+        "head",                   // 16
+        "data",                   // 17
+        "len",                    // 18
+        "next",                   // 19
+        "kfree_skb",              // 20
+        ".data..percpu",          // 21
+        "skb_var",                // 22
+        "u8",                     // 23
     ]
     .iter()
     .map(|n| s(n))
@@ -281,9 +289,23 @@ pub fn sample_btf(variant: usize) -> Vec<u8> {
     ty(n(8), KIND_TYPEDEF, false, 0, 3, &[]);
     // 15: the feature bits
     if variant == 1 {
-        ty(n(9), KIND_ENUM64, false, 4, 8, &[n(10), 0, 0, n(11), 1, 0, n(12), 2, 0, n(13), 3, 0]);
+        ty(
+            n(9),
+            KIND_ENUM64,
+            false,
+            4,
+            8,
+            &[n(10), 0, 0, n(11), 1, 0, n(12), 2, 0, n(13), 3, 0],
+        );
     } else {
-        ty(n(9), KIND_ENUM, false, 4, 4, &[n(10), 0, n(11), 1, n(12), 2, n(13), 3]);
+        ty(
+            n(9),
+            KIND_ENUM,
+            false,
+            4,
+            4,
+            &[n(10), 0, n(11), 1, n(12), 2, n(13), 3],
+        );
     }
     // 16: array of 4 bytes; 17: func proto void(struct sk_buff *); 18: func
     ty(0, KIND_ARRAY, false, 0, 0, &[1, 3, 4]);
@@ -312,7 +334,9 @@ pub fn sample_btf(variant: usize) -> Vec<u8> {
 /// Never panics; errors are one line; an accepted spec round-trips through
 /// its display form and is usable (shift within the byte, some bit set).
 pub fn layout_spec(data: &[u8]) {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     match text.parse::<LayoutSpec>() {
         Err(e) => one_line("--kernel-layout", &e.to_string()),
         Ok(spec) => {
@@ -357,7 +381,9 @@ pub fn pattern(data: &[u8]) {
 /// limits the classifier has (1 to 4 ports, none zero).
 pub fn config(data: &[u8]) {
     // The file is read as UTF-8; anything else fails before parsing.
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     let file = match FileConfig::fuzz_parse(text) {
         Ok(f) => f,
         Err(e) => return one_line("config", &e),
@@ -367,7 +393,10 @@ pub fn config(data: &[u8]) {
         Err(e) => one_line("config", &e.to_string()),
         Ok(s) => {
             let ports = &s.attach.ports;
-            assert!(!ports.is_empty() && ports.len() <= MAX_PORTS && !ports.contains(&0), "{ports:?}");
+            assert!(
+                !ports.is_empty() && ports.len() <= MAX_PORTS && !ports.contains(&0),
+                "{ports:?}"
+            );
             let _ = s.patterns.matches("vnet0");
             let _ = s.metrics_addr.to_string();
         }
@@ -485,11 +514,67 @@ pub fn seeds(target: &str, root: &Path) -> Vec<Vec<u8>> {
 /// Tokens worth inserting, per target (a small dictionary).
 fn tokens(target: &str) -> &'static [&'static [u8]] {
     match target {
-        "layout_spec" => &[b",", b"=", b":", b"+", b"skb_dev", b"ip_summed", b"dev_features", b"csum_bits", b"63", b"64", b"4294967296", b" "],
-        "pattern" => &[b"*", b"?", b"[", b"]", b"[!", b"-", b"\t", b"\n", b"/", b" ", b"\\"],
-        "config" => &[b"=", b"[", b"]", b"\"", b"\n", b"interfaces", b"ports", b"metrics_addr", b"mode", b"method", b"[[x]]", b"\\u0000", b"\\r", b"65536", b"0", b"{", b"}", b"'''"],
-        "libvirt_xml" => &[b"<", b">", b"/>", b"</interface>", b"<interface type='bridge'>", b"<target dev='", b"'", b"&amp;", b"&#10;", b"<!DOCTYPE d [", b"<![CDATA[", b"\n"],
-        _ => &[b"\x81\x00", b"\x08\x00", b"\x88\xa8", b"\x45", b"\x00\x44", b"\x00\x43", b"\xff\xff", b"\x00\x00\x00\x00"],
+        "layout_spec" => &[
+            b",",
+            b"=",
+            b":",
+            b"+",
+            b"skb_dev",
+            b"ip_summed",
+            b"dev_features",
+            b"csum_bits",
+            b"63",
+            b"64",
+            b"4294967296",
+            b" ",
+        ],
+        "pattern" => &[
+            b"*", b"?", b"[", b"]", b"[!", b"-", b"\t", b"\n", b"/", b" ", b"\\",
+        ],
+        "config" => &[
+            b"=",
+            b"[",
+            b"]",
+            b"\"",
+            b"\n",
+            b"interfaces",
+            b"ports",
+            b"metrics_addr",
+            b"mode",
+            b"method",
+            b"[[x]]",
+            b"\\u0000",
+            b"\\r",
+            b"65536",
+            b"0",
+            b"{",
+            b"}",
+            b"'''",
+        ],
+        "libvirt_xml" => &[
+            b"<",
+            b">",
+            b"/>",
+            b"</interface>",
+            b"<interface type='bridge'>",
+            b"<target dev='",
+            b"'",
+            b"&amp;",
+            b"&#10;",
+            b"<!DOCTYPE d [",
+            b"<![CDATA[",
+            b"\n",
+        ],
+        _ => &[
+            b"\x81\x00",
+            b"\x08\x00",
+            b"\x88\xa8",
+            b"\x45",
+            b"\x00\x44",
+            b"\x00\x43",
+            b"\xff\xff",
+            b"\x00\x00\x00\x00",
+        ],
     }
 }
 

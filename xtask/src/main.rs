@@ -118,7 +118,17 @@ fn fuzz(seconds: u64, only: Option<&str>) -> Result<()> {
     let seeds = root.join("fuzz/seeds");
     let mut write_seeds = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     write_seeds
-        .args(["test", "-p", "dhcpfix", "--test", "fuzz_short", "--", "--ignored", "--exact", "write_seeds"])
+        .args([
+            "test",
+            "-p",
+            "dhcpfix",
+            "--test",
+            "fuzz_short",
+            "--",
+            "--ignored",
+            "--exact",
+            "write_seeds",
+        ])
         .current_dir(&root)
         .envs(env.vars())
         .env("DHCPFIX_FUZZ_SEEDS_DIR", &seeds);

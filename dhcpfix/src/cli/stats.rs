@@ -55,6 +55,13 @@ pub fn run(pin_dir: &Path, args: Args) -> anyhow::Result<()> {
         print!("{}", crate::metrics::encode(&stats.interfaces)?);
         return Ok(());
     }
+    if stats.interfaces.is_empty() {
+        println!(
+            "dhcpfix is attached nowhere (pin directory {})",
+            pin_dir.display()
+        );
+        return Ok(());
+    }
     let rows = stats
         .interfaces
         .iter()

@@ -38,6 +38,13 @@ pub fn run(pin_dir: &Path, args: Args) -> anyhow::Result<()> {
         println!("dhcpfix is not loaded (pin directory {})", status.pin_dir);
         return Ok(());
     }
+    if status.interfaces.is_empty() {
+        println!(
+            "dhcpfix is loaded but attached nowhere (pin directory {})",
+            status.pin_dir
+        );
+        return Ok(());
+    }
     let rows = status
         .interfaces
         .iter()
