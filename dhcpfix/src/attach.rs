@@ -37,6 +37,8 @@ pub enum AttachError {
     BadName(String),
     #[error("{iface} is a {kind} device: frames towards its guest pass its receive path, not its egress hook, and it does not show the guest's checksum offload; dhcpfix cannot fix them there (see docs/macvtap.md)")]
     ReceivePathTap { iface: String, kind: String },
+    #[error("{0} was deleted and re-created while dhcpfix attached to it; run the command again")]
+    Recreated(String),
     #[error("at most {MAX_PORTS} ports per interface, got {0}")]
     TooManyPorts(usize),
     #[error(transparent)]
@@ -316,7 +318,7 @@ pub fn attach(pins: &PinDir, iface: &str, opts: &AttachOptions) -> Result<Attach
     write_config(pins, iface, ifindex, cfg)?;
     let result = match method {
         Method::Netlink => attach_netlink(&mut prog, iface),
-        _ => attach_tcx(&mut prog, pins, iface),
+        _ => attach_tcx(&mut prog, pins, iface, ifindex),
     };
     if let Err(e) = result {
         forget_interface(pins, ifindex);
@@ -329,6 +331,7 @@ fn attach_tcx(
     prog: &mut aya::programs::SchedClassifier,
     pins: &PinDir,
     iface: &str,
+    ifindex: u32,
 ) -> Result<(), AttachError> {
     let attach_err = |source| AttachError::Attach {
         iface: iface.into(),
@@ -353,6 +356,18 @@ fn attach_tcx(
         path: path.display().to_string(),
         source,
     })?;
+    // aya resolves the name again: if the interface was re-created in
+    // between, the link sits on an ifindex we did not configure, and the
+    // classifier would ignore that interface. Undo and say so.
+    if let PinnedLinkState::Live(linked) = pinned_link_state(pins, iface)? {
+        if linked != ifindex {
+            if let Ok(fd) = sys::obj_get(&path) {
+                let _ = sys::link_detach(&fd);
+            }
+            remove_pin(pins, iface)?;
+            return Err(AttachError::Recreated(iface.into()));
+        }
+    }
     Ok(())
 }
 
