@@ -24,16 +24,7 @@ pub struct Dhcpfix {
 }
 
 /// The counters `dhcpfix stats --json` prints for one interface.
-#[derive(Clone, Copy, Debug, Default, Deserialize, serde::Serialize, PartialEq, Eq)]
-pub struct Counters {
-    pub seen: u64,
-    pub filled: u64,
-    pub would_fill: u64,
-    pub valid: u64,
-    pub deferred: u64,
-    pub skipped: u64,
-    pub errors: u64,
-}
+pub use dhcpfix_common::counters::Counters;
 
 #[derive(Deserialize)]
 struct StatsJson {

@@ -6,11 +6,11 @@
 //! comparison is a ratio taken within one repetition, with the variants
 //! interleaved: the machines this runs on are shared and noisy.
 
-pub mod bpfsys;
 pub mod chart;
 pub mod dhcpfix_cli;
 pub mod error;
 pub mod frames;
+pub mod kernel_memory;
 pub mod machine;
 pub mod process;
 pub mod prog_cost;
@@ -156,7 +156,8 @@ pub fn run(opts: &Options) -> Result<Report> {
     drop(sb);
     machine.load_end = machine::load_average();
 
-    let report = Report::new(report::Parts {
+    let report = Report {
+        schema: report::SCHEMA,
         generated_utc,
         quick: opts.quick,
         wall_time_s: started.elapsed().as_secs_f64(),
@@ -166,7 +167,9 @@ pub fn run(opts: &Options) -> Result<Report> {
         throughput,
         scale,
         storm,
-    });
+        targets: Vec::new(),
+    }
+    .evaluated();
     report.write(&opts.out)?;
     Ok(report)
 }

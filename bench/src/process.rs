@@ -1,13 +1,14 @@
 //! Running programs and threads inside a network namespace, with a time
-//! limit, without `ip netns exec` (which would remount /sys).
+//! limit, without `ip netns exec` (which would remount /sys); the commands
+//! themselves come from `dhcpfix::lab::command_in`.
 
 use std::{
-    ffi::{CString, OsStr},
+    ffi::OsStr,
     fs,
     io::{self, Read},
     os::{
         fd::{AsRawFd, OwnedFd},
-        unix::{ffi::OsStrExt, fs::MetadataExt, process::CommandExt},
+        unix::fs::MetadataExt,
     },
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
@@ -27,36 +28,6 @@ pub fn find_tool(tool: &'static str, package: &'static str) -> Result<PathBuf> {
         .map(|dir| dir.join(tool))
         .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0))
         .ok_or(BenchError::ToolMissing { tool, package })
-}
-
-/// A command whose child joins the network namespace at `ns_path` right
-/// before `exec` (setns in `pre_exec`), keeping the caller's mount
-/// namespace, so the bench's bpffs stays visible to it.
-pub fn command_in(ns_path: &Path, program: impl AsRef<OsStr>) -> Command {
-    let mut cmd = Command::new(program);
-    let c_path = CString::new(ns_path.as_os_str().as_bytes()).ok();
-    // SAFETY: the closure runs in the forked child before exec and only calls
-    // async-signal-safe functions (open, setns, close) on data allocated
-    // before the fork; it allocates nothing and takes no locks.
-    unsafe {
-        cmd.pre_exec(move || {
-            let Some(p) = c_path.as_ref() else {
-                return Err(io::Error::from_raw_os_error(libc::EINVAL));
-            };
-            let fd = libc::open(p.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
-            if fd < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let rc = libc::setns(fd, libc::CLONE_NEWNET);
-            let err = io::Error::last_os_error();
-            libc::close(fd);
-            if rc != 0 {
-                return Err(err);
-            }
-            Ok(())
-        });
-    }
-    cmd
 }
 
 /// Moves the calling thread into the network namespace at `ns_path`.

@@ -55,19 +55,6 @@ pub struct Report {
     pub targets: Vec<Target>,
 }
 
-/// What [`Report::new`] is made of.
-pub struct Parts {
-    pub generated_utc: String,
-    pub quick: bool,
-    pub wall_time_s: f64,
-    pub machine: Machine,
-    pub dhcpfix_binary: String,
-    pub prog_cost: Option<ProgCost>,
-    pub throughput: Option<Throughput>,
-    pub scale: Option<Scale>,
-    pub storm: Option<Storm>,
-}
-
 /// `median (min–max)` with `prec` decimals.
 fn spread(s: &Stat, prec: usize) -> String {
     format!("{:.prec$} ({:.prec$}–{:.prec$})", s.median, s.min, s.max)
@@ -82,22 +69,11 @@ fn kib(bytes: u64) -> String {
 }
 
 impl Report {
-    pub fn new(p: Parts) -> Report {
-        let mut r = Report {
-            schema: SCHEMA,
-            generated_utc: p.generated_utc,
-            quick: p.quick,
-            wall_time_s: p.wall_time_s,
-            machine: p.machine,
-            dhcpfix_binary: p.dhcpfix_binary,
-            prog_cost: p.prog_cost,
-            throughput: p.throughput,
-            scale: p.scale,
-            storm: p.storm,
-            targets: Vec::new(),
-        };
-        r.targets = r.evaluate();
-        r
+    /// The report with its `targets` judged from the measurements (built
+    /// with `schema: SCHEMA` and `targets` empty).
+    pub fn evaluated(mut self) -> Report {
+        self.targets = self.evaluate();
+        self
     }
 
     fn case(&self, key: &str) -> Option<&prog_cost::CaseResult> {

@@ -155,7 +155,7 @@ impl Netns {
 
     /// A command that runs inside this namespace.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        process::command_in(&self.path, program)
+        dhcpfix::lab::command_in(&self.path, program)
     }
 }
 
@@ -257,26 +257,8 @@ fn mount_bpffs(path: &Path) -> Result<()> {
 
 /// Detaches every mount at or below `dir`, deepest first, then removes it.
 fn teardown_dir(dir: &Path) {
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut points: Vec<PathBuf> = mountinfo
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(PathBuf::from)
-        .filter(|p| p.starts_with(dir))
-        .collect();
-    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    for point in points {
-        let Ok(c) = CString::new(point.as_os_str().as_encoded_bytes()) else {
-            continue;
-        };
-        // SAFETY: `c` is a valid NUL-terminated path.
-        if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
-            eprintln!(
-                "dhcpfix-bench: cleanup: umount2 {}: {}",
-                point.display(),
-                io::Error::last_os_error()
-            );
-        }
+    for problem in dhcpfix::lab::unmount_below(dir) {
+        eprintln!("dhcpfix-bench: cleanup: {problem}");
     }
     if dir.exists() {
         if let Err(e) = fs::remove_dir_all(dir) {

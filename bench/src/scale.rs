@@ -24,9 +24,9 @@ use dhcpfix_common::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    bpfsys::{self, KernelMemory},
     dhcpfix_cli::Dhcpfix,
     error::{BenchError, Result},
+    kernel_memory::{self, KernelMemory},
     process::{self, in_netns, spawn_in_netns},
     sandbox::{Netns, Sandbox},
     stats::{quantile, Stat},
@@ -124,7 +124,10 @@ fn attached_count(ns: &Netns, names: Vec<String>) -> Result<usize> {
         for name in &names {
             let ifindex =
                 dhcpfix::sys::ifindex(name).ok_or_else(|| BenchError::Check(format!("{name} not found")))?;
-            if bpfsys::tcx_egress_count(ifindex).map_err(BenchError::sys("BPF_PROG_QUERY"))? > 0 {
+            if dhcpfix::sys::prog_count(ifindex, dhcpfix::sys::BPF_TCX_EGRESS)
+                .map_err(BenchError::sys("BPF_PROG_QUERY"))?
+                > 0
+            {
                 n += 1;
             }
         }
@@ -308,7 +311,7 @@ fn cold_attaches(sb: &Sandbox, dhcpfix: &Dhcpfix, ns: &Netns, n: usize) -> Resul
     bare.finish()?;
     drop(bare_ns);
     check_all_attached(ns, n, "one dhcpfix attach per tap")?;
-    let kernel_memory = bpfsys::kernel_memory(&pin_dir)?;
+    let kernel_memory = kernel_memory::read(&pin_dir)?;
     remove_pins(&pin_dir)?;
     Ok(ColdRun {
         samples_ms,

@@ -8,7 +8,6 @@ use std::{fs, time::Duration};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    bpfsys,
     dhcpfix_cli::Dhcpfix,
     error::{BenchError, Result},
     process::{self, find_tool, in_netns},
@@ -209,6 +208,7 @@ fn tcx_programs(ns: &Netns) -> Result<u32> {
     in_netns(ns.path(), || {
         let ifindex = dhcpfix::sys::ifindex(SENDER_IF)
             .ok_or_else(|| BenchError::Check(format!("{SENDER_IF} not found")))?;
-        bpfsys::tcx_egress_count(ifindex).map_err(BenchError::sys("BPF_PROG_QUERY"))
+        dhcpfix::sys::prog_count(ifindex, dhcpfix::sys::BPF_TCX_EGRESS)
+            .map_err(BenchError::sys("BPF_PROG_QUERY"))
     })
 }

@@ -6,7 +6,7 @@
 /// packet also lands in exactly one of the other counters.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "user", derive(serde::Serialize))]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
 pub struct Counters {
     /// DHCP-port UDP packets examined.
     pub seen: u64,

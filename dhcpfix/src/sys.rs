@@ -1,5 +1,6 @@
 //! The few `bpf(2)` commands aya 0.14 does not expose: opening a pinned
-//! object and reading a link's target interface.
+//! object, reading a link's target interface, counting the programs on a
+//! tcx hook, and listing a program's maps (the benchmark's memory figures).
 
 use std::{
     ffi::CString,
@@ -10,7 +11,9 @@ use std::{
 };
 
 const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_PROG_QUERY: libc::c_long = 16;
 const BPF_LINK_DETACH: libc::c_long = 34;
 /// `BPF_LINK_TYPE_TCX` (Linux 6.6).
 pub const BPF_LINK_TYPE_TCX: u32 = 11;
@@ -23,7 +26,8 @@ struct Attr([u8; 128]);
 
 fn bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is a valid, writable, zero-initialised bpf_attr of the
-    // size passed; the kernel reads and writes only within it.
+    // size passed; pointers stored in it point to live buffers of the sizes
+    // stored next to them, and the kernel writes only within those.
     let ret = unsafe {
         libc::syscall(
             libc::SYS_bpf,
@@ -61,22 +65,31 @@ pub struct LinkInfo {
     pub attach_type: u32,
 }
 
+/// `BPF_OBJ_GET_INFO_BY_FD` into `info`, whose first bytes may carry input
+/// fields (a program's `nr_map_ids` and `map_ids`).
+fn obj_info(fd: &OwnedFd, info: &mut [u64]) -> io::Result<()> {
+    let mut attr = Attr([0; 128]);
+    attr.0[0..4].copy_from_slice(&(fd.as_raw_fd() as u32).to_ne_bytes());
+    attr.0[4..8].copy_from_slice(&(std::mem::size_of_val(info) as u32).to_ne_bytes());
+    attr.0[8..16].copy_from_slice(&(info.as_mut_ptr() as u64).to_ne_bytes());
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr).map(drop)
+}
+
+/// The `i`-th u32 of an info buffer (0 past its end).
+fn u32_at(info: &[u64], i: usize) -> u32 {
+    info.get(i / 2)
+        .map(|w| w.to_ne_bytes())
+        .and_then(|b| b[(i % 2) * 4..(i % 2) * 4 + 4].try_into().ok())
+        .map_or(0, u32::from_ne_bytes)
+}
+
 /// `BPF_OBJ_GET_INFO_BY_FD` on a link.
 pub fn link_info(fd: &OwnedFd) -> io::Result<LinkInfo> {
     // struct bpf_link_info: type, id, prog_id, then an 8-aligned union whose
     // tcx member is { ifindex, attach_type }.
     let mut info = [0u64; 16];
-    let mut attr = Attr([0; 128]);
-    attr.0[0..4].copy_from_slice(&(fd.as_raw_fd() as u32).to_ne_bytes());
-    attr.0[4..8].copy_from_slice(&(std::mem::size_of_val(&info) as u32).to_ne_bytes());
-    attr.0[8..16].copy_from_slice(&(info.as_mut_ptr() as u64).to_ne_bytes());
-    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
-    let word = |i: usize| {
-        info[i / 2].to_ne_bytes()[(i % 2) * 4..(i % 2) * 4 + 4]
-            .try_into()
-            .map(u32::from_ne_bytes)
-    };
-    let get = |i| word(i).unwrap_or(0);
+    obj_info(fd, &mut info)?;
+    let get = |i| u32_at(&info, i);
     Ok(LinkInfo {
         link_type: get(0),
         id: get(1),
@@ -92,6 +105,63 @@ pub fn link_detach(fd: &OwnedFd) -> io::Result<()> {
     let mut attr = Attr([0; 128]);
     attr.0[0..4].copy_from_slice(&(fd.as_raw_fd() as u32).to_ne_bytes());
     bpf(BPF_LINK_DETACH, &mut attr).map(drop)
+}
+
+/// `BPF_PROG_QUERY` on `ifindex` (in the calling thread's network namespace)
+/// for `attach_type` (e.g. [`BPF_TCX_EGRESS`]): how many programs are
+/// attached there.
+pub fn prog_count(ifindex: u32, attach_type: u32) -> io::Result<u32> {
+    // struct { target_ifindex; attach_type; query_flags; attach_flags;
+    //          prog_ids (u64); count; ... }
+    let mut attr = Attr([0; 128]);
+    attr.0[0..4].copy_from_slice(&ifindex.to_ne_bytes());
+    attr.0[4..8].copy_from_slice(&attach_type.to_ne_bytes());
+    bpf(BPF_PROG_QUERY, &mut attr)?;
+    Ok(u32::from_ne_bytes([
+        attr.0[24], attr.0[25], attr.0[26], attr.0[27],
+    ]))
+}
+
+/// The ids of the maps a program uses (at most 64), from
+/// `BPF_OBJ_GET_INFO_BY_FD` on the program.
+pub fn prog_map_ids(fd: &OwnedFd) -> io::Result<Vec<u32>> {
+    // struct bpf_prog_info: nr_map_ids (u32) at byte 52, map_ids (u64) at 56.
+    let mut ids = [0u32; 64];
+    let mut info = [0u64; 32];
+    info[6] = u64::from(ids.len() as u32) << 32;
+    info[7] = ids.as_mut_ptr() as u64;
+    obj_info(fd, &mut info)?;
+    let nr = (u32_at(&info, 13) as usize).min(ids.len());
+    Ok(ids[..nr].to_vec())
+}
+
+/// `BPF_MAP_GET_FD_BY_ID`: opens the map with this id.
+pub fn map_fd_by_id(id: u32) -> io::Result<OwnedFd> {
+    let mut attr = Attr([0; 128]);
+    attr.0[0..4].copy_from_slice(&id.to_ne_bytes());
+    let fd = bpf(BPF_MAP_GET_FD_BY_ID, &mut attr)?;
+    // SAFETY: the kernel returned a new file descriptor that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// What `BPF_OBJ_GET_INFO_BY_FD` says of a map.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapInfo {
+    pub name: String,
+    pub max_entries: u32,
+}
+
+/// `BPF_OBJ_GET_INFO_BY_FD` on a map.
+pub fn map_info(fd: &OwnedFd) -> io::Result<MapInfo> {
+    // struct bpf_map_info: max_entries at byte 16, name[16] at 24.
+    let mut info = [0u64; 16];
+    obj_info(fd, &mut info)?;
+    let name: Vec<u8> = info[3..5].iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    Ok(MapInfo {
+        name: String::from_utf8_lossy(&name[..end]).into_owned(),
+        max_entries: u32_at(&info, 4),
+    })
 }
 
 /// `if_nametoindex(3)`: the ifindex of `name` in this network namespace.
@@ -113,4 +183,22 @@ pub fn ifname(index: u32) -> Option<String> {
     // SAFETY: on success the buffer holds a NUL-terminated name.
     let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
     Some(name.to_string_lossy().into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::u32_at;
+
+    #[test]
+    fn u32_at_reads_native_halves_and_zero_past_the_end() {
+        let lo = 0x1122_3344u32;
+        let hi = 0x5566_7788u32;
+        let mut bytes = [0u8; 8];
+        bytes[..4].copy_from_slice(&lo.to_ne_bytes());
+        bytes[4..].copy_from_slice(&hi.to_ne_bytes());
+        let info = [u64::from_ne_bytes(bytes)];
+        assert_eq!(u32_at(&info, 0), lo);
+        assert_eq!(u32_at(&info, 1), hi);
+        assert_eq!(u32_at(&info, 2), 0);
+    }
 }

@@ -10,46 +10,28 @@ mod support;
 
 use std::{
     fs,
-    os::fd::AsRawFd,
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Output, Stdio},
+    process::{Child, Command, ExitStatus},
     thread,
     time::{Duration, Instant},
 };
 
-use aya::programs::{SchedClassifier, TcAttachType};
-use dhcpfix::lab::{self, ClientOutcome, GuestKind, Lab, LabOptions, Offload};
+use dhcpfix::lab::{self, GuestKind, Lab, Offload};
 use serde_json::Value;
-use support::privileged;
+use support::{dhcpfix_ok_at, interface_names, leased, mount_bpffs, privileged, spawn_agent, stats};
 
-const BIN: &str = env!("CARGO_BIN_EXE_dhcpfix");
 const OK_TIMEOUT: Duration = Duration::from_secs(8);
 /// The brief: attached within 100 ms of the interface's appearance.
 const ATTACH_DEADLINE: Duration = Duration::from_millis(100);
 const METRICS: &str = "127.0.0.1:9788";
 
 fn lab(offload: Offload) -> Lab {
-    lab::install_interrupt_cleanup().expect("install signal cleanup");
-    Lab::create(LabOptions {
-        offload,
-        guest: GuestKind::Legacy,
-    })
-    .unwrap_or_else(|e| panic!("{e}"))
+    support::lab(offload, GuestKind::Legacy)
 }
 
 /// `ip -n <lab host netns> ARGS`.
 fn ip(lab: &Lab, args: &[&str]) {
-    let out = Command::new("ip")
-        .arg("-n")
-        .arg(lab.host_netns())
-        .args(args)
-        .output()
-        .expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::ip_in(lab.host_netns(), args);
 }
 
 fn add_tap(lab: &Lab, name: &str) {
@@ -60,43 +42,10 @@ fn del_link(lab: &Lab, name: &str) {
     ip(lab, &["link", "del", name]);
 }
 
-/// Runs `dhcpfix --pin-dir PINS ARGS` in the lab's host namespace.
-fn dhcpfix(lab: &Lab, pins: &Path, args: &[&str]) -> Output {
-    let out = lab
-        .host_command(BIN)
-        .arg("--pin-dir")
-        .arg(pins)
-        .args(args)
-        .output()
-        .expect("run dhcpfix");
-    eprintln!(
-        "$ dhcpfix {}\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn dhcpfix_ok(lab: &Lab, pins: &Path, args: &[&str]) -> String {
-    let out = dhcpfix(lab, pins, args);
-    assert!(out.status.success(), "dhcpfix {args:?} failed");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// Polls `done` every millisecond until it holds or `timeout` passes;
 /// returns how long it took.
-fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> Option<Duration> {
-    let start = Instant::now();
-    loop {
-        if done() {
-            return Some(start.elapsed());
-        }
-        if start.elapsed() > timeout {
-            return None;
-        }
-        thread::sleep(Duration::from_millis(1));
-    }
+fn wait_until(timeout: Duration, done: impl FnMut() -> bool) -> Option<Duration> {
+    support::poll(timeout, Duration::from_millis(1), done)
 }
 
 /// A running `dhcpfix run`, its stderr (the log) going to a file.
@@ -114,25 +63,8 @@ impl Agent {
         static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = lab.work_dir().join(format!("agent-{n}.log"));
-        let mut cmd = match &wrapper {
-            Some(w) => {
-                let mut c = lab.host_command(&w[0]);
-                c.args(&w[1..]).arg(BIN);
-                c
-            }
-            None => lab.host_command(BIN),
-        };
-        let child = cmd
-            .env("RUST_LOG", "info")
-            .arg("--pin-dir")
-            .arg(pins)
-            .arg("run")
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).expect("agent log file"))
-            .spawn()
-            .expect("start dhcpfix run");
+        let wrapper: Vec<&str> = wrapper.iter().flatten().map(String::as_str).collect();
+        let child = spawn_agent(|p| lab.host_command(p), &wrapper, pins, args, &log);
         Agent { child, log }
     }
 
@@ -191,34 +123,13 @@ fn link_id(pins: &Path, name: &str) -> Option<u32> {
 /// Names of the programs attached (tcx) to the egress of `iface` in the
 /// lab's host namespace, as the kernel lists them.
 fn tcx_programs(lab: &Lab, iface: &str) -> Vec<String> {
-    let ns = lab.host_netns_path();
-    let iface = iface.to_owned();
-    thread::spawn(move || {
-        let f = fs::File::open(&ns).expect("open netns");
-        // SAFETY: setns on a valid namespace fd; affects this thread only,
-        // which ends right after the query.
-        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
-        let (_, progs) = SchedClassifier::query_tcx(&iface, TcAttachType::Egress).expect("query tcx");
-        progs
-            .iter()
-            .map(|p| p.name_as_str().unwrap_or("?").to_owned())
-            .collect::<Vec<_>>()
-    })
-    .join()
-    .expect("tcx query thread")
+    support::tcx_programs(&lab.host_netns_path(), iface).expect("query tcx")
 }
 
 /// Whether `iface` has no tcx program within a second. Removing a link's
 /// last pin releases the link from a kernel work queue, a moment later.
 fn detached(lab: &Lab, iface: &str) -> bool {
     wait_until(Duration::from_secs(1), || tcx_programs(lab, iface).is_empty()).is_some()
-}
-
-fn stats(lab: &Lab, pins: &Path, iface: &str) -> Value {
-    let stats: Value = serde_json::from_str(&dhcpfix_ok(lab, pins, &["stats", "--json", iface])).unwrap();
-    let s = &stats["interfaces"][0];
-    assert_eq!(s["name"], iface);
-    s.clone()
 }
 
 fn filled(lab: &Lab, pins: &Path, iface: &str) -> u64 {
@@ -244,12 +155,6 @@ fn scrape(lab: &Lab) -> Option<String> {
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn leased(lab: &Lab, out: &ClientOutcome) -> bool {
-    eprintln!("{}: lease {:?} in {:.2?}", out.client, out.lease, out.elapsed);
-    out.lease
-        .is_some_and(|ip| ip.octets()[..3] == lab.subnet().octets()[..3])
 }
 
 fn guest_mac(lab: &Lab) -> String {
@@ -325,7 +230,7 @@ fn agent_attaches_new_taps_within_100ms_and_guests_get_leases() {
     assert!(page.contains("dhcpfix_attached_interfaces 1\n"), "{page}");
     assert!(page.contains("dhcpfix_build_info{"), "{page}");
     // `stats --format prometheus` prints the same text.
-    let textfile = dhcpfix_ok(&lab, &pins, &["stats", "--format", "prometheus"]);
+    let textfile = dhcpfix_ok_at(&lab, &pins, &["stats", "--format", "prometheus"]);
     assert_eq!(textfile, page);
 
     // New taps: attached within 100 ms of their creation; others ignored.
@@ -364,7 +269,7 @@ fn agent_attaches_new_taps_within_100ms_and_guests_get_leases() {
     assert!(detached(&lab, "other12"));
 
     // `watch --once` shows the counters and rates from the pinned maps.
-    let table = dhcpfix_ok(&lab, &pins, &["watch", "--once", "--interval", "0.2"]);
+    let table = dhcpfix_ok_at(&lab, &pins, &["watch", "--once", "--interval", "0.2"]);
     let row = table
         .lines()
         .find(|l| l.trim_start().starts_with("vnet0 "))
@@ -424,13 +329,8 @@ fn agent_restart_keeps_attachment_and_counters_and_forgets_deleted_taps() {
     assert_eq!(link_id(&pins, "vnet0"), Some(id));
     assert_eq!(tcx_programs(&lab, "vnet0"), ["dhcpfix"]);
     assert_eq!(filled(&lab, &pins, "vnet0"), while_dead);
-    let status: Value = serde_json::from_str(&dhcpfix_ok(&lab, &pins, &["status", "--json"])).unwrap();
-    let names: Vec<&str> = status["interfaces"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["name"].as_str().unwrap())
-        .collect();
+    let status: Value = serde_json::from_str(&dhcpfix_ok_at(&lab, &pins, &["status", "--json"])).unwrap();
+    let names = interface_names(&status);
     assert_eq!(names, ["vnet0"], "{status}");
 
     // SIGTERM: a clean exit that leaves the attachment in place.
@@ -471,11 +371,11 @@ fn clean_removes_dead_pins_and_clean_all_removes_everything() {
     let pins = lab.pin_dir();
     add_tap(&lab, "vnet1");
     add_tap(&lab, "vnet2");
-    dhcpfix_ok(&lab, &pins, &["attach", "vnet0", "vnet1", "vnet2"]);
+    dhcpfix_ok_at(&lab, &pins, &["attach", "vnet0", "vnet1", "vnet2"]);
     del_link(&lab, "vnet2");
     assert!(link_pin(&pins, "vnet2").exists());
 
-    let out = dhcpfix_ok(&lab, &pins, &["clean"]);
+    let out = dhcpfix_ok_at(&lab, &pins, &["clean"]);
     assert!(
         out.contains("vnet2: the interface is gone; removed its pin"),
         "{out}"
@@ -488,9 +388,9 @@ fn clean_removes_dead_pins_and_clean_all_removes_everything() {
     assert!(!link_pin(&pins, "vnet2").exists());
     assert!(link_pin(&pins, "vnet0").exists() && link_pin(&pins, "vnet1").exists());
     assert_eq!(tcx_programs(&lab, "vnet1"), ["dhcpfix"]);
-    assert_eq!(dhcpfix_ok(&lab, &pins, &["clean"]).trim(), "nothing to clean");
+    assert_eq!(dhcpfix_ok_at(&lab, &pins, &["clean"]).trim(), "nothing to clean");
 
-    let out = dhcpfix_ok(&lab, &pins, &["clean", "--all"]);
+    let out = dhcpfix_ok_at(&lab, &pins, &["clean", "--all"]);
     assert!(
         out.contains("vnet0: detached") && out.contains("vnet1: detached"),
         "{out}"
@@ -506,7 +406,7 @@ fn clean_removes_dead_pins_and_clean_all_removes_everything() {
         .filter(|n| !n.ends_with(".debug"))
         .collect();
     assert!(left.is_empty(), "left in the pin directory: {left:?}");
-    let status: Value = serde_json::from_str(&dhcpfix_ok(&lab, &pins, &["status", "--json"])).unwrap();
+    let status: Value = serde_json::from_str(&dhcpfix_ok_at(&lab, &pins, &["status", "--json"])).unwrap();
     assert_eq!(status["program_loaded"], false, "{status}");
     lab.destroy().unwrap();
 }
@@ -592,13 +492,7 @@ fn systemd_unit_capabilities_are_enough_and_each_is_needed() {
     // As on a systemd host: a bpffs is mounted already (at /sys/fs/bpf
     // there); the agent only makes its directory inside it.
     let bpffs = lab.work_dir().join("bpffs");
-    fs::create_dir(&bpffs).unwrap();
-    let out = Command::new("mount")
-        .args(["-t", "bpf", "bpf"])
-        .arg(&bpffs)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    mount_bpffs(&bpffs);
     let pins = bpffs.join("dhcpfix");
     let args = ["--iface", "vnet*", "--metrics-addr", METRICS];
 
@@ -619,7 +513,7 @@ fn systemd_unit_capabilities_are_enough_and_each_is_needed() {
     assert!(status.success(), "{status}");
     // bpf, net_admin, perfmon = bits 39, 12, 38.
     assert!(eff.ends_with("000000c000001000"), "{eff}");
-    dhcpfix_ok(&lab, &pins, &["clean", "--all"]);
+    dhcpfix_ok_at(&lab, &pins, &["clean", "--all"]);
 
     // One capability fewer: a clear one-line error naming it, nothing attached.
     for missing in &caps {

@@ -10,14 +10,12 @@ use std::{
     fs,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
-    process::{Command, Output},
+    process::Command,
 };
 
-use dhcpfix::lab::{self, GuestKind, Lab, LabOptions, Offload};
+use dhcpfix::lab::{GuestKind, Lab, Offload};
 use serde_json::Value;
-use support::privileged;
-
-const BIN: &str = env!("CARGO_BIN_EXE_dhcpfix");
+use support::{attached_interfaces, dhcpfix, ip_in, privileged, show, BIN};
 const MARKER: &str = "/tmp/dhcpfix-contrib-pwned";
 
 fn contrib(path: &str) -> PathBuf {
@@ -111,42 +109,12 @@ fn systemd_unit_and_udev_rule_are_well_formed() {
 }
 
 fn lab() -> Lab {
-    lab::install_interrupt_cleanup().expect("install signal cleanup");
-    Lab::create(LabOptions {
-        offload: Offload::On,
-        guest: GuestKind::Legacy,
-    })
-    .unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn show(what: &str, out: &Output) {
-    eprintln!(
-        "$ {what} -> {:?}\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn dhcpfix(lab: &Lab, args: &[&str]) -> Output {
-    let out = lab
-        .host_command(BIN)
-        .arg("--pin-dir")
-        .arg(lab.pin_dir())
-        .args(args)
-        .output()
-        .unwrap();
-    show(&format!("dhcpfix {}", args.join(" ")), &out);
-    out
+    support::lab(Offload::On, GuestKind::Legacy)
 }
 
 fn attached(lab: &Lab) -> BTreeSet<String> {
-    let status: Value = serde_json::from_slice(&dhcpfix(lab, &["status", "--json"]).stdout).unwrap();
-    status["interfaces"]
-        .as_array()
-        .unwrap()
+    attached_interfaces(lab)
         .iter()
-        .filter(|i| i["attached"] == true)
         .map(|i| i["name"].as_str().unwrap().to_owned())
         .collect()
 }
@@ -226,10 +194,7 @@ fn proxmox_hookscript_covers_the_vms_taps() {
     assert!(dhcpfix(&lab, &["attach", "vnet0"]).status.success());
     assert!(dhcpfix(&lab, &["detach", "vnet0"]).status.success());
     let ns = lab.host_netns().to_owned();
-    let ip = |args: &[&str]| {
-        let out = Command::new("ip").arg("-n").arg(&ns).args(args).output().unwrap();
-        assert!(out.status.success(), "ip {args:?}");
-    };
+    let ip = |args: &[&str]| ip_in(&ns, args);
     for tap in ["tap100i0", "tap100i1", "tap1000i0", "tap100ifoo"] {
         ip(&["tuntap", "add", tap, "mode", "tap"]);
     }

@@ -7,40 +7,17 @@
 
 mod support;
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
-use dhcpfix::lab::{self, GuestKind, Lab, LabOptions, Offload};
+use dhcpfix::lab::{GuestKind, Lab, Offload};
 use serde_json::Value;
-use support::privileged;
+use support::{dhcpfix, ip_in, leased, privileged};
 
-const BIN: &str = env!("CARGO_BIN_EXE_dhcpfix");
 const OK_TIMEOUT: Duration = Duration::from_secs(8);
 const FAIL_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn lab(offload: Offload) -> Lab {
-    lab::install_interrupt_cleanup().expect("install signal cleanup");
-    Lab::create(LabOptions {
-        offload,
-        guest: GuestKind::Legacy,
-    })
-    .unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn dhcpfix(lab: &Lab, args: &[&str]) -> std::process::Output {
-    let out = lab
-        .host_command(BIN)
-        .arg("--pin-dir")
-        .arg(lab.pin_dir())
-        .args(args)
-        .output()
-        .expect("run dhcpfix");
-    eprintln!(
-        "$ dhcpfix {}\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    support::lab(offload, GuestKind::Legacy)
 }
 
 /// `doctor --json`: the report and the exit status.
@@ -59,11 +36,6 @@ fn tap<'a>(report: &'a Value, name: &str) -> &'a Value {
         .iter()
         .find(|i| i["name"] == name)
         .unwrap_or_else(|| panic!("{name} missing from {report:#}"))
-}
-
-fn leased(lab: &Lab, out: &lab::ClientOutcome) -> bool {
-    out.lease
-        .is_some_and(|ip| ip.octets()[..3] == lab.subnet().octets()[..3])
 }
 
 #[test]
@@ -219,11 +191,7 @@ fn stale_attachment_is_a_warning() {
     let lab = lab(Offload::On);
     assert!(dhcpfix(&lab, &["attach", "vnet0"]).status.success());
     // A second tap, attached, then deleted: its pin is reported as stale.
-    let ns = lab.host_netns();
-    let ip = |args: &[&str]| {
-        let out = Command::new("ip").arg("-n").arg(ns).args(args).output().unwrap();
-        assert!(out.status.success(), "ip {args:?}");
-    };
+    let ip = |args: &[&str]| ip_in(lab.host_netns(), args);
     ip(&["tuntap", "add", "vnet9", "mode", "tap"]);
     assert!(dhcpfix(&lab, &["attach", "vnet9"]).status.success());
     ip(&["link", "del", "vnet9"]);

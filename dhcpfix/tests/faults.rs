@@ -388,13 +388,7 @@ fn bpffs_unmounted_under_the_agent_is_mounted_again_or_the_agent_exits() {
     // As under systemd: CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON only, the pin
     // directory inside a bpffs mounted beforehand.
     let bpffs = sb.dir.join("bpffs");
-    fs::create_dir(&bpffs).unwrap();
-    let out = std::process::Command::new("mount")
-        .args(["-t", "bpf", "bpf"])
-        .arg(&bpffs)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    support::mount_bpffs(&bpffs);
     let pins = bpffs.join("dhcpfix");
     let setpriv = [
         "setpriv",

@@ -2,35 +2,23 @@
 //! that the lab itself is sound. Needs root; skipped otherwise, unless
 //! CI=true, where skipping would hide a broken setup and the tests fail.
 
+mod support;
+
 use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use dhcpfix::lab::{self, ClientOutcome, GuestKind, Lab, LabOptions, Offload};
+use dhcpfix::lab::{ClientOutcome, GuestKind, Lab, Offload};
+use support::{in_subnet, privileged};
 
 /// Timeout for runs expected to succeed (leases come in well under 1 s).
 const OK_TIMEOUT: Duration = Duration::from_secs(8);
 /// Timeout for runs expected to fail.
 const FAIL_TIMEOUT: Duration = Duration::from_secs(7);
 
-fn privileged(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        lab::install_interrupt_cleanup().expect("install signal cleanup");
-        return true;
-    }
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-    assert!(
-        !ci,
-        "{test}: needs root (network namespaces, taps); CI=true, so failing instead of skipping"
-    );
-    eprintln!("{test}: skipped, needs root (network namespaces, taps)");
-    false
-}
-
 fn lab(offload: Offload, guest: GuestKind) -> Lab {
     let t = Instant::now();
-    let lab = Lab::create(LabOptions { offload, guest }).expect("create lab");
+    let lab = support::lab(offload, guest);
     eprintln!(
         "lab {} ({offload:?}, {guest:?}, {}/24) up in {:.2?}",
         lab.name(),
@@ -51,11 +39,6 @@ fn show(lab: &Lab, out: &ClientOutcome) {
         lab.relay_stats(),
         out.log
     );
-}
-
-fn in_subnet(lab: &Lab, out: &ClientOutcome) -> bool {
-    out.lease
-        .is_some_and(|ip| ip.octets()[..3] == lab.subnet().octets()[..3])
 }
 
 #[test]

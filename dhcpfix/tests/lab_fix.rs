@@ -3,49 +3,18 @@
 
 mod support;
 
-use std::{process::Output, time::Duration};
+use std::time::Duration;
 
-use dhcpfix::lab::{self, ClientOutcome, GuestKind, Lab, LabOptions, Offload};
+use dhcpfix::lab::{GuestKind, Lab, Offload};
 use serde_json::Value;
-use support::privileged;
+use support::{dhcpfix, dhcpfix_ok, lab, leased, privileged, stats};
 
 const OK_TIMEOUT: Duration = Duration::from_secs(8);
 const FAIL_TIMEOUT: Duration = Duration::from_secs(6);
 
-fn lab(offload: Offload, guest: GuestKind) -> Lab {
-    lab::install_interrupt_cleanup().expect("install signal cleanup");
-    Lab::create(LabOptions { offload, guest }).unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// Runs the dhcpfix binary inside the lab's host namespace.
-fn dhcpfix(lab: &Lab, args: &[&str]) -> Output {
-    let out = lab
-        .host_command(env!("CARGO_BIN_EXE_dhcpfix"))
-        .arg("--pin-dir")
-        .arg(lab.pin_dir())
-        .args(args)
-        .output()
-        .expect("run dhcpfix");
-    eprintln!(
-        "$ dhcpfix {}\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn dhcpfix_ok(lab: &Lab, args: &[&str]) -> String {
-    let out = dhcpfix(lab, args);
-    assert!(out.status.success(), "dhcpfix {args:?} failed");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// The tap's counters from `dhcpfix stats --json`.
 fn counters(lab: &Lab) -> Value {
-    let stats: Value = serde_json::from_str(&dhcpfix_ok(lab, &["stats", "--json", lab.tap_name()])).unwrap();
-    let iface = &stats["interfaces"][0];
-    assert_eq!(iface["name"], lab.tap_name());
+    let iface = stats(lab, &lab.pin_dir(), lab.tap_name());
     assert_eq!(iface["attached"], true);
     iface["counters"].clone()
 }
@@ -65,12 +34,6 @@ fn assert_consistent(c: &Value) {
     assert_eq!(count(c, "seen"), sum, "{c}");
     assert_eq!(count(c, "errors"), 0, "{c}");
     assert_eq!(count(c, "skipped"), 0, "{c}");
-}
-
-fn leased(lab: &Lab, out: &ClientOutcome) -> bool {
-    eprintln!("{}: lease {:?} in {:.2?}", out.client, out.lease, out.elapsed);
-    out.lease
-        .is_some_and(|ip| ip.octets()[..3] == lab.subnet().octets()[..3])
 }
 
 #[test]

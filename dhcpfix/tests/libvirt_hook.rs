@@ -19,11 +19,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dhcpfix::lab::{self, GuestKind, Lab, LabOptions, Offload};
+use dhcpfix::lab::{GuestKind, Lab, Offload};
 use serde_json::Value;
-use support::privileged;
-
-const BIN: &str = env!("CARGO_BIN_EXE_dhcpfix");
+use support::{attached_interfaces, dhcpfix_ok, interface_names, ip, privileged, BIN};
 /// The domain MAC in the fixtures; libvirt gives the tap the same MAC with
 /// the first byte 0xfe.
 const TAP_MAC: &str = "fe:54:00:12:34:56";
@@ -54,12 +52,7 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Self {
-        lab::install_interrupt_cleanup().expect("install signal cleanup");
-        let lab = Lab::create(LabOptions {
-            offload: Offload::On,
-            guest: GuestKind::Legacy,
-        })
-        .unwrap_or_else(|e| panic!("{e}"));
+        let lab = support::lab(Offload::On, GuestKind::Legacy);
         let ns = lab.host_netns().to_owned();
         ip(&["-n", &ns, "link", "set", "vnet0", "address", TAP_MAC]);
         ip(&["-n", &ns, "tuntap", "add", "vnet1", "mode", "tap"]);
@@ -144,30 +137,13 @@ impl Fixture {
     }
 
     fn dhcpfix(&self, args: &[&str]) -> String {
-        let out = self
-            .lab
-            .host_command(BIN)
-            .arg("--pin-dir")
-            .arg(self.lab.pin_dir())
-            .args(args)
-            .output()
-            .expect("run dhcpfix");
-        assert!(
-            out.status.success(),
-            "dhcpfix {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        dhcpfix_ok(&self.lab, args)
     }
 
     /// Interfaces dhcpfix is attached to, with their mode.
     fn attached(&self) -> BTreeSet<String> {
-        let status: Value = serde_json::from_str(&self.dhcpfix(&["status", "--json"])).unwrap();
-        status["interfaces"]
-            .as_array()
-            .unwrap()
+        attached_interfaces(&self.lab)
             .iter()
-            .filter(|i| i["attached"] == true)
             .map(|i| {
                 format!(
                     "{}:{}",
@@ -192,15 +168,6 @@ impl Fixture {
         }
         out
     }
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn set(names: &[&str]) -> BTreeSet<String> {
@@ -361,12 +328,7 @@ fn every_interface_shape() {
     ip(&["-n", fx.lab.host_netns(), "link", "del", "vnet1"]);
     fx.hook(&["router", "release", "end", "-"], &fixture("several.xml"));
     let status: Value = serde_json::from_str(&fx.dhcpfix(&["status", "--json"])).unwrap();
-    let names: Vec<&str> = status["interfaces"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["name"].as_str().unwrap())
-        .collect();
+    let names = interface_names(&status);
     assert!(!names.contains(&"vnet1"), "dead vnet1 pin left: {status}");
 
     // Audit mode and ports pass through the wrapper's options.

@@ -22,9 +22,8 @@ use std::{
 };
 
 use serde_json::Value;
-use support::privileged;
+use support::{ip, privileged, run_dhcpfix, BIN};
 
-const BIN: &str = env!("CARGO_BIN_EXE_dhcpfix");
 /// An unusual ifindex, so the macvtap's /dev/tap<ifindex> does not collide
 /// with another namespace's macvtap.
 const MACVTAP_INDEX: u32 = 31_337;
@@ -85,23 +84,16 @@ impl Net {
         self.dir.join("bpf")
     }
 
-    /// Runs dhcpfix in the host namespace (nsenter keeps our mount namespace).
+    /// `program` in the host namespace (nsenter keeps our mount namespace).
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.host)).arg(program);
+        cmd
+    }
+
+    /// Runs dhcpfix in the host namespace.
     fn dhcpfix(&self, args: &[&str]) -> Output {
-        let out = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.host))
-            .arg(BIN)
-            .arg("--pin-dir")
-            .arg(self.pin_dir())
-            .args(args)
-            .output()
-            .expect("run dhcpfix via nsenter");
-        eprintln!(
-            "$ dhcpfix {}\n{}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        run_dhcpfix(self.command(BIN), &self.pin_dir(), args)
     }
 }
 
@@ -118,29 +110,9 @@ impl Drop for Net {
     }
 }
 
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Runs `f` on a thread inside network namespace `ns`.
 fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    let path = format!("/run/netns/{ns}");
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let file = fs::File::open(&path).unwrap();
-            // SAFETY: setns on a valid namespace fd; affects only this thread.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns {path}: {}", io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .unwrap()
-    })
+    support::in_netns(&Path::new("/run/netns").join(ns), f)
 }
 
 /// The guest's end of the macvtap: /dev/tap<ifindex> with a vnet header.
@@ -396,9 +368,8 @@ fn macvtap_is_refused_for_the_reasons_measured() {
     let xml = "<domain><name>lan</name><devices><interface type='network'>\
                <source network='macvtap-net'/><target dev='macvtap0'/></interface>\
                </devices></domain>";
-    let mut child = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", net.host))
-        .arg(BIN)
+    let mut child = net
+        .command(BIN)
         .arg("--pin-dir")
         .arg(net.pin_dir())
         .args(["libvirt-hook", "--", "lan", "started", "begin", "-"])

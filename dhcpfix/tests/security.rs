@@ -243,12 +243,7 @@ fn hostile_interface_names_never_reach_a_shell() {
         only_dhcpfix(&trace);
         if args[0] == "status" {
             let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-            let mut listed: Vec<&str> = v["interfaces"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|i| i["name"].as_str().unwrap())
-                .collect();
+            let mut listed = support::interface_names(&v);
             listed.sort();
             let mut want = HOSTILE.to_vec();
             want.sort();

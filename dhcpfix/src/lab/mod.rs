@@ -40,6 +40,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 pub use clients::ClientOutcome;
+pub use netns::command_in;
 pub use relay::RelayStats;
 
 /// Name of the host tap (in the host namespace).
@@ -483,9 +484,10 @@ fn force_remove(host_ns: &str, guest_ns: &str, dir: &Path) -> Vec<String> {
     problems
 }
 
-/// Detaches every mount at or below `dir` (the lab's bpffs pin directory),
-/// deepest first, so the directory can be removed and its pins released.
-fn unmount_below(dir: &Path) -> Vec<String> {
+/// Detaches every mount at or below `dir` (a lab's or the bench's bpffs pin
+/// directory), deepest first, so the directory can be removed and its pins
+/// released. Returns one line per mount that could not be detached.
+pub fn unmount_below(dir: &Path) -> Vec<String> {
     let Ok(mountinfo) = fs::read_to_string("/proc/self/mountinfo") else {
         return Vec::new();
     };
@@ -504,7 +506,7 @@ fn unmount_below(dir: &Path) -> Vec<String> {
         // SAFETY: `c` is a valid NUL-terminated path.
         if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
             problems.push(format!(
-                "umount {}: {}",
+                "umount2 {}: {}",
                 point.display(),
                 io::Error::last_os_error()
             ));

@@ -121,7 +121,7 @@ pub(crate) fn enter(fd: BorrowedFd<'_>, name: &str) -> Result<(), LabError> {
 /// caller's mount namespace, so bpffs mounts stay visible and persist; the
 /// flip side is that `/sys/class/net` still shows the caller's namespace
 /// (netlink, ioctls and `/proc/self/net` are correct).
-pub(crate) fn command_in(ns_path: &Path, program: impl AsRef<OsStr>) -> Command {
+pub fn command_in(ns_path: &Path, program: impl AsRef<OsStr>) -> Command {
     let mut cmd = Command::new(program);
     // Interior NULs cannot occur in a path built by this module; if they do,
     // the child fails with EINVAL instead of running in the wrong namespace.

@@ -6,12 +6,9 @@
 #![allow(dead_code)]
 
 use std::{
-    ffi::{CString, OsStr},
-    fs, io,
-    os::{
-        fd::AsRawFd,
-        unix::{ffi::OsStrExt, fs::PermissionsExt, process::CommandExt},
-    },
+    ffi::OsStr,
+    fs,
+    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
     sync::{
@@ -22,9 +19,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::programs::{SchedClassifier, TcAttachType};
+use crate::support::{self, ip_output};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_dhcpfix");
+pub use crate::support::BIN;
+pub use dhcpfix::lab::unmount_below;
+
 /// Parent of the sandboxes' work directories.
 const RUN_DIR: &str = "/run/dhcpfix-robust";
 const PREFIX: &str = "dfxr-";
@@ -39,14 +38,6 @@ static STALE: Once = Once::new();
 pub struct Sandbox {
     pub name: String,
     pub dir: PathBuf,
-}
-
-fn ip_raw(args: &[&str]) -> Output {
-    Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run ip (Debian package iproute2)")
 }
 
 /// SIGKILLs every process whose network namespace is `ns`, then waits a
@@ -75,32 +66,13 @@ fn kill_all_in(ns: &Path) {
     }
 }
 
-/// Detaches every mount at or below `dir`, deepest first.
-pub fn unmount_below(dir: &Path) {
-    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
-        return;
-    };
-    let mut points: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(PathBuf::from)
-        .filter(|p| p.starts_with(dir))
-        .collect();
-    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    for p in points {
-        let c = CString::new(p.as_os_str().as_bytes()).unwrap();
-        // SAFETY: a valid NUL-terminated path.
-        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-    }
-}
-
 fn remove(name: &str, dir: &Path) {
     let ns = Path::new("/run/netns").join(name);
     kill_all_in(&ns);
     {
         let _guard = NETNS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         if ns.exists() {
-            ip_raw(&["netns", "del", name]);
+            ip_output(&["netns", "del", name]);
         }
     }
     unmount_below(dir);
@@ -140,7 +112,7 @@ impl Sandbox {
         }
         {
             let _guard = NETNS_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-            let out = ip_raw(&["netns", "add", &name]);
+            let out = ip_output(&["netns", "add", &name]);
             assert!(
                 out.status.success(),
                 "ip netns add {name}: {}",
@@ -163,18 +135,11 @@ impl Sandbox {
 
     /// `ip -n <sandbox> ARGS`, which must succeed.
     pub fn ip(&self, args: &[&str]) {
-        let out = self.try_ip(args);
-        assert!(
-            out.status.success(),
-            "ip {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        support::ip_in(&self.name, args);
     }
 
     pub fn try_ip(&self, args: &[&str]) -> Output {
-        let mut full = vec!["-n", self.name.as_str()];
-        full.extend_from_slice(args);
-        ip_raw(&full)
+        ip_output(&[&["-n", self.name.as_str()], args].concat())
     }
 
     /// A persistent tap (no process holds it; enough to attach to).
@@ -202,39 +167,17 @@ impl Sandbox {
 
     /// Runs `dhcpfix --pin-dir PINS ARGS`, echoing its output.
     pub fn dhcpfix(&self, pins: &Path, args: &[&str]) -> Output {
-        let out = self.dhcpfix_cmd(pins, args).output().expect("run dhcpfix");
-        eprintln!(
-            "$ dhcpfix {}\n{}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        support::run_dhcpfix(self.command(BIN), pins, args)
     }
 
     pub fn dhcpfix_ok(&self, pins: &Path, args: &[&str]) -> String {
-        let out = self.dhcpfix(pins, args);
-        assert!(
-            out.status.success(),
-            "dhcpfix {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        support::run_dhcpfix_ok(self.command(BIN), pins, args)
     }
 
     /// Runs `f` on a thread that has entered the sandbox's network
     /// namespace (sockets, tap fds and ioctls made there belong to it).
-    pub fn in_netns<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let ns = self.ns_path();
-        thread::spawn(move || {
-            let file = fs::File::open(&ns).expect("open the sandbox netns");
-            // SAFETY: setns on a valid namespace fd; it affects this thread
-            // only, which ends when `f` returns.
-            assert_eq!(unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
-            f()
-        })
-        .join()
-        .expect("sandbox thread panicked")
+    pub fn in_netns<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        support::in_netns(&self.ns_path(), f)
     }
 
     /// The ifindex of `iface` in the sandbox.
@@ -246,17 +189,7 @@ impl Sandbox {
     /// Names of the tcx programs at the egress of `iface`, as the kernel
     /// lists them; `None` if the interface does not exist.
     pub fn tcx_programs(&self, iface: &str) -> Option<Vec<String>> {
-        let iface = iface.to_owned();
-        self.in_netns(move || {
-            dhcpfix::sys::ifindex(&iface)?;
-            let (_, progs) = SchedClassifier::query_tcx(&iface, TcAttachType::Egress).ok()?;
-            Some(
-                progs
-                    .iter()
-                    .map(|p| p.name_as_str().unwrap_or("?").to_owned())
-                    .collect(),
-            )
-        })
+        support::tcx_programs(&self.ns_path(), iface)
     }
 
     /// Waits (up to `timeout`) until `iface` has exactly the programs
@@ -275,26 +208,7 @@ impl Sandbox {
 
 /// See [`Sandbox::command`]: a command run in the network namespace `ns`.
 pub fn command_in(ns: &Path, program: impl AsRef<OsStr>) -> Command {
-    let mut cmd = Command::new(program);
-    let path = CString::new(ns.as_os_str().as_bytes()).unwrap();
-    // SAFETY: the closure runs in the child between fork and exec and
-    // only calls async-signal-safe functions on memory allocated before
-    // the fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
-            if fd < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let rc = libc::setns(fd, libc::CLONE_NEWNET);
-            let err = io::Error::last_os_error();
-            libc::close(fd);
-            if rc != 0 {
-                return Err(err);
-            }
-            Ok(())
-        });
-    }
+    let mut cmd = dhcpfix::lab::command_in(ns, program);
     cmd.stdin(Stdio::null());
     cmd
 }
@@ -313,17 +227,8 @@ pub fn pinned_link_ifindex(pins: &Path, iface: &str) -> Option<u32> {
 }
 
 /// Polls `done` every 5 ms until it holds or `timeout` passes.
-pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    loop {
-        if done() {
-            return true;
-        }
-        if start.elapsed() > timeout {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(5));
-    }
+pub fn wait_until(timeout: Duration, done: impl FnMut() -> bool) -> bool {
+    support::poll(timeout, Duration::from_millis(5), done).is_some()
 }
 
 /// Asserts `stderr` is one line, with no panic in it.
@@ -348,24 +253,7 @@ impl Agent {
     pub fn start(sb: &Sandbox, pins: &Path, args: &[&str], wrapper: &[&str]) -> Agent {
         let n = AGENTS.fetch_add(1, Ordering::Relaxed);
         let log = sb.dir.join(format!("agent-{n}.log"));
-        let mut cmd = match wrapper.split_first() {
-            Some((program, rest)) => {
-                let mut c = sb.command(program);
-                c.args(rest).arg(BIN);
-                c
-            }
-            None => sb.command(BIN),
-        };
-        let child = cmd
-            .env("RUST_LOG", "info")
-            .arg("--pin-dir")
-            .arg(pins)
-            .arg("run")
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).expect("agent log file"))
-            .spawn()
-            .expect("start dhcpfix run");
+        let child = support::spawn_agent(|p| sb.command(p), wrapper, pins, args, &log);
         Agent { child, log }
     }
 

@@ -257,3 +257,235 @@ pub fn privileged(test: &str) -> bool {
     eprintln!("skipped {test}: needs root (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON)");
     false
 }
+
+// ---- Running the dhcpfix binary, the lab, namespaces ----
+
+use std::{
+    fs, io,
+    os::fd::AsRawFd,
+    path::Path,
+    process::{Command, Output, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use aya::programs::{SchedClassifier, TcAttachType};
+use dhcpfix::lab::{self, ClientOutcome, GuestKind, Lab, LabOptions, Offload};
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_dhcpfix");
+
+/// Echoes a finished command: `$ WHAT -> STATUS`, then its output.
+pub fn show(what: &str, out: &Output) {
+    eprintln!(
+        "$ {what} -> {:?}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `dhcpfix --pin-dir PINS ARGS` from `cmd` (a command for [`BIN`]
+/// that enters some namespace), echoing its output.
+pub fn run_dhcpfix(mut cmd: Command, pins: &Path, args: &[&str]) -> Output {
+    let out = cmd
+        .arg("--pin-dir")
+        .arg(pins)
+        .args(args)
+        .output()
+        .expect("run dhcpfix");
+    show(&format!("dhcpfix {}", args.join(" ")), &out);
+    out
+}
+
+/// Like [`run_dhcpfix`]; the run must succeed. Returns its stdout.
+pub fn run_dhcpfix_ok(cmd: Command, pins: &Path, args: &[&str]) -> String {
+    let out = run_dhcpfix(cmd, pins, args);
+    assert!(
+        out.status.success(),
+        "dhcpfix {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A lab (signal cleanup installed first, so ^C removes it).
+pub fn lab(offload: Offload, guest: GuestKind) -> Lab {
+    lab::install_interrupt_cleanup().expect("install signal cleanup");
+    Lab::create(LabOptions { offload, guest }).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `dhcpfix --pin-dir PINS ARGS` in the lab's host namespace, echoed.
+pub fn dhcpfix_at(lab: &Lab, pins: &Path, args: &[&str]) -> Output {
+    run_dhcpfix(lab.host_command(BIN), pins, args)
+}
+
+/// Like [`dhcpfix_at`]; the run must succeed. Returns its stdout.
+pub fn dhcpfix_ok_at(lab: &Lab, pins: &Path, args: &[&str]) -> String {
+    run_dhcpfix_ok(lab.host_command(BIN), pins, args)
+}
+
+/// `dhcpfix ARGS` with the lab's pin directory, in its host namespace.
+pub fn dhcpfix(lab: &Lab, args: &[&str]) -> Output {
+    dhcpfix_at(lab, &lab.pin_dir(), args)
+}
+
+/// Like [`dhcpfix`]; the run must succeed. Returns its stdout.
+pub fn dhcpfix_ok(lab: &Lab, args: &[&str]) -> String {
+    dhcpfix_ok_at(lab, &lab.pin_dir(), args)
+}
+
+/// The entry of `iface` in `dhcpfix stats --json IFACE`.
+pub fn stats(lab: &Lab, pins: &Path, iface: &str) -> Value {
+    let stats: Value = serde_json::from_str(&dhcpfix_ok_at(lab, pins, &["stats", "--json", iface])).unwrap();
+    let s = &stats["interfaces"][0];
+    assert_eq!(s["name"], iface);
+    s.clone()
+}
+
+/// The interfaces `dhcpfix status --json` lists as attached.
+pub fn attached_interfaces(lab: &Lab) -> Vec<Value> {
+    let status: Value = serde_json::from_str(&dhcpfix_ok(lab, &["status", "--json"])).unwrap();
+    status["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["attached"] == true)
+        .cloned()
+        .collect()
+}
+
+/// Whether the client got a lease in the lab's subnet.
+pub fn in_subnet(lab: &Lab, out: &ClientOutcome) -> bool {
+    out.lease
+        .is_some_and(|ip| ip.octets()[..3] == lab.subnet().octets()[..3])
+}
+
+/// [`in_subnet`], saying what the client got.
+pub fn leased(lab: &Lab, out: &ClientOutcome) -> bool {
+    eprintln!("{}: lease {:?} in {:.2?}", out.client, out.lease, out.elapsed);
+    in_subnet(lab, out)
+}
+
+/// `ip ARGS`, whatever its outcome.
+pub fn ip_output(args: &[&str]) -> Output {
+    Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ip (Debian package iproute2)")
+}
+
+/// `ip ARGS`, which must succeed.
+pub fn ip(args: &[&str]) {
+    let out = ip_output(args);
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `ip -n NS ARGS`, which must succeed.
+pub fn ip_in(ns: &str, args: &[&str]) {
+    ip(&[&["-n", ns], args].concat());
+}
+
+/// Mounts a fresh bpffs at `dir` (created here), as systemd has one at
+/// /sys/fs/bpf.
+pub fn mount_bpffs(dir: &Path) {
+    fs::create_dir(dir).unwrap();
+    let out = Command::new("mount")
+        .args(["-t", "bpf", "bpf"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Runs `f` on a thread that has entered the network namespace at `ns`
+/// (sockets, tap fds and ioctls made there belong to it).
+pub fn in_netns<T: Send>(ns: &Path, f: impl FnOnce() -> T + Send) -> T {
+    thread::scope(|s| {
+        s.spawn(|| {
+            let file = fs::File::open(ns).unwrap_or_else(|e| panic!("open {}: {e}", ns.display()));
+            // SAFETY: setns on a valid namespace fd; it affects this thread
+            // only, which ends when `f` returns.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {}: {}", ns.display(), io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("netns thread panicked")
+    })
+}
+
+/// Names of the tcx programs at the egress of `iface` in the namespace
+/// `ns`, as the kernel lists them; `None` if the interface does not exist.
+pub fn tcx_programs(ns: &Path, iface: &str) -> Option<Vec<String>> {
+    in_netns(ns, || {
+        dhcpfix::sys::ifindex(iface)?;
+        let (_, progs) = SchedClassifier::query_tcx(iface, TcAttachType::Egress).ok()?;
+        Some(
+            progs
+                .iter()
+                .map(|p| p.name_as_str().unwrap_or("?").to_owned())
+                .collect(),
+        )
+    })
+}
+
+/// Polls `done` every `every` until it holds or `timeout` passes; returns
+/// how long it took.
+pub fn poll(timeout: Duration, every: Duration, mut done: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    loop {
+        if done() {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() > timeout {
+            return None;
+        }
+        thread::sleep(every);
+    }
+}
+
+/// Names of the interfaces in a `status --json` report, in its order.
+pub fn interface_names(status: &Value) -> Vec<&str> {
+    status["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect()
+}
+
+/// Starts `dhcpfix --pin-dir PINS run ARGS`, behind `wrapper` (e.g.
+/// setpriv or strace) if not empty, its stderr (the log) going to `log`.
+/// `command` makes the command for a program (in some namespace).
+pub fn spawn_agent(
+    command: impl Fn(&str) -> Command,
+    wrapper: &[&str],
+    pins: &Path,
+    args: &[&str],
+    log: &Path,
+) -> std::process::Child {
+    let mut cmd = match wrapper.split_first() {
+        Some((program, rest)) => {
+            let mut c = command(program);
+            c.args(rest).arg(BIN);
+            c
+        }
+        None => command(BIN),
+    };
+    cmd.env("RUST_LOG", "info")
+        .arg("--pin-dir")
+        .arg(pins)
+        .arg("run")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(log).expect("agent log file"))
+        .spawn()
+        .expect("start dhcpfix run")
+}
