@@ -126,7 +126,7 @@ fn classify(ctx: &TcContext) {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: the value is only read, and map values stay valid while the
     // program runs (RCU).
-    let Some(cfg) = (unsafe { CONFIG.get(&ifindex) }) else {
+    let Some(cfg) = (unsafe { CONFIG.get(ifindex) }) else {
         return;
     };
     let outcome = match frame::parse(&SkbFrame(ctx), |port| cfg.watches(port)) {
@@ -142,7 +142,7 @@ fn classify(ctx: &TcContext) {
             outcome
         }
     };
-    if let Some(counters) = COUNTERS.get_ptr_mut(&ifindex) {
+    if let Some(counters) = COUNTERS.get_ptr_mut(ifindex) {
         // SAFETY: per-CPU value of this CPU; nothing else writes it now.
         unsafe { (*counters).record(outcome) };
     }

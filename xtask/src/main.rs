@@ -215,6 +215,32 @@ fn lint(env: &setup::Env) -> Result<()> {
             "-D",
             "warnings",
         ],
+    )?;
+    // The classifier only builds for the BPF target, with the nightly and
+    // build-std, the way aya-build builds it.
+    let target_dir = workspace_root().join("target/clippy-ebpf");
+    run_cmd(
+        Command::new("rustup")
+            .args(["run", "nightly", "cargo", "clippy", "-Z", "build-std=core"])
+            .args([
+                "--target",
+                "bpfel-unknown-none",
+                "--release",
+                "--package",
+                "dhcpfix-ebpf",
+            ])
+            .arg("--target-dir")
+            .arg(&target_dir)
+            .args(["--", "-D", "warnings"])
+            .current_dir(workspace_root())
+            .envs(env.vars())
+            .env(
+                "CARGO_ENCODED_RUSTFLAGS",
+                format!("--cfg=bpf_target_arch=\"{}\"", std::env::consts::ARCH),
+            )
+            .env_remove("RUSTC")
+            .env_remove("RUSTC_WORKSPACE_WRAPPER")
+            .env_remove("RUSTUP_TOOLCHAIN"),
     )
 }
 
