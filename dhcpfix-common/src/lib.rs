@@ -14,6 +14,12 @@ pub mod event;
 pub mod frame;
 pub mod layout;
 
+/// Version of everything shared through the pin directory: map names, key
+/// and value records, the program's globals. Bump it when any of them
+/// changes, so that a newer dhcpfix refuses a program pinned by an older one
+/// instead of writing records it would misread.
+pub const PIN_ABI: u32 = 1;
+
 /// Name of the classifier inside the eBPF object.
 pub const PROGRAM_NAME: &str = "dhcpfix";
 /// Name of the per-CPU counters map (key: ifindex, value: [`counters::Counters`]).

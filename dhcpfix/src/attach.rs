@@ -291,6 +291,7 @@ pub fn attach(pins: &PinDir, iface: &str, opts: &AttachOptions) -> Result<Attach
         }
     }
     let _lock = pins.lock()?;
+    program::check_abi(pins)?;
     let method = resolve_method(opts.method);
     let mut cfg = IfaceConfig::new(opts.mode.raw(), &opts.ports);
 

@@ -116,7 +116,7 @@ fn mount_bpffs(path: &Path) -> Result<(), BpffsError> {
     Ok(())
 }
 
-fn mkdir_private(path: &Path) -> Result<(), BpffsError> {
+pub(crate) fn mkdir_private(path: &Path) -> Result<(), BpffsError> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -207,6 +207,27 @@ impl PinDir {
 
     pub fn links_dir(&self) -> PathBuf {
         self.root.join("links")
+    }
+
+    /// Directory whose presence says which [`PIN_ABI`] pinned the program
+    /// (bpffs holds directories and pinned objects, no plain files).
+    ///
+    /// [`PIN_ABI`]: dhcpfix_common::PIN_ABI
+    pub fn abi_marker(&self) -> PathBuf {
+        self.root.join(format!("abi-{}", dhcpfix_common::PIN_ABI))
+    }
+
+    /// Every ABI marker present (normally one), sorted.
+    pub fn abi_markers(&self) -> Vec<PathBuf> {
+        let mut found: Vec<PathBuf> = fs::read_dir(&self.root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with("abi-")))
+            .map(|e| e.path())
+            .collect();
+        found.sort();
+        found
     }
 
     /// Pin of the link of interface `ifname`.

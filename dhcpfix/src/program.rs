@@ -35,12 +35,16 @@ pub enum LoadError {
     Missing(&'static str),
     #[error("loading the classifier failed: {}", summarize(.0))]
     Program(#[source] ProgramError),
+    #[error(transparent)]
+    Marker(crate::bpffs::BpffsError),
     #[error("pinning {path}: {source}")]
     Pin {
         path: PathBuf,
         #[source]
         source: aya::pin::PinError,
     },
+    #[error("the program pinned in {dir} was loaded by an incompatible dhcpfix ({found}; this one needs abi-{}): run `dhcpfix clean --all` (guests are unprotected until the next attach), then attach again", dhcpfix_common::PIN_ABI)]
+    OtherVersion { dir: PathBuf, found: String },
     #[error("opening pinned {path}: {source}; run `dhcpfix attach` first, or check --pin-dir")]
     OpenPinned {
         path: PathBuf,
@@ -117,12 +121,37 @@ fn classifier<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Sche
         .map_err(LoadError::Program)
 }
 
+/// Refuses a program (and maps) pinned by a dhcpfix whose records differ
+/// from this one's ([`dhcpfix_common::PIN_ABI`]).
+pub fn check_abi(pins: &PinDir) -> Result<(), LoadError> {
+    if !pins.program().exists() || pins.abi_marker().exists() {
+        return Ok(());
+    }
+    let found = pins.abi_markers();
+    Err(LoadError::OtherVersion {
+        dir: pins.root().to_path_buf(),
+        found: if found.is_empty() {
+            "no ABI marker".into()
+        } else {
+            found
+                .iter()
+                .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
+    })
+}
+
 /// Returns the pinned classifier, loading and pinning it (and its maps)
 /// first if this pin directory has none. Call with the directory locked.
 pub fn load_or_open(pins: &PinDir, layout: &LayoutSource) -> Result<SchedClassifier, LoadError> {
     let prog_pin = pins.program();
+    check_abi(pins)?;
     if !prog_pin.exists() {
         let layout = layout.resolve()?;
+        // The marker goes first: a crash before the program is pinned leaves
+        // a marker and no program, which the next load repairs.
+        crate::bpffs::mkdir_private(&pins.abi_marker()).map_err(LoadError::Marker)?;
         let (config_pin, counters_pin) = (pins.map(CONFIG_MAP), pins.map(COUNTERS_MAP));
         let events_pin = pins.map(EVENTS_MAP);
         let ports_pin = pins.map(PORTS_MAP);

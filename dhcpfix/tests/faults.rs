@@ -602,3 +602,42 @@ fn not_root_fails_with_one_line_naming_the_privilege() {
     let mode = fs::metadata(&pins).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o700);
 }
+
+/// A program pinned by an incompatible dhcpfix (simulated by removing this
+/// version's ABI marker) is refused with one line that says what to do,
+/// and `clean --all` clears the way for a fresh attach.
+#[test]
+fn program_pinned_by_another_version_is_refused_with_advice() {
+    if !support::privileged("program_pinned_by_another_version_is_refused_with_advice") {
+        return;
+    }
+    let lab = support::lab(dhcpfix::lab::Offload::On, dhcpfix::lab::GuestKind::Legacy);
+    support::dhcpfix_ok(&lab, &["attach", lab.tap_name()]);
+    let marker = lab.pin_dir().join(format!("abi-{}", dhcpfix_common::PIN_ABI));
+    assert!(marker.is_dir(), "no ABI marker at {}", marker.display());
+    std::fs::remove_dir(&marker).unwrap();
+    std::fs::create_dir(lab.pin_dir().join("abi-0")).unwrap();
+
+    let out = support::dhcpfix(&lab, &["attach", "--method", "netlink", lab.tap_name()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("incompatible") && err.contains("abi-0") && err.contains("clean --all"),
+        "{err}"
+    );
+
+    support::dhcpfix_ok(&lab, &["clean", "--all"]);
+    let left: Vec<_> = std::fs::read_dir(lab.pin_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        left.iter().all(|n| n.to_string_lossy().ends_with(".debug")),
+        "left behind: {left:?}"
+    );
+    support::dhcpfix_ok(&lab, &["attach", lab.tap_name()]);
+    assert!(marker.is_dir());
+    lab.destroy().unwrap();
+}

@@ -190,6 +190,17 @@ pub fn remove_everything(pins: &PinDir) -> Result<Removed, AgentError> {
         unlink(&pins.program())?;
         removed.pins.push(display(pins, &pins.program()));
     }
+    for marker in pins.abi_markers() {
+        match fs::remove_dir(&marker) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(AgentError::Remove {
+                    path: marker,
+                    source: e,
+                })
+            }
+            _ => {}
+        }
+    }
     Ok(removed)
 }
 
