@@ -600,6 +600,42 @@ mod tests {
         }
     }
 
+    /// Found by the BTF fuzz target: nested member offsets that overflow
+    /// 32 bits must make the member unresolvable, not panic or wrap.
+    #[test]
+    fn overflowing_nested_offsets_are_not_found() {
+        let strings = b"\0dev\0sk_buff\0".to_vec();
+        let mut types = Vec::new();
+        let mut ty = |name: u32, kind: u32, vlen: u32, size: u32, extra: &[u32]| {
+            types.extend_from_slice(&name.to_le_bytes());
+            types.extend_from_slice(&((kind << 24) | vlen).to_le_bytes());
+            types.extend_from_slice(&size.to_le_bytes());
+            extra
+                .iter()
+                .for_each(|e| types.extend_from_slice(&e.to_le_bytes()));
+        };
+        ty(0, KIND_INT, 0, 8, &[64]); // 1
+        ty(0, KIND_UNION, 1, 8, &[1, 1, 0x100]); // 2: { dev @ 0x100 }
+        ty(5, KIND_STRUCT, 1, 8, &[0, 2, 0xffff_fff0]); // 3: sk_buff { union @ 2^32-16 }
+        let mut blob = Vec::new();
+        blob.extend_from_slice(&BTF_MAGIC.to_le_bytes());
+        blob.extend_from_slice(&[1, 0]);
+        for v in [
+            24u32,
+            0,
+            types.len() as u32,
+            types.len() as u32,
+            strings.len() as u32,
+        ] {
+            blob.extend_from_slice(&v.to_le_bytes());
+        }
+        blob.extend_from_slice(&types);
+        blob.extend_from_slice(&strings);
+        let btf = Btf::parse(blob).unwrap();
+        assert_eq!(btf.struct_id("sk_buff"), Some(3));
+        assert_eq!(btf.member(3, "dev"), None);
+    }
+
     #[test]
     fn layout_spec_round_trips() {
         let spec: LayoutSpec = "skb_dev=16,ip_summed=128:5,dev_features=184,csum_bits=1+3"
