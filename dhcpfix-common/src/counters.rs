@@ -53,6 +53,30 @@ impl Counters {
         }
     }
 
+    /// The counter names, in record order (as `stats --json` spells them).
+    pub const NAMES: [&'static str; 7] = [
+        "seen",
+        "filled",
+        "would_fill",
+        "valid",
+        "deferred",
+        "skipped",
+        "errors",
+    ];
+
+    /// The counter values, in the order of [`Self::NAMES`].
+    pub fn values(&self) -> [u64; 7] {
+        [
+            self.seen,
+            self.filled,
+            self.would_fill,
+            self.valid,
+            self.deferred,
+            self.skipped,
+            self.errors,
+        ]
+    }
+
     /// Adds another record (another CPU's share) to this one.
     pub fn add(&mut self, other: &Counters) {
         self.seen += other.seen;

@@ -25,3 +25,11 @@ pub fn json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
+
+/// The header of a per-interface counters table: interface, mode, then
+/// every counter in record order.
+pub fn counters_header() -> Vec<&'static str> {
+    let mut header = vec!["interface", "mode"];
+    header.extend(crate::counters::Totals::NAMES);
+    header
+}

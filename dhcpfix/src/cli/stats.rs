@@ -66,37 +66,14 @@ pub fn run(pin_dir: &Path, args: Args) -> anyhow::Result<()> {
         .interfaces
         .iter()
         .map(|s| {
-            let c = &s.counters;
-            vec![
+            let mut row = vec![
                 s.attachment.name.clone(),
                 s.attachment.mode.map_or("-".into(), |m| m.to_string()),
-                c.seen.to_string(),
-                c.filled.to_string(),
-                c.would_fill.to_string(),
-                c.valid.to_string(),
-                c.deferred.to_string(),
-                c.skipped.to_string(),
-                c.errors.to_string(),
-            ]
+            ];
+            row.extend(s.counters.values().map(|v| v.to_string()));
+            row
         })
         .collect();
-    println!(
-        "{}",
-        output::table(
-            &[
-                "interface",
-                "mode",
-                "seen",
-                "filled",
-                "would_fill",
-                "valid",
-                "deferred",
-                "skipped",
-                "errors"
-            ],
-            rows,
-            2
-        )
-    );
+    println!("{}", output::table(&output::counters_header(), rows, 2));
     Ok(())
 }

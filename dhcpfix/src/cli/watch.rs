@@ -11,7 +11,7 @@ use std::{
 use super::output;
 use crate::{
     bpffs::PinDir,
-    counters::{self, InterfaceStats, Totals},
+    counters::{self, InterfaceStats},
 };
 
 #[derive(Debug, clap::Args)]
@@ -35,30 +35,6 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
     }
 }
 
-const HEADER: [&str; 9] = [
-    "interface",
-    "mode",
-    "seen",
-    "filled",
-    "would_fill",
-    "valid",
-    "deferred",
-    "skipped",
-    "errors",
-];
-
-fn values(t: &Totals) -> [u64; 7] {
-    [
-        t.seen,
-        t.filled,
-        t.would_fill,
-        t.valid,
-        t.deferred,
-        t.skipped,
-        t.errors,
-    ]
-}
-
 /// One row per interface of `now`: each counter as `total (rate/s)`, the
 /// rate over `secs` since `before`; `-` where there is no earlier sample of
 /// the same attachment or its counters went backwards (re-created).
@@ -71,7 +47,7 @@ fn rows(before: Option<&[InterfaceStats]>, now: &[InterfaceStats], secs: f64) ->
                     b.iter()
                         .find(|p| p.attachment.name == a.name && p.attachment.ifindex == a.ifindex)
                 })
-                .map(|p| values(&p.counters));
+                .map(|p| p.counters.values());
             let mut row = vec![
                 if a.attached {
                     a.name.clone()
@@ -80,7 +56,7 @@ fn rows(before: Option<&[InterfaceStats]>, now: &[InterfaceStats], secs: f64) ->
                 },
                 a.mode.map_or("-".into(), |m| m.to_string()),
             ];
-            for (i, v) in values(&s.counters).into_iter().enumerate() {
+            for (i, v) in s.counters.values().into_iter().enumerate() {
                 let rate = match prev {
                     Some(p) if v >= p[i] && secs > 0.0 => format!("{:.1}/s", (v - p[i]) as f64 / secs),
                     _ => "-".into(),
@@ -108,7 +84,11 @@ fn table(
         );
     }
     let secs = before.map_or(0.0, |b| now.0.duration_since(b.0).as_secs_f64());
-    output::table(&HEADER, rows(before.map(|b| b.1.as_slice()), &now.1, secs), 2)
+    output::table(
+        &output::counters_header(),
+        rows(before.map(|b| b.1.as_slice()), &now.1, secs),
+        2,
+    )
 }
 
 pub fn run(pin_dir: &Path, args: Args) -> anyhow::Result<()> {
@@ -142,6 +122,7 @@ pub fn run(pin_dir: &Path, args: Args) -> anyhow::Result<()> {
 mod tests {
     use super::*;
     use crate::attach::{Attachment, Method, Mode};
+    use crate::counters::Totals;
 
     fn stats(name: &str, ifindex: u32, seen: u64, filled: u64) -> InterfaceStats {
         InterfaceStats {
