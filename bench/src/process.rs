@@ -103,21 +103,6 @@ pub fn spawn(cmd: &mut Command) -> Result<Child> {
     })
 }
 
-/// Collapses multi-line tool output into one line for error messages.
-pub fn one_line(s: &str) -> String {
-    let joined = s
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join("; ");
-    if joined.is_empty() {
-        "(no output)".into()
-    } else {
-        joined
-    }
-}
-
 /// Runs `cmd` with stdin `input` (if any), collecting its output; killed at
 /// `limit`. A non-zero exit is an error carrying stderr.
 pub fn run(cmd: &mut Command, input: Option<&[u8]>, limit: Duration) -> Result<Output> {
@@ -126,7 +111,7 @@ pub fn run(cmd: &mut Command, input: Option<&[u8]>, limit: Duration) -> Result<O
         return Err(BenchError::Command {
             command: shown(cmd),
             status: out.status.to_string(),
-            stderr: one_line(&String::from_utf8_lossy(&out.stderr)),
+            stderr: dhcpfix::lab::one_line(&String::from_utf8_lossy(&out.stderr)),
         });
     }
     Ok(out)

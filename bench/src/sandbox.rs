@@ -194,7 +194,7 @@ fn remove_netns(name: &str) {
         Ok(out) if out.status.success() => {}
         Ok(out) => eprintln!(
             "dhcpfix-bench: cleanup: ip netns del {name}: {}",
-            process::one_line(&String::from_utf8_lossy(&out.stderr))
+            dhcpfix::lab::one_line(&String::from_utf8_lossy(&out.stderr))
         ),
         Err(e) => eprintln!("dhcpfix-bench: cleanup: {e}"),
     }

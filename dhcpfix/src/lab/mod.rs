@@ -40,7 +40,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 pub use clients::ClientOutcome;
-pub use netns::command_in;
+pub use netns::{command_in, one_line};
 pub use relay::RelayStats;
 
 /// Name of the host tap (in the host namespace).

@@ -225,7 +225,7 @@ pub(crate) fn eventfd() -> Result<OwnedFd, LabError> {
 }
 
 /// Collapses multi-line tool output into one line for error messages.
-pub(crate) fn one_line(s: &str) -> String {
+pub fn one_line(s: &str) -> String {
     let joined = s
         .lines()
         .map(str::trim)
