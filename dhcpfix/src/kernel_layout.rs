@@ -536,16 +536,20 @@ mod tests {
         ty(n_u16, KIND_INT, false, 0, 1, &[8]); // 6: u8 (used for ip_summed), name irrelevant
         ty(0, KIND_ENUM, false, 2, 4, &[n_enum_ip, 1, n_enum_hw, 3]); // 7
         let _ = n_u16;
+        blob(&types, &strings)
+    }
+
+    /// A BTF blob: the 24-byte header, then the type and string sections.
+    fn blob(types: &[u8], strings: &[u8]) -> Vec<u8> {
         let mut blob = Vec::new();
         blob.extend_from_slice(&BTF_MAGIC.to_le_bytes());
         blob.extend_from_slice(&[1, 0]);
-        blob.extend_from_slice(&24u32.to_le_bytes());
-        blob.extend_from_slice(&0u32.to_le_bytes());
-        blob.extend_from_slice(&(types.len() as u32).to_le_bytes());
-        blob.extend_from_slice(&(types.len() as u32).to_le_bytes());
-        blob.extend_from_slice(&(strings.len() as u32).to_le_bytes());
-        blob.extend_from_slice(&types);
-        blob.extend_from_slice(&strings);
+        let (types_len, strings_len) = (types.len() as u32, strings.len() as u32);
+        for v in [24u32, 0, types_len, types_len, strings_len] {
+            blob.extend_from_slice(&v.to_le_bytes());
+        }
+        blob.extend_from_slice(types);
+        blob.extend_from_slice(strings);
         blob
     }
 
@@ -617,21 +621,7 @@ mod tests {
         ty(0, KIND_INT, 0, 8, &[64]); // 1
         ty(0, KIND_UNION, 1, 8, &[1, 1, 0x100]); // 2: { dev @ 0x100 }
         ty(5, KIND_STRUCT, 1, 8, &[0, 2, 0xffff_fff0]); // 3: sk_buff { union @ 2^32-16 }
-        let mut blob = Vec::new();
-        blob.extend_from_slice(&BTF_MAGIC.to_le_bytes());
-        blob.extend_from_slice(&[1, 0]);
-        for v in [
-            24u32,
-            0,
-            types.len() as u32,
-            types.len() as u32,
-            strings.len() as u32,
-        ] {
-            blob.extend_from_slice(&v.to_le_bytes());
-        }
-        blob.extend_from_slice(&types);
-        blob.extend_from_slice(&strings);
-        let btf = Btf::parse(blob).unwrap();
+        let btf = Btf::parse(blob(&types, &strings)).unwrap();
         assert_eq!(btf.struct_id("sk_buff"), Some(3));
         assert_eq!(btf.member(3, "dev"), None);
     }
