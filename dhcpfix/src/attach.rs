@@ -229,7 +229,17 @@ pub(crate) fn pinned_link_state(pins: &PinDir, iface: &str) -> Result<PinnedLink
     })
 }
 
+/// Detaches the pinned link of `iface` and removes its pin. The explicit
+/// `BPF_LINK_DETACH` makes the detach synchronous: a removed pin alone drops
+/// its reference only after an RCU grace period and a workqueue pass, and an
+/// attach right after would meanwhile fail with EEXIST. (A dead link has
+/// nothing to detach; that error is only logged.)
 fn remove_pin(pins: &PinDir, iface: &str) -> Result<(), AttachError> {
+    if let Ok(fd) = sys::obj_get(&pins.link(iface)) {
+        if let Err(e) = sys::link_detach(&fd) {
+            log::debug!("BPF_LINK_DETACH of {iface}: {e}");
+        }
+    }
     match std::fs::remove_file(pins.link(iface)) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(AttachError::Link {
             op: "unlink",
@@ -362,9 +372,6 @@ fn attach_tcx(
     // classifier would ignore that interface. Undo and say so.
     if let PinnedLinkState::Live(linked) = pinned_link_state(pins, iface)? {
         if linked != ifindex {
-            if let Ok(fd) = sys::obj_get(&path) {
-                let _ = sys::link_detach(&fd);
-            }
             remove_pin(pins, iface)?;
             return Err(AttachError::Recreated(iface.into()));
         }
@@ -425,14 +432,6 @@ pub fn detach(pins: &PinDir, iface: &str) -> Result<Detached, AttachError> {
         forget_interface(pins, index);
     }
     if pins.link(iface).exists() {
-        // Detach explicitly: a removed pin drops its reference only after
-        // an RCU grace period and a workqueue pass, and an attach right
-        // after this detach would meanwhile fail with EEXIST.
-        if let Ok(fd) = sys::obj_get(&pins.link(iface)) {
-            if let Err(e) = sys::link_detach(&fd) {
-                log::debug!("BPF_LINK_DETACH of {iface}: {e}");
-            }
-        }
         remove_pin(pins, iface)?;
         removed = true;
     }
