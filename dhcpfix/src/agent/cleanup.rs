@@ -50,9 +50,8 @@ fn unlink(path: &Path) -> Result<(), AgentError> {
 /// (the interface was renamed): the attachment, its link and its counters
 /// stay as they are. False if there is no such pin (nothing was done).
 ///
-/// Detaching and attaching again would not do: the kernel releases a link
-/// whose pin is removed asynchronously, so for a moment the program is
-/// still attached and a new attachment of it fails with EEXIST.
+/// Moving the pin, rather than detaching and attaching again, keeps the
+/// guest covered throughout and keeps the link and its counters.
 pub fn rename_pin(pins: &PinDir, old: &str, new: &str, ifindex: u32) -> Result<bool, AgentError> {
     let _lock = pins.lock()?;
     let live = matches!(attach::pinned_link_state(pins, old)?, PinnedLinkState::Live(i) if i == ifindex);

@@ -6,13 +6,7 @@
 //! everything from them and from the kernel's list of interfaces, so an
 //! agent that was killed, restarted or missed events converges.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    thread,
-    time::Duration,
-};
-
-use aya::programs::ProgramError;
+use std::collections::{BTreeMap, HashMap};
 
 use super::{cleanup, netlink::Link, pattern::Patterns, AgentError};
 use crate::{
@@ -156,7 +150,7 @@ impl Reconciler {
     }
 
     fn attach(&mut self, link: &Link) {
-        let result = attach_patiently(&self.pins, &link.name, &self.opts);
+        let result = attach::attach(&self.pins, &link.name, &self.opts);
         if result.is_ok() {
             self.failed.remove(&link.ifindex);
         }
@@ -217,36 +211,6 @@ impl Reconciler {
         match attach::detach(&self.pins, name) {
             Ok(_) => log::info!("detached {name}: {why}"),
             Err(e) => log::error!("detaching {name} ({why}): {e}"),
-        }
-    }
-}
-
-/// How often, and how far apart, an attachment refused with EEXIST is tried
-/// again: 10 x 10 ms.
-const EEXIST_TRIES: u32 = 10;
-const EEXIST_PAUSE: Duration = Duration::from_millis(10);
-
-/// `attach`, tried again for a moment when the kernel says the program is
-/// attached already. Removing a link's pin (a detach just before: rename,
-/// `--detach-on-exit` and a restart) releases the link from a kernel work
-/// queue a little later; until then the same program cannot be attached
-/// to that interface again.
-fn attach_patiently(
-    pins: &PinDir,
-    name: &str,
-    opts: &AttachOptions,
-) -> Result<Attached, attach::AttachError> {
-    let mut tries = 1;
-    loop {
-        match attach::attach(pins, name, opts) {
-            Err(attach::AttachError::Attach {
-                source: ProgramError::SyscallError(e),
-                ..
-            }) if e.io_error.raw_os_error() == Some(libc::EEXIST) && tries < EEXIST_TRIES => {
-                tries += 1;
-                thread::sleep(EEXIST_PAUSE);
-            }
-            other => return other,
         }
     }
 }
