@@ -26,16 +26,29 @@ pub const fn port_bit(port: u16) -> (u32, u64) {
     ((port >> 6) as u32, 1u64 << (port & 63))
 }
 
-/// Configuration of one attached interface (map value, key = ifindex).
+/// Longest interface name, with its NUL (`IFNAMSIZ`).
+pub const IFNAMSIZ: usize = 16;
+
+/// Configuration of one attached interface (map value, key =
+/// [`crate::key::IfaceKey`]). The classifier reads `mode` and `ports`; the
+/// rest is the loader's record of what it attached to.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IfaceConfig {
     /// [`MODE_FILL`] or [`MODE_AUDIT`]; anything else leaves packets alone.
     pub mode: u32,
-    /// Reserved for future flags; zero.
+    /// [`FLAG_NETLINK`]; the classifier ignores flags.
     pub flags: u32,
     /// UDP destination ports to act on, host byte order; 0 = unused slot.
     pub ports: [u16; MAX_PORTS],
+    /// The interface's MAC when it was attached: libvirt's hook finds a
+    /// stopped guest's taps by it (their names are gone from the XML then).
+    pub mac: [u8; 6],
+    /// Zero.
+    pub reserved: [u8; 2],
+    /// The interface's name (NUL-padded), kept current on renames: what
+    /// `status` shows once the interface is gone.
+    pub name: [u8; IFNAMSIZ],
 }
 
 impl IfaceConfig {
@@ -50,7 +63,31 @@ impl IfaceConfig {
             mode,
             flags: 0,
             ports: slots,
+            mac: [0; 6],
+            reserved: [0; 2],
+            name: [0; IFNAMSIZ],
         }
+    }
+
+    /// Records the interface's name (cut to [`IFNAMSIZ`] - 1 bytes) and MAC.
+    pub fn with_identity(mut self, name: &str, mac: [u8; 6]) -> Self {
+        self.set_name(name);
+        self.mac = mac;
+        self
+    }
+
+    /// Records a new name (after a rename).
+    pub fn set_name(&mut self, name: &str) {
+        self.name = [0; IFNAMSIZ];
+        for (slot, b) in self.name.iter_mut().take(IFNAMSIZ - 1).zip(name.bytes()) {
+            *slot = b;
+        }
+    }
+
+    /// The recorded name (bytes up to the first NUL).
+    pub fn name_bytes(&self) -> &[u8] {
+        let end = self.name.iter().position(|b| *b == 0).unwrap_or(IFNAMSIZ);
+        &self.name[..end]
     }
 
     /// Whether `port` (host byte order) is one of the watched ports.
@@ -65,7 +102,8 @@ impl IfaceConfig {
 }
 
 #[cfg(feature = "user")]
-// SAFETY: plain #[repr(C)] integers, no padding, every bit pattern valid.
+// SAFETY: #[repr(C)] integers and byte arrays, 4 + 4 + 8 + 6 + 2 + 16 = 40
+// bytes without padding; every bit pattern is valid.
 unsafe impl aya::Pod for IfaceConfig {}
 
 #[cfg(test)]
@@ -79,5 +117,14 @@ mod tests {
         assert!(!cfg.watches(0) && !cfg.watches(53) && !cfg.watches(546));
         let cfg = IfaceConfig::new(MODE_FILL, &[0, 1067, 2, 3, 4, 5]);
         assert_eq!(cfg.ports, [1067, 2, 3, 4]);
+    }
+
+    #[test]
+    fn names_are_cut_and_nul_padded() {
+        let mut cfg = IfaceConfig::new(MODE_FILL, &DEFAULT_PORTS).with_identity("vnet0", [2, 0, 0, 0, 0, 1]);
+        assert_eq!(cfg.name_bytes(), b"vnet0");
+        cfg.set_name("a-name-longer-than-fifteen");
+        assert_eq!(cfg.name_bytes(), b"a-name-longer-t");
+        assert_eq!(core::mem::size_of::<IfaceConfig>(), 40);
     }
 }

@@ -4,7 +4,10 @@
 //! Events are best effort: when the ring buffer is full the classifier skips
 //! the event, never the fill, and the counters stay exact.
 
-use crate::frame::{DhcpPacket, Frame};
+use crate::{
+    frame::{DhcpPacket, Frame},
+    key::IfaceKey,
+};
 
 /// [`FillEvent::outcome`]: the checksum was written.
 pub const EVENT_FILLED: u8 = 1;
@@ -35,6 +38,8 @@ pub const MAX_OPTIONS_SCANNED: u32 = 8;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FillEvent {
+    /// Network namespace (cookie) of the interface the packet left through.
+    pub netns: u64,
     /// Interface the packet left through.
     pub ifindex: u32,
     /// DHCP transaction id, host byte order.
@@ -49,13 +54,15 @@ pub struct FillEvent {
     pub dport: u16,
     /// Zero.
     pub reserved: u16,
+    /// Zero.
+    pub reserved2: u32,
 }
 
 impl FillEvent {
     /// Reads the event fields of `packet` from `frame`. Fields that cannot be
     /// read stay zero: an event is information, never a reason to fail.
     #[inline(always)]
-    pub fn read<F: Frame + ?Sized>(frame: &F, ifindex: u32, packet: &DhcpPacket, outcome: u8) -> Self {
+    pub fn read<F: Frame + ?Sized>(frame: &F, key: IfaceKey, packet: &DhcpPacket, outcome: u8) -> Self {
         let dhcp = packet.l4 + 8;
         let end = packet.l4 + u32::from(packet.udp_len);
         let xid = match frame.load::<4>(dhcp + DHCP_XID_OFFSET) {
@@ -67,13 +74,15 @@ impl FillEvent {
             _ => [0; 6],
         };
         Self {
-            ifindex,
+            netns: key.netns,
+            ifindex: key.ifindex,
             xid,
             mac,
             msg_type: message_type(frame, dhcp, end),
             outcome,
             dport: packet.dport,
             reserved: 0,
+            reserved2: 0,
         }
     }
 }
@@ -138,7 +147,8 @@ pub fn message_type_name(t: u8) -> Option<&'static str> {
 
 #[cfg(feature = "user")]
 // SAFETY: plain #[repr(C)] integers and byte arrays laid out without padding
-// (4 + 4 + 6 + 1 + 1 + 2 + 2 = 20 bytes, 4-aligned); every bit pattern valid.
+// (8 + 4 + 4 + 6 + 1 + 1 + 2 + 2 + 4 = 32 bytes, 8-aligned); every bit
+// pattern valid.
 unsafe impl aya::Pod for FillEvent {}
 
 #[cfg(test)]
@@ -170,8 +180,8 @@ mod tests {
     #[test]
     fn reads_xid_mac_and_type() {
         let (f, p) = frame(&[53, 1, 5, 54, 4, 10, 0, 0, 1, 255]);
-        let e = FillEvent::read(&f[..], 7, &p, EVENT_FILLED);
-        assert_eq!(e.ifindex, 7);
+        let e = FillEvent::read(&f[..], IfaceKey::new(9, 7), &p, EVENT_FILLED);
+        assert_eq!((e.netns, e.ifindex), (9, 7));
         assert_eq!(e.xid, 0x1234_abcd);
         assert_eq!(e.mac, [0x52, 0x54, 0, 0xab, 0xcd, 0xef]);
         assert_eq!(e.msg_type, 5);
@@ -182,43 +192,64 @@ mod tests {
     #[test]
     fn finds_the_type_after_pads_and_other_options() {
         let (f, p) = frame(&[0, 0, 1, 4, 255, 255, 255, 0, 3, 4, 10, 0, 0, 1, 53, 1, 2, 255]);
-        assert_eq!(FillEvent::read(&f[..], 1, &p, EVENT_FILLED).msg_type, 2);
+        assert_eq!(
+            FillEvent::read(&f[..], IfaceKey::new(9, 1), &p, EVENT_FILLED).msg_type,
+            2
+        );
     }
 
     #[test]
     fn gives_up_without_cookie_after_end_or_after_the_bound() {
         let (mut f, p) = frame(&[53, 1, 5]);
         f[(L4 + 8 + 236) as usize] = 0;
-        assert_eq!(FillEvent::read(&f[..], 1, &p, EVENT_FILLED).msg_type, 0);
+        assert_eq!(
+            FillEvent::read(&f[..], IfaceKey::new(9, 1), &p, EVENT_FILLED).msg_type,
+            0
+        );
         let (f, p) = frame(&[255, 53, 1, 5]);
-        assert_eq!(FillEvent::read(&f[..], 1, &p, EVENT_FILLED).msg_type, 0);
+        assert_eq!(
+            FillEvent::read(&f[..], IfaceKey::new(9, 1), &p, EVENT_FILLED).msg_type,
+            0
+        );
         let mut many = [0u8; 9 * 3];
         for o in many.chunks_mut(3).take(8) {
             o.copy_from_slice(&[12, 1, b'x']);
         }
         many[24..27].copy_from_slice(&[53, 1, 5]);
         let (f, p) = frame(&many);
-        assert_eq!(FillEvent::read(&f[..], 1, &p, EVENT_FILLED).msg_type, 0);
+        assert_eq!(
+            FillEvent::read(&f[..], IfaceKey::new(9, 1), &p, EVENT_FILLED).msg_type,
+            0
+        );
         // A zero-length type option, and one cut off by the UDP length.
         let (f, p) = frame(&[53, 0, 255]);
-        assert_eq!(FillEvent::read(&f[..], 1, &p, EVENT_FILLED).msg_type, 0);
+        assert_eq!(
+            FillEvent::read(&f[..], IfaceKey::new(9, 1), &p, EVENT_FILLED).msg_type,
+            0
+        );
         let (f, mut p) = frame(&[53, 1, 5]);
         p.udp_len = (8 + 240 + 2) as u16;
-        assert_eq!(FillEvent::read(&f[..], 1, &p, EVENT_FILLED).msg_type, 0);
+        assert_eq!(
+            FillEvent::read(&f[..], IfaceKey::new(9, 1), &p, EVENT_FILLED).msg_type,
+            0
+        );
     }
 
     #[test]
     fn short_packets_leave_fields_zero() {
         let (f, mut p) = frame(&[53, 1, 5]);
         p.udp_len = 8 + 20;
-        let e = FillEvent::read(&f[..], 3, &p, EVENT_WOULD_FILL);
+        let e = FillEvent::read(&f[..], IfaceKey::new(9, 3), &p, EVENT_WOULD_FILL);
         assert_eq!((e.xid, e.mac, e.msg_type), (0x1234_abcd, [0; 6], 0));
         p.udp_len = 8;
-        assert_eq!(FillEvent::read(&f[..], 3, &p, EVENT_WOULD_FILL).xid, 0);
+        assert_eq!(
+            FillEvent::read(&f[..], IfaceKey::new(9, 3), &p, EVENT_WOULD_FILL).xid,
+            0
+        );
     }
 
     #[test]
     fn record_has_no_padding() {
-        assert_eq!(core::mem::size_of::<FillEvent>(), 20);
+        assert_eq!(core::mem::size_of::<FillEvent>(), 32);
     }
 }

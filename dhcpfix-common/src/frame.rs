@@ -4,7 +4,9 @@
 //! on the host and the skb (through `bpf_skb_load_bytes`, which works on
 //! non-linear skbs) in the kernel. Every read is bounds-checked by the
 //! reader; every branch that cannot be sure returns without a verdict to act
-//! on.
+//! on. The header layouts are network-types'.
+
+use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr, vlan::VlanHdr};
 
 /// Ethertype of IPv4.
 pub const ETH_P_IP: u16 = 0x0800;
@@ -22,6 +24,24 @@ pub const MAX_UDP_LEN: u16 = 2048;
 /// Offset of the check field inside the UDP header.
 pub const UDP_CHECK_OFFSET: u32 = 6;
 
+/// A packet header that is plain bytes: any bit pattern is a valid value,
+/// so it can be copied out of a frame as is.
+///
+/// # Safety
+///
+/// Only for `#[repr(C)]` types made of integers and byte arrays.
+pub unsafe trait Header: Copy {}
+
+// SAFETY: network-types' headers are #[repr(C)] structs of u8, [u8; N] and
+// u16 fields: every bit pattern is a valid value.
+unsafe impl Header for EthHdr {}
+// SAFETY: as above.
+unsafe impl Header for VlanHdr {}
+// SAFETY: as above.
+unsafe impl Header for Ipv4Hdr {}
+// SAFETY: as above.
+unsafe impl Header for UdpHdr {}
+
 /// Read access to a frame, starting at the Ethernet header.
 pub trait Frame {
     /// Length of the frame in bytes.
@@ -32,6 +52,8 @@ pub trait Frame {
     }
     /// Copies `N` bytes at `offset`, or `None` if they are not all there.
     fn load<const N: usize>(&self, offset: u32) -> Option<[u8; N]>;
+    /// Copies the header at `offset`, or `None` if it is not all there.
+    fn header<H: Header>(&self, offset: u32) -> Option<H>;
 }
 
 impl Frame for [u8] {
@@ -42,6 +64,14 @@ impl Frame for [u8] {
     fn load<const N: usize>(&self, offset: u32) -> Option<[u8; N]> {
         let start = offset as usize;
         self.get(start..start.checked_add(N)?)?.try_into().ok()
+    }
+
+    fn header<H: Header>(&self, offset: u32) -> Option<H> {
+        let start = offset as usize;
+        let bytes = self.get(start..start.checked_add(core::mem::size_of::<H>())?)?;
+        // SAFETY: `bytes` holds size_of::<H>() readable bytes, the read is
+        // unaligned, and every bit pattern is a valid H (`Header`).
+        Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<H>()) })
     }
 }
 
@@ -91,50 +121,50 @@ pub enum Parsed {
 /// `watches` says whether a UDP destination port is configured.
 #[inline(always)]
 pub fn parse<F: Frame + ?Sized>(frame: &F, watches: impl Fn(u16) -> bool) -> Parsed {
-    let mut ethertype_at: u32 = 12;
-    let Some(mut ethertype) = frame.load::<2>(ethertype_at).map(u16::from_be_bytes) else {
+    let Some(eth) = frame.header::<EthHdr>(0) else {
         return Parsed::Other;
     };
+    let mut ethertype = u16::from_be(eth.ether_type);
+    let mut l3 = EthHdr::LEN as u32;
     let mut tags = 0;
     while tags < MAX_VLAN_TAGS && (ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD) {
-        ethertype_at += 4;
-        ethertype = match frame.load::<2>(ethertype_at) {
-            Some(t) => u16::from_be_bytes(t),
-            None => return Parsed::Other,
+        // The tag's TCI and the next ethertype follow the TPID.
+        let Some(tag) = frame.header::<VlanHdr>(l3) else {
+            return Parsed::Other;
         };
+        ethertype = u16::from_be(tag.ether_type);
+        l3 += VlanHdr::LEN as u32;
         tags += 1;
     }
     if ethertype != ETH_P_IP {
         return Parsed::Other;
     }
-    let l3 = ethertype_at + 2;
-    let Some(ip) = frame.load::<20>(l3) else {
+    let Some(ip) = frame.header::<Ipv4Hdr>(l3) else {
         return Parsed::Other;
     };
-    let version = ip[0] >> 4;
-    let ihl = u32::from(ip[0] & 0x0f) * 4;
-    if version != 4 || ihl < 20 || ip[9] != IPPROTO_UDP {
+    let ihl = u32::from(ip.vihl & 0x0f) * 4;
+    if ip.version() != 4 || ihl < Ipv4Hdr::LEN as u32 || ip.proto != IPPROTO_UDP {
         return Parsed::Other;
     }
-    let frag = u16::from_be_bytes([ip[6], ip[7]]);
+    let frag = u16::from_be_bytes(ip.frags);
     if frag & 0x1fff != 0 {
         // A later fragment carries no UDP header: nothing to recognise.
         return Parsed::Other;
     }
     let l4 = l3 + ihl;
-    let Some(udp) = frame.load::<8>(l4) else {
+    let Some(udp) = frame.header::<UdpHdr>(l4) else {
         return Parsed::Other;
     };
-    let dport = u16::from_be_bytes([udp[2], udp[3]]);
+    let dport = u16::from_be_bytes(udp.dst);
     if !watches(dport) {
         return Parsed::Other;
     }
     if frag & 0x2000 != 0 {
         return Parsed::Skip(SkipReason::Fragment);
     }
-    let total_len = u32::from(u16::from_be_bytes([ip[2], ip[3]]));
-    let udp_len = u16::from_be_bytes([udp[4], udp[5]]);
-    if total_len < ihl + 8 || u32::from(udp_len) != total_len - ihl {
+    let total_len = u32::from(u16::from_be_bytes(ip.tot_len));
+    let udp_len = u16::from_be_bytes(udp.len);
+    if total_len < ihl + UdpHdr::LEN as u32 || u32::from(udp_len) != total_len - ihl {
         return Parsed::Skip(SkipReason::BadLength);
     }
     if l3 + total_len > frame.len() {
@@ -147,8 +177,8 @@ pub fn parse<F: Frame + ?Sized>(frame: &F, watches: impl Fn(u16) -> bool) -> Par
         l3,
         l4,
         udp_len,
-        src: [ip[12], ip[13], ip[14], ip[15]],
-        dst: [ip[16], ip[17], ip[18], ip[19]],
+        src: ip.src_addr,
+        dst: ip.dst_addr,
         dport,
     })
 }

@@ -37,11 +37,19 @@ pub struct KernelLayout {
     pub skb_csum_offset: u32,
     /// `net_device.features` (`netdev_features_t`, 64 bits).
     pub dev_features: u32,
+    /// `net_device.nd_net`: the `struct net *` of the device's network
+    /// namespace (inside `possible_net_t`).
+    pub dev_nd_net: u32,
+    /// `net.net_cookie` (`u64`): what `SO_NETNS_COOKIE` returns in userspace.
+    pub net_cookie: u32,
     /// [`LAYOUT_VALID`] and friends.
     pub flags: u32,
     /// Feature bits that mean "can checksum IPv4 UDP":
     /// `NETIF_F_IP_CSUM | NETIF_F_HW_CSUM`.
     pub csum_features: u64,
+    /// Feature bits that mean "can checksum IPv6 UDP":
+    /// `NETIF_F_IPV6_CSUM | NETIF_F_HW_CSUM`.
+    pub csum6_features: u64,
 }
 
 impl KernelLayout {
@@ -56,11 +64,17 @@ impl KernelLayout {
     pub fn offloads_checksum(&self, features: u64) -> bool {
         features & self.csum_features != 0
     }
+
+    /// Whether a device with `features` completes IPv6 UDP checksums itself.
+    #[inline(always)]
+    pub fn offloads_checksum6(&self, features: u64) -> bool {
+        features & self.csum6_features != 0
+    }
 }
 
 #[cfg(feature = "user")]
-// SAFETY: plain #[repr(C)] integers laid out without padding (10 x u32 then
-// one u64 at offset 40), every bit pattern valid.
+// SAFETY: plain #[repr(C)] integers laid out without padding (12 x u32, then
+// two u64 at offsets 48 and 56), every bit pattern valid.
 unsafe impl aya::Pod for KernelLayout {}
 
 /// `skb->mark` bits honoured only by a program loaded for `BPF_PROG_TEST_RUN`
@@ -89,5 +103,6 @@ mod tests {
         assert_eq!(l.ip_summed(0b1001_1111), 0);
         assert!(l.offloads_checksum(1 << 3));
         assert!(!l.offloads_checksum(1 << 4));
+        assert_eq!(core::mem::size_of::<KernelLayout>(), 64);
     }
 }

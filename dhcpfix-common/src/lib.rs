@@ -12,22 +12,26 @@ pub mod config;
 pub mod counters;
 pub mod event;
 pub mod frame;
+pub mod key;
 pub mod layout;
+pub mod settings;
 
 /// Version of everything shared through the pin directory: map names, key
 /// and value records, the program's globals. Bump it when any of them
 /// changes, so that a newer dhcpfix refuses a program pinned by an older one
 /// instead of writing records it would misread.
-pub const PIN_ABI: u32 = 1;
+pub const PIN_ABI: u32 = 2;
 
 /// Name of the classifier inside the eBPF object.
 pub const PROGRAM_NAME: &str = "dhcpfix";
-/// Name of the per-CPU counters map (key: ifindex, value: [`counters::Counters`]).
+/// Name of the per-CPU counters map (key: [`key::IfaceKey`], value: [`counters::Counters`]).
 pub const COUNTERS_MAP: &str = "DHCPFIX_COUNTERS";
-/// Name of the per-interface configuration map (key: ifindex, value: [`config::IfaceConfig`]).
+/// Name of the per-interface configuration map (key: [`key::IfaceKey`], value: [`config::IfaceConfig`]).
 pub const CONFIG_MAP: &str = "DHCPFIX_CONFIG";
 /// Name of the watched-ports bitmap (array of [`config::PORT_BITMAP_WORDS`] u64).
 pub const PORTS_MAP: &str = "DHCPFIX_PORTS";
+/// Name of the run-time settings array (one [`settings::Settings`]).
+pub const SETTINGS_MAP: &str = "DHCPFIX_SETTINGS";
 /// Name of the ring buffer of fill events (records: [`event::FillEvent`]).
 pub const EVENTS_MAP: &str = "DHCPFIX_EVENTS";
 /// Name of the read-only global holding the kernel layout.

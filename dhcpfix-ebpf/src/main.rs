@@ -12,6 +12,13 @@
 //!
 //! It never drops a packet and writes nothing but the two bytes of the UDP
 //! check field. Anything unexpected leaves the packet untouched.
+//!
+//! One loaded program serves every interface of every network namespace:
+//! the maps are keyed by [`IfaceKey`], the interface's namespace cookie
+//! (read from `skb->dev->nd_net->net_cookie`) and its ifindex. Not
+//! `bpf_get_netns_cookie()`: for a tc program it returns the namespace of
+//! `skb->sk`, the *sending socket*, or of the initial namespace when there is
+//! none (a forwarded frame), not the namespace of the device.
 #![no_std]
 #![no_main]
 
@@ -23,18 +30,21 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::TcContext,
 };
+use aya_log_ebpf::debug;
 use dhcpfix_common::{
     config::{port_bit, IfaceConfig, MODE_AUDIT, MODE_FILL, PORT_BITMAP_WORDS},
     counters::{Counters, Outcome},
     event::{FillEvent, EVENTS_BYTES, EVENT_FILLED, EVENT_WOULD_FILL},
     frame::{
-        self, DhcpPacket, Frame, Parsed, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, IPPROTO_UDP, MAX_UDP_LEN,
-        UDP_CHECK_OFFSET,
+        self, DhcpPacket, Frame, Header, Parsed, SkipReason, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP,
+        IPPROTO_UDP, MAX_UDP_LEN, UDP_CHECK_OFFSET,
     },
+    key::IfaceKey,
     layout::{
         KernelLayout, CHECKSUM_PARTIAL, LAYOUT_HAS_CSUM_START, LAYOUT_VALID, TEST_MARK_OFFLOAD,
         TEST_MARK_PARTIAL,
     },
+    settings::{Settings, SETTING_EXPLAIN},
     MAX_INTERFACES,
 };
 
@@ -50,8 +60,11 @@ static DHCPFIX_LAYOUT: KernelLayout = KernelLayout {
     skb_csum_start: 0,
     skb_csum_offset: 0,
     dev_features: 0,
+    dev_nd_net: 0,
+    net_cookie: 0,
     flags: 0,
     csum_features: 0,
+    csum6_features: 0,
 };
 
 /// 1 only in programs loaded for `BPF_PROG_TEST_RUN`: take the skb state from
@@ -60,10 +73,14 @@ static DHCPFIX_LAYOUT: KernelLayout = KernelLayout {
 static DHCPFIX_TEST_MODE: u32 = 0;
 
 #[map(name = "DHCPFIX_CONFIG")]
-static CONFIG: HashMap<u32, IfaceConfig> = HashMap::with_max_entries(MAX_INTERFACES, 0);
+static CONFIG: HashMap<IfaceKey, IfaceConfig> = HashMap::with_max_entries(MAX_INTERFACES, 0);
 
 #[map(name = "DHCPFIX_COUNTERS")]
-static COUNTERS: PerCpuHashMap<u32, Counters> = PerCpuHashMap::with_max_entries(MAX_INTERFACES, 0);
+static COUNTERS: PerCpuHashMap<IfaceKey, Counters> = PerCpuHashMap::with_max_entries(MAX_INTERFACES, 0);
+
+/// Switches set by the loader at run time (one entry): see [`Settings`].
+#[map(name = "DHCPFIX_SETTINGS")]
+static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 
 /// One [`FillEvent`] per filled (or would-be filled) packet, for the agent's
 /// log. Best effort: when it is full, events are skipped, never fills.
@@ -115,6 +132,11 @@ impl Frame for SkbFrame<'_> {
     fn load<const N: usize>(&self, offset: u32) -> Option<[u8; N]> {
         self.0.load::<[u8; N]>(offset as usize).ok()
     }
+
+    #[inline(always)]
+    fn header<H: Header>(&self, offset: u32) -> Option<H> {
+        self.0.load::<H>(offset as usize).ok()
+    }
 }
 
 #[inline(always)]
@@ -122,40 +144,102 @@ fn classify(ctx: &TcContext) {
     if !may_be_watched(ctx) {
         return;
     }
-    // SAFETY: ctx.skb.skb is the valid __sk_buff the kernel passed in.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: read-only global, constant after load.
+    let layout = unsafe { ptr::read_volatile(&DHCPFIX_LAYOUT) };
+    let Some((dev, key)) = device(ctx, &layout) else {
+        // Without the device's namespace there is no configuration to find.
+        return;
+    };
     // SAFETY: the value is only read, and map values stay valid while the
     // program runs (RCU).
-    let Some(cfg) = (unsafe { CONFIG.get(ifindex) }) else {
+    let Some(cfg) = (unsafe { CONFIG.get(&key) }) else {
         return;
     };
     let outcome = match frame::parse(&SkbFrame(ctx), |port| cfg.watches(port)) {
         Parsed::Other => return,
-        Parsed::Skip(_) => Outcome::Skipped,
+        Parsed::Skip(reason) => {
+            explain_skip(ctx, &key, reason);
+            Outcome::Skipped
+        }
         Parsed::Dhcp(packet) => {
-            let outcome = decide(ctx, cfg, &packet);
+            let outcome = decide(ctx, &layout, dev, cfg, &packet, &key);
             match outcome {
-                Outcome::Filled => emit(ctx, ifindex, &packet, EVENT_FILLED),
-                Outcome::WouldFill => emit(ctx, ifindex, &packet, EVENT_WOULD_FILL),
+                Outcome::Filled => emit(ctx, key, &packet, EVENT_FILLED),
+                Outcome::WouldFill => emit(ctx, key, &packet, EVENT_WOULD_FILL),
                 _ => {}
             }
             outcome
         }
     };
-    if let Some(counters) = COUNTERS.get_ptr_mut(ifindex) {
+    if let Some(counters) = COUNTERS.get_ptr_mut(&key) {
         // SAFETY: per-CPU value of this CPU; nothing else writes it now.
         unsafe { (*counters).record(outcome) };
+    }
+}
+
+/// The skb's device and its key: the namespace cookie is read through
+/// `dev->nd_net.net->net_cookie` at offsets resolved from BTF.
+#[inline(always)]
+fn device(ctx: &TcContext, layout: &KernelLayout) -> Option<(*const u8, IfaceKey)> {
+    // SAFETY: ctx.skb.skb is the valid __sk_buff the kernel passed in.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    if layout.flags & LAYOUT_VALID == 0 {
+        return None;
+    }
+    // The ctx of a sched_cls program is the struct sk_buff itself.
+    let skb = ctx.skb.skb as *const u8;
+    let dev = read_kernel::<*const u8>(skb, layout.skb_dev)?;
+    if dev.is_null() {
+        return None;
+    }
+    let net = read_kernel::<*const u8>(dev, layout.dev_nd_net)?;
+    if net.is_null() {
+        return None;
+    }
+    let netns = read_kernel::<u64>(net, layout.net_cookie)?;
+    Some((dev, IfaceKey::new(netns, ifindex)))
+}
+
+/// Whether the loader asked for explanations of skipped packets and helper
+/// errors (`dhcpfix run` at debug level). One array lookup, on those rare
+/// paths only.
+#[inline(always)]
+fn explaining() -> bool {
+    SETTINGS.get(0).is_some_and(|s| s.flags & SETTING_EXPLAIN != 0)
+}
+
+#[inline(always)]
+fn explain_skip(ctx: &TcContext, key: &IfaceKey, reason: SkipReason) {
+    if !explaining() {
+        return;
+    }
+    let why = match reason {
+        SkipReason::Fragment => "an IP fragment",
+        SkipReason::BadLength => "IP and UDP lengths disagree",
+        SkipReason::Truncated => "shorter than its IP length",
+        SkipReason::TooLarge => "a UDP segment over 2048 bytes",
+    };
+    debug!(
+        ctx,
+        "ifindex {} netns {}: skipped a DHCP-port packet: {}", key.ifindex, key.netns, why
+    );
+}
+
+#[inline(always)]
+fn explain(ctx: &TcContext, key: &IfaceKey, why: &str) {
+    if explaining() {
+        debug!(ctx, "ifindex {} netns {}: {}", key.ifindex, key.netns, why);
     }
 }
 
 /// Reports a fill to the agent. Reserves first, so that a full ring buffer
 /// costs one helper call and no packet reads.
 #[inline(always)]
-fn emit(ctx: &TcContext, ifindex: u32, packet: &DhcpPacket, outcome: u8) {
+fn emit(ctx: &TcContext, key: IfaceKey, packet: &DhcpPacket, outcome: u8) {
     let Some(mut entry) = EVENTS.reserve::<FillEvent>(0) else {
         return;
     };
-    entry.write(FillEvent::read(&SkbFrame(ctx), ifindex, packet, outcome));
+    entry.write(FillEvent::read(&SkbFrame(ctx), key, packet, outcome));
     entry.submit(0);
 }
 
@@ -193,14 +277,21 @@ fn may_be_watched(ctx: &TcContext) -> bool {
 }
 
 #[inline(always)]
-fn decide(ctx: &TcContext, cfg: &IfaceConfig, packet: &DhcpPacket) -> Outcome {
+fn decide(
+    ctx: &TcContext,
+    layout: &KernelLayout,
+    dev: *const u8,
+    cfg: &IfaceConfig,
+    packet: &DhcpPacket,
+    key: &IfaceKey,
+) -> Outcome {
     // SAFETY: valid __sk_buff from the kernel.
     if unsafe { (*ctx.skb.skb).gso_size } != 0 {
+        explain(ctx, key, "skipped a GSO packet");
         return Outcome::Skipped;
     }
-    // SAFETY: read-only global, constant after load.
-    let layout = unsafe { ptr::read_volatile(&DHCPFIX_LAYOUT) };
-    let Some((partial, offload)) = skb_state(ctx, &layout) else {
+    let Some((partial, offload)) = skb_state(ctx, layout, dev) else {
+        explain(ctx, key, "error: reading ip_summed or the device features failed");
         return Outcome::Error;
     };
     if !partial {
@@ -209,15 +300,28 @@ fn decide(ctx: &TcContext, cfg: &IfaceConfig, packet: &DhcpPacket) -> Outcome {
     if !offload {
         return Outcome::Deferred;
     }
-    match csum_at_udp_check(ctx, &layout, packet) {
+    match csum_at_udp_check(ctx, layout, packet) {
         Some(true) => {}
-        Some(false) => return Outcome::Skipped,
-        None => return Outcome::Error,
+        Some(false) => {
+            explain(
+                ctx,
+                key,
+                "skipped: the kernel would finish the checksum elsewhere than the UDP check field",
+            );
+            return Outcome::Skipped;
+        }
+        None => {
+            explain(ctx, key, "error: reading csum_start/csum_offset failed");
+            return Outcome::Error;
+        }
     }
     match cfg.mode {
         MODE_FILL => match fill(ctx, packet) {
             Some(()) => Outcome::Filled,
-            None => Outcome::Error,
+            None => {
+                explain(ctx, key, "error: a checksum helper failed while filling");
+                Outcome::Error
+            }
         },
         MODE_AUDIT => Outcome::WouldFill,
         _ => Outcome::Skipped,
@@ -227,26 +331,18 @@ fn decide(ctx: &TcContext, cfg: &IfaceConfig, packet: &DhcpPacket) -> Outcome {
 /// Whether the skb is `CHECKSUM_PARTIAL`, and whether its device offloads
 /// IPv4 checksums. `None` when the kernel state cannot be read.
 #[inline(always)]
-fn skb_state(ctx: &TcContext, layout: &KernelLayout) -> Option<(bool, bool)> {
+fn skb_state(ctx: &TcContext, layout: &KernelLayout, dev: *const u8) -> Option<(bool, bool)> {
     // SAFETY: read-only global, constant after load.
     if unsafe { ptr::read_volatile(&DHCPFIX_TEST_MODE) } != 0 {
         // SAFETY: valid __sk_buff from the kernel.
         let mark = unsafe { (*ctx.skb.skb).mark };
         return Some((mark & TEST_MARK_PARTIAL != 0, mark & TEST_MARK_OFFLOAD != 0));
     }
-    if layout.flags & LAYOUT_VALID == 0 {
-        return None;
-    }
-    // The ctx of a sched_cls program is the struct sk_buff itself.
     let skb = ctx.skb.skb as *const u8;
     let summed = read_kernel::<u8>(skb, layout.skb_ip_summed)?;
     let partial = layout.ip_summed(summed) == CHECKSUM_PARTIAL;
     if !partial {
         return Some((false, false));
-    }
-    let dev = read_kernel::<*const u8>(skb, layout.skb_dev)?;
-    if dev.is_null() {
-        return None;
     }
     let features = read_kernel::<u64>(dev, layout.dev_features)?;
     Some((true, layout.offloads_checksum(features)))

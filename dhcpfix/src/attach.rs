@@ -1,12 +1,15 @@
-//! Attaching the classifier to an interface's egress, and detaching it.
+//! Attaching the classifier to an interface's egress, and detaching it:
+//! what to check first, which hook to use, and what to record. The pins,
+//! links and entries themselves are made and removed by [`crate::pins`].
 //!
-//! On Linux >= 6.6 each attachment is a tcx link pinned as
-//! `<pin-dir>/links/<ifname>`; the link records the ifindex it was made for,
-//! so an interface deleted and re-created under the same name is recognised
-//! as new. Older kernels get a netlink clsact filter, recorded in the
-//! configuration map.
+//! An interface is named by its network namespace and its name there; the
+//! work happens on a thread inside that namespace (tcx attaches by ifindex
+//! in the caller's namespace; netlink talks to the caller's namespace).
+//!
+//! On Linux >= 6.6 each attachment is a pinned tcx link; older kernels get a
+//! netlink clsact filter, recorded in the configuration map.
 
-use std::{fmt, io};
+use std::{fmt, io, time::Duration};
 
 use aya::{
     programs::{
@@ -18,12 +21,21 @@ use aya::{
 };
 use dhcpfix_common::{
     config::{IfaceConfig, DEFAULT_PORTS, FLAG_NETLINK, MAX_PORTS, MODE_AUDIT, MODE_FILL},
+    key::IfaceKey,
     PROGRAM_NAME,
 };
 use serde::Serialize;
 
 use crate::{
-    bpffs::{self, BpffsError, PinDir},
+    integrations::{libvirt, netdev},
+    netns::{Netns, NetnsError, NetnsInfo},
+    pins::{
+        self,
+        gc::{self, Forgotten},
+        links::{self, LinkState},
+        maps::Maps,
+        PinDir, PinsError,
+    },
     program::{self, LayoutSource, LoadError},
     sys,
 };
@@ -31,8 +43,8 @@ use crate::{
 /// Errors while attaching or detaching.
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
-    #[error("interface {0:?} not found in this network namespace")]
-    NoInterface(String),
+    #[error("interface {iface:?} not found in {netns}")]
+    NoInterface { iface: String, netns: String },
     #[error("{0:?} is not a valid interface name")]
     BadName(String),
     #[error("{iface} is a {kind} device: frames towards its guest pass its receive path, not its egress hook, and it does not show the guest's checksum offload; dhcpfix cannot fix them there (see docs/macvtap.md)")]
@@ -42,45 +54,19 @@ pub enum AttachError {
     #[error("at most {MAX_PORTS} ports per interface, got {0}")]
     TooManyPorts(usize),
     #[error(transparent)]
-    Bpffs(#[from] BpffsError),
+    Netns(#[from] NetnsError),
+    #[error(transparent)]
+    Pins(#[from] PinsError),
     #[error(transparent)]
     Load(#[from] LoadError),
     #[error("attaching to {iface} egress ({how}) failed: {}", describe(.source))]
     Attach {
         iface: String,
         how: &'static str,
-        #[source]
         source: ProgramError,
     },
-    #[error("pinning the link of {iface} at {path}: {source}")]
-    PinLink {
-        iface: String,
-        path: String,
-        #[source]
-        source: aya::pin::PinError,
-    },
-    #[error("{op} on the pinned link of {iface}: {source}")]
-    Link {
-        op: &'static str,
-        iface: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("updating the {map} map for {iface}: {source}")]
-    Map {
-        map: &'static str,
-        iface: String,
-        #[source]
-        source: aya::maps::MapError,
-    },
-    #[error("counting possible CPUs (/sys/devices/system/cpu/possible): {0}")]
-    Cpus(#[source] io::Error),
     #[error("removing the netlink filter from {iface}: {source}")]
-    Netlink {
-        iface: String,
-        #[source]
-        source: tc::TcError,
-    },
+    Netlink { iface: String, source: tc::TcError },
 }
 
 /// aya's syscall errors name the call but keep the errno in their source;
@@ -159,6 +145,8 @@ pub struct AttachOptions {
     pub ports: Vec<u16>,
     pub method: Method,
     pub layout: LayoutSource,
+    /// How long to wait for the pin directory's lock.
+    pub lock_timeout: Duration,
 }
 
 impl Default for AttachOptions {
@@ -168,6 +156,7 @@ impl Default for AttachOptions {
             ports: DEFAULT_PORTS.to_vec(),
             method: Method::Auto,
             layout: LayoutSource::Kernel,
+            lock_timeout: pins::LOCK_TIMEOUT,
         }
     }
 }
@@ -175,7 +164,7 @@ impl Default for AttachOptions {
 /// What `attach` did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Attached {
-    /// A new attachment.
+    /// A new attachment (its counters start from zero).
     New(Method),
     /// It was attached already; its configuration is now the one asked for.
     Existing(Method),
@@ -198,151 +187,131 @@ fn resolve_method(method: Method) -> Method {
     }
 }
 
-/// The state of a pinned tcx link.
-pub(crate) enum PinnedLinkState {
-    None,
-    /// Attached to `ifindex`.
-    Live(u32),
-    /// Its interface is gone (or it is not a tcx link).
-    Dead,
-}
-
-pub(crate) fn pinned_link_state(pins: &PinDir, iface: &str) -> Result<PinnedLinkState, AttachError> {
-    let path = pins.link(iface);
-    if !path.exists() {
-        return Ok(PinnedLinkState::None);
-    }
-    let fd = sys::obj_get(&path).map_err(|source| AttachError::Link {
-        op: "BPF_OBJ_GET",
-        iface: iface.into(),
-        source,
-    })?;
-    let info = sys::link_info(&fd).map_err(|source| AttachError::Link {
-        op: "BPF_OBJ_GET_INFO_BY_FD",
-        iface: iface.into(),
-        source,
-    })?;
-    Ok(if info.link_type == sys::BPF_LINK_TYPE_TCX && info.ifindex != 0 {
-        PinnedLinkState::Live(info.ifindex)
-    } else {
-        PinnedLinkState::Dead
-    })
-}
-
-/// Detaches the pinned link of `iface` and removes its pin. The explicit
-/// `BPF_LINK_DETACH` makes the detach synchronous: a removed pin alone drops
-/// its reference only after an RCU grace period and a workqueue pass, and an
-/// attach right after would meanwhile fail with EEXIST. (A dead link has
-/// nothing to detach; that error is only logged.)
-fn remove_pin(pins: &PinDir, iface: &str) -> Result<(), AttachError> {
-    if let Ok(fd) = sys::obj_get(&pins.link(iface)) {
-        if let Err(e) = sys::link_detach(&fd) {
-            log::debug!("BPF_LINK_DETACH of {iface}: {e}");
-        }
-    }
-    match std::fs::remove_file(pins.link(iface)) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(AttachError::Link {
-            op: "unlink",
-            iface: iface.into(),
-            source: e,
-        }),
-        _ => Ok(()),
+/// Whether the interface of a netlink attachment in the namespace `here`
+/// (the caller's) still exists under its recorded name; other namespaces
+/// cannot be told from here.
+fn netlink_probe(here: u64) -> impl Fn(&IfaceKey, &IfaceConfig) -> Option<bool> {
+    move |key, cfg| {
+        (key.netns == here)
+            .then(|| sys::ifname(key.ifindex).is_some_and(|n| n.as_bytes() == cfg.name_bytes()))
     }
 }
 
-fn write_config(pins: &PinDir, iface: &str, ifindex: u32, cfg: IfaceConfig) -> Result<(), AttachError> {
-    let map_err = |map, source| AttachError::Map {
-        map,
-        iface: iface.into(),
-        source,
-    };
-    let mut counters = program::counters_map(pins)?;
-    if counters.get(&ifindex, 0).is_err() {
-        let zeros = program::zero_counters().map_err(AttachError::Cpus)?;
-        counters
-            .insert(ifindex, zeros, 0)
-            .map_err(|e| map_err("counters", e))?;
-    }
-    // Ports first: the classifier's fast path drops out on unwatched ports
-    // before it looks at the configuration.
-    let mut ports = program::ports_map(pins)?;
-    program::watch_ports(&mut ports, &cfg.ports).map_err(|e| map_err("ports", e))?;
-    let mut config = program::config_map(pins)?;
-    config.insert(ifindex, cfg, 0).map_err(|e| map_err("config", e))
-}
-
-fn forget_interface(pins: &PinDir, ifindex: u32) {
-    if let Ok(mut config) = program::config_map(pins) {
-        let _ = config.remove(&ifindex);
-    }
-    if let Ok(mut counters) = program::counters_map(pins) {
-        let _ = counters.remove(&ifindex);
-    }
-}
-
-/// Attaches dhcpfix to the egress of `iface`. Idempotent: attaching again
-/// keeps the existing link and applies the new mode and ports. On failure
-/// nothing is left behind for this interface.
-pub fn attach(pins: &PinDir, iface: &str, opts: &AttachOptions) -> Result<Attached, AttachError> {
-    if !bpffs::valid_ifname(iface) {
+/// Attaches dhcpfix to the egress of `iface` in `netns`. Idempotent:
+/// attaching again keeps the existing link and counters and applies the new
+/// mode and ports. On failure nothing is left behind for this interface.
+pub fn attach(
+    pins: &PinDir,
+    netns: &Netns,
+    iface: &str,
+    opts: &AttachOptions,
+) -> Result<Attached, AttachError> {
+    if !valid_ifname(iface) {
         return Err(AttachError::BadName(iface.into()));
     }
     if opts.ports.len() > MAX_PORTS {
         return Err(AttachError::TooManyPorts(opts.ports.len()));
     }
-    let ifindex = sys::ifindex(iface).ok_or_else(|| AttachError::NoInterface(iface.into()))?;
+    let cookie = netns.cookie();
+    netns.run(|| attach_here(pins, cookie, &netns.to_string(), iface, opts))?
+}
+
+fn attach_here(
+    pins: &PinDir,
+    cookie: u64,
+    netns_shown: &str,
+    iface: &str,
+    opts: &AttachOptions,
+) -> Result<Attached, AttachError> {
+    let no_interface = || AttachError::NoInterface {
+        iface: iface.into(),
+        netns: netns_shown.into(),
+    };
+    let ifindex = sys::ifindex(iface).ok_or_else(no_interface)?;
+    let link = netdev::link(ifindex).ok().flatten();
     // macvtap/ipvtap: measured in docs/macvtap.md.
-    if let Ok(Some(link)) = crate::integrations::netdev::link(ifindex) {
-        if link.is_rx_handler_tap() {
-            return Err(AttachError::ReceivePathTap {
-                iface: iface.into(),
-                kind: link.kind.unwrap_or_default(),
-            });
-        }
+    if let Some(l) = link.as_ref().filter(|l| l.is_rx_handler_tap()) {
+        return Err(AttachError::ReceivePathTap {
+            iface: iface.into(),
+            kind: l.kind.clone().unwrap_or_default(),
+        });
     }
-    let _lock = pins.lock()?;
+    let mac: [u8; 6] = link
+        .as_ref()
+        .and_then(|l| l.mac.as_slice().try_into().ok())
+        .unwrap_or_default();
+    let key = IfaceKey::new(cookie, ifindex);
+    let _lock = pins.lock(opts.lock_timeout)?;
     program::check_abi(pins)?;
     let method = resolve_method(opts.method);
-    let mut cfg = IfaceConfig::new(opts.mode.raw(), &opts.ports);
-
-    match pinned_link_state(pins, iface)? {
-        PinnedLinkState::Live(index) if index == ifindex => {
-            write_config(pins, iface, ifindex, cfg)?;
-            return Ok(Attached::Existing(Method::Tcx));
-        }
-        // The interface was deleted, or re-created under the same name.
-        PinnedLinkState::Live(_) | PinnedLinkState::Dead => remove_pin(pins, iface)?,
-        PinnedLinkState::None => {}
-    }
-    if method == Method::Netlink && netlink_attached(pins, ifindex) {
-        cfg.flags |= FLAG_NETLINK;
-        write_config(pins, iface, ifindex, cfg)?;
-        return Ok(Attached::Existing(Method::Netlink));
-    }
-
-    let mut prog = program::load_or_open(pins, &opts.layout)?;
-    // Configure first: the classifier ignores interfaces it has no
-    // configuration for, so a link that appears before it is harmless.
+    let mut cfg = IfaceConfig::new(opts.mode.raw(), &opts.ports).with_identity(iface, mac);
     if method == Method::Netlink {
         cfg.flags |= FLAG_NETLINK;
     }
-    write_config(pins, iface, ifindex, cfg)?;
+
+    let loaded = program::is_loaded(pins);
+    match links::state(pins, &key)? {
+        Some(LinkState::Live) => {
+            Maps::open(pins)?.configure(&key, IfaceConfig { flags: 0, ..cfg })?;
+            return Ok(Attached::Existing(Method::Tcx));
+        }
+        // An interface re-created with the same ifindex: its old link is
+        // dead, and what it recorded goes with it.
+        Some(LinkState::Dead) => {
+            gc::forget(pins, &mut Maps::open(pins)?, &key)?;
+        }
+        None => {}
+    }
+    if loaded && method == Method::Netlink {
+        let mut maps = Maps::open(pins)?;
+        if maps.config(&key).is_some_and(|c| c.flags & FLAG_NETLINK != 0) {
+            maps.configure(&key, cfg)?;
+            return Ok(Attached::Existing(Method::Netlink));
+        }
+    }
+
+    let mut prog = program::load_or_open(pins, &opts.layout)?;
+    let mut maps = Maps::open(pins)?;
+    // Configure first: the classifier ignores interfaces it has no
+    // configuration for, so a link that appears before it is harmless.
+    configure_new(pins, &mut maps, &key, cfg)?;
     let result = match method {
         Method::Netlink => attach_netlink(&mut prog, iface),
-        _ => attach_tcx(&mut prog, pins, iface, ifindex),
+        _ => attach_tcx(&mut prog, pins, &key, iface),
     };
     if let Err(e) = result {
-        forget_interface(pins, ifindex);
+        maps.forget(&key);
         return Err(e);
     }
     Ok(Attached::New(method))
 }
 
+/// Writes the entries of a new attachment, its counters from zero. When the
+/// map is full, what deleted interfaces left behind is removed first (a
+/// host that attaches through hooks alone never runs the agent's clean-up).
+fn configure_new(pins: &PinDir, maps: &mut Maps, key: &IfaceKey, cfg: IfaceConfig) -> Result<(), PinsError> {
+    let write = |maps: &mut Maps| {
+        maps.configure(key, cfg)?;
+        maps.reset_counters(key)
+    };
+    match write(maps) {
+        Err(PinsError::Full) => {
+            let removed = gc::dead(pins, maps, &netlink_probe(key.netns))?;
+            log::info!(
+                "the configuration map was full: removed {} attachment(s) of deleted interfaces",
+                removed.len()
+            );
+            write(maps)
+        }
+        other => other,
+    }
+}
+
 fn attach_tcx(
     prog: &mut aya::programs::SchedClassifier,
     pins: &PinDir,
+    key: &IfaceKey,
     iface: &str,
-    ifindex: u32,
 ) -> Result<(), AttachError> {
     let attach_err = |source| AttachError::Attach {
         iface: iface.into(),
@@ -360,21 +329,13 @@ fn attach_tcx(
     let link: FdLink = link.try_into().map_err(|e: aya::programs::links::LinkError| {
         attach_err(ProgramError::IOError(io::Error::other(e.to_string())))
     })?;
-    let path = pins.link(iface);
-    // Dropping the unpinned link on error detaches it again.
-    link.pin(&path).map_err(|source| AttachError::PinLink {
-        iface: iface.into(),
-        path: path.display().to_string(),
-        source,
-    })?;
+    links::pin(pins, key, link)?;
     // aya resolves the name again: if the interface was re-created in
     // between, the link sits on an ifindex we did not configure, and the
     // classifier would ignore that interface. Undo and say so.
-    if let PinnedLinkState::Live(linked) = pinned_link_state(pins, iface)? {
-        if linked != ifindex {
-            remove_pin(pins, iface)?;
-            return Err(AttachError::Recreated(iface.into()));
-        }
+    if links::target(pins, key) != Some(key.ifindex) {
+        links::remove(pins, key)?;
+        return Err(AttachError::Recreated(iface.into()));
     }
     Ok(())
 }
@@ -405,42 +366,36 @@ fn attach_netlink(prog: &mut aya::programs::SchedClassifier, iface: &str) -> Res
     Ok(())
 }
 
-/// Whether a netlink attachment is recorded for `ifindex`. A netlink filter
-/// cannot be pinned and aya 0.14 cannot list filters by name, so the record
-/// in the configuration map (made when the filter was added, removed with
-/// it) is what identifies it; the ifindex changes if the interface is
-/// re-created.
-fn netlink_attached(pins: &PinDir, ifindex: u32) -> bool {
-    program::config_map(pins)
-        .ok()
-        .and_then(|m| m.get(&ifindex, 0).ok())
-        .is_some_and(|c| c.flags & FLAG_NETLINK != 0)
-}
-
-/// Detaches dhcpfix from `iface`. Works for an interface that no longer
-/// exists too (removes its dead link).
-pub fn detach(pins: &PinDir, iface: &str) -> Result<Detached, AttachError> {
-    if !bpffs::valid_ifname(iface) {
+/// Detaches dhcpfix from `iface` in `netns`. Works for an interface that no
+/// longer exists too (removes what it left, found by its recorded name).
+pub fn detach(
+    pins: &PinDir,
+    netns: &Netns,
+    iface: &str,
+    lock_timeout: Duration,
+) -> Result<Detached, AttachError> {
+    if !valid_ifname(iface) {
         return Err(AttachError::BadName(iface.into()));
     }
-    if !pins.is_ready() {
+    let cookie = netns.cookie();
+    netns.run(|| detach_here(pins, cookie, iface, lock_timeout))?
+}
+
+fn detach_here(
+    pins: &PinDir,
+    cookie: u64,
+    iface: &str,
+    lock_timeout: Duration,
+) -> Result<Detached, AttachError> {
+    if !program::is_loaded(pins) && links::list(pins).is_empty() {
         return Ok(Detached::NotAttached);
     }
-    let _lock = pins.lock()?;
+    let _lock = pins.lock(lock_timeout)?;
+    let mut maps = Maps::open(pins)?;
+    let now = sys::ifindex(iface).map(|i| IfaceKey::new(cookie, i));
     let mut removed = false;
-    if let PinnedLinkState::Live(index) = pinned_link_state(pins, iface)? {
-        forget_interface(pins, index);
-    }
-    if pins.link(iface).exists() {
-        remove_pin(pins, iface)?;
-        removed = true;
-    }
-    if let Some(ifindex) = sys::ifindex(iface) {
-        let netlink = program::config_map(pins)
-            .ok()
-            .and_then(|m| m.get(&ifindex, 0).ok())
-            .is_some_and(|c| c.flags & FLAG_NETLINK != 0);
-        if netlink {
+    if let Some(key) = now {
+        if maps.config(&key).is_some_and(|c| c.flags & FLAG_NETLINK != 0) {
             match tc::qdisc_detach_program(iface, TcAttachType::Egress, PROGRAM_NAME) {
                 Err(tc::TcError::IoError(e)) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(source) => {
@@ -451,10 +406,15 @@ pub fn detach(pins: &PinDir, iface: &str) -> Result<Detached, AttachError> {
                 }
                 Ok(()) => removed = true,
             }
-            forget_interface(pins, ifindex);
         }
+        let gone = gc::forget(pins, &mut maps, &key)?;
+        removed |= gone.had_link;
     }
-    collect_garbage(pins);
+    // Earlier interfaces of that name in this namespace, deleted since.
+    let earlier = gc::dead_where(pins, &mut maps, &netlink_probe(cookie), |key, cfg| {
+        key.netns == cookie && Some(*key) != now && cfg.is_some_and(|c| c.name_bytes() == iface.as_bytes())
+    })?;
+    removed |= !earlier.is_empty();
     Ok(if removed {
         Detached::Removed
     } else {
@@ -462,27 +422,101 @@ pub fn detach(pins: &PinDir, iface: &str) -> Result<Detached, AttachError> {
     })
 }
 
-/// Drops configuration and counters of interfaces that no longer exist.
-fn collect_garbage(pins: &PinDir) {
-    let Ok(config) = program::config_map(pins) else {
-        return;
-    };
-    let gone: Vec<u32> = config
-        .keys()
-        .flatten()
-        .filter(|ifindex| sys::ifname(*ifindex).is_none())
-        .collect();
-    for ifindex in gone {
-        forget_interface(pins, ifindex);
+/// After a libvirt guest stopped: removes the remains of the attachments in
+/// `netns` whose interface is gone and whose recorded MAC is a tap MAC of
+/// one of the guest's NICs (`macs`, as in the domain XML). libvirt clears
+/// generated tap names from the XML before its `stopped` hook runs, so the
+/// MAC is what identifies them.
+pub fn forget_stopped_guest(
+    pins: &PinDir,
+    netns: &Netns,
+    macs: &[String],
+    lock_timeout: Duration,
+) -> Result<Vec<Forgotten>, AttachError> {
+    if macs.is_empty() || !program::is_loaded(pins) {
+        return Ok(Vec::new());
     }
+    let cookie = netns.cookie();
+    netns.run(|| {
+        let _lock = pins.lock(lock_timeout)?;
+        let mut maps = Maps::open(pins)?;
+        Ok(gc::dead_where(
+            pins,
+            &mut maps,
+            &netlink_probe(cookie),
+            |key, cfg| {
+                key.netns == cookie
+                    && cfg.is_some_and(|c| macs.iter().any(|m| libvirt::tap_mac_matches(&c.mac, m)))
+            },
+        )?)
+    })?
+}
+
+/// Removes what deleted interfaces left behind, in every namespace (or only
+/// in the one with cookie `only`): dead link pins and their entries; netlink
+/// entries whose interface is gone (in the namespaces this process can
+/// reach).
+pub fn remove_dead(
+    pins: &PinDir,
+    namespaces: &[Netns],
+    only: Option<u64>,
+    lock_timeout: Duration,
+) -> Result<Vec<Forgotten>, AttachError> {
+    if !program::is_loaded(pins) {
+        return Ok(Vec::new());
+    }
+    let _lock = pins.lock(lock_timeout)?;
+    let mut maps = Maps::open(pins)?;
+    let probe = |key: &IfaceKey, cfg: &IfaceConfig| {
+        let ns = namespaces.iter().find(|n| n.cookie() == key.netns)?;
+        ns.run(|| sys::ifname(key.ifindex).is_some_and(|n| n.as_bytes() == cfg.name_bytes()))
+            .ok()
+    };
+    Ok(gc::dead_where(pins, &mut maps, &probe, |key, _| {
+        only.is_none_or(|c| key.netns == c)
+    })?)
+}
+
+/// Detaches from every interface (netlink filters in the namespaces this
+/// process can reach, then every pinned link) and removes every pin.
+/// Returns the detached interfaces and the removed pins.
+pub fn remove_everything(
+    pins: &PinDir,
+    namespaces: &[Netns],
+    lock_timeout: Duration,
+) -> Result<(Vec<Attachment>, Vec<String>), AttachError> {
+    let attachments = list(pins, namespaces)?;
+    let _lock = pins.lock(lock_timeout)?;
+    let mut detached = Vec::new();
+    for a in attachments {
+        if a.method == Method::Netlink && a.attached {
+            if let Some(ns) = namespaces.iter().find(|n| n.cookie() == a.netns.cookie) {
+                let name = a.name.clone();
+                ns.run(|| tc::qdisc_detach_program(&name, TcAttachType::Egress, PROGRAM_NAME))?
+                    .or_else(|e| match e {
+                        tc::TcError::IoError(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                        source => Err(AttachError::Netlink {
+                            iface: a.name.clone(),
+                            source,
+                        }),
+                    })?;
+            }
+        }
+        if a.attached {
+            detached.push(a);
+        }
+    }
+    let removed = gc::everything(pins)?;
+    Ok((detached, removed))
 }
 
 /// One attachment, as `status` and `stats` report it.
 #[derive(Clone, Debug, Serialize)]
 pub struct Attachment {
+    /// The interface's name (as recorded, for one that is gone).
     pub name: String,
-    /// 0 when the interface is gone.
     pub ifindex: u32,
+    pub netns: NetnsInfo,
     /// Whether the program is hooked to a live interface.
     pub attached: bool,
     pub mode: Option<Mode>,
@@ -490,49 +524,114 @@ pub struct Attachment {
     pub ports: Vec<u16>,
 }
 
-/// Every attachment recorded in the pin directory, sorted by name.
-pub fn list(pins: &PinDir) -> Result<Vec<Attachment>, AttachError> {
-    let mut out = Vec::new();
-    pins.check_access()?;
-    if !pins.is_ready() {
-        return Ok(out);
+impl Attachment {
+    pub fn key(&self) -> IfaceKey {
+        IfaceKey::new(self.netns.cookie, self.ifindex)
     }
-    let config = program::config_map(pins).ok();
-    let cfg_of = |ifindex: u32| config.as_ref().and_then(|m| m.get(&ifindex, 0).ok());
-    for name in pins.linked_interfaces() {
-        let (ifindex, attached) = match pinned_link_state(pins, &name) {
-            Ok(PinnedLinkState::Live(index)) => (index, true),
-            _ => (0, false),
+}
+
+/// Every attachment recorded in the pin directory, sorted by namespace and
+/// name. `namespaces` name the namespaces (and let netlink attachments be
+/// checked); attachments in others show their cookie only.
+pub fn list(pins: &PinDir, namespaces: &[Netns]) -> Result<Vec<Attachment>, AttachError> {
+    if !program::is_loaded(pins) {
+        return Ok(Vec::new());
+    }
+    let maps = Maps::open(pins)?;
+    let mut keys = links::list(pins);
+    keys.extend(maps.configs().into_iter().map(|(k, _)| k));
+    keys.sort();
+    keys.dedup();
+    let mut out = Vec::new();
+    for key in keys {
+        let cfg = maps.config(&key);
+        let link = links::state(pins, &key)?;
+        let netlink = link.is_none() && cfg.is_some_and(|c| c.flags & FLAG_NETLINK != 0);
+        if link.is_none() && !netlink {
+            // A configuration entry being written, or left by a crash.
+            continue;
+        }
+        let name = cfg
+            .map(|c| String::from_utf8_lossy(c.name_bytes()).into_owned())
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| format!("if{}", key.ifindex));
+        let ns = namespaces.iter().find(|n| n.cookie() == key.netns);
+        let attached = match link {
+            Some(state) => state == LinkState::Live,
+            None => ns
+                .and_then(|ns| ns.run(|| sys::ifname(key.ifindex) == Some(name.clone())).ok())
+                .unwrap_or(true),
         };
-        let cfg = (ifindex != 0).then(|| cfg_of(ifindex)).flatten();
         out.push(Attachment {
-            name,
-            ifindex,
+            ifindex: key.ifindex,
+            netns: NetnsInfo {
+                name: ns.and_then(|n| n.name().map(str::to_owned)),
+                cookie: key.netns,
+            },
             attached,
             mode: cfg.and_then(|c| Mode::from_raw(c.mode)),
-            method: Method::Tcx,
+            method: if netlink { Method::Netlink } else { Method::Tcx },
             ports: cfg
                 .map(|c| c.ports.iter().copied().filter(|p| *p != 0).collect())
                 .unwrap_or_default(),
+            name,
         });
     }
-    if let Some(config) = &config {
-        for ifindex in config.keys().flatten() {
-            let Some(cfg) = cfg_of(ifindex) else { continue };
-            if cfg.flags & FLAG_NETLINK == 0 {
-                continue;
-            }
-            let name = sys::ifname(ifindex);
-            out.push(Attachment {
-                attached: name.is_some(),
-                name: name.unwrap_or_else(|| format!("if{ifindex}")),
-                ifindex,
-                mode: Mode::from_raw(cfg.mode),
-                method: Method::Netlink,
-                ports: cfg.ports.iter().copied().filter(|p| *p != 0).collect(),
-            });
-        }
-    }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out.sort_by(|a, b| (&a.netns, &a.name).cmp(&(&b.netns, &b.name)));
     Ok(out)
+}
+
+/// Whether `name` is a valid interface name for the kernel.
+pub fn valid_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() < libc::IF_NAMESIZE
+        && name != "."
+        && name != ".."
+        && !name
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
+}
+
+/// An attached interface was renamed: its record follows. The link is filed
+/// by ifindex and stays as it is, and so do the counters. False if `key`
+/// has no live attachment.
+pub fn rename(
+    pins: &PinDir,
+    key: &IfaceKey,
+    new_name: &str,
+    lock_timeout: Duration,
+) -> Result<bool, AttachError> {
+    let _lock = pins.lock(lock_timeout)?;
+    let mut maps = Maps::open(pins)?;
+    let Some(mut cfg) = maps.config(key) else {
+        return Ok(false);
+    };
+    if cfg.flags & FLAG_NETLINK == 0 && links::state(pins, key)? != Some(LinkState::Live) {
+        return Ok(false);
+    }
+    cfg.set_name(new_name);
+    maps.configure(key, cfg)?;
+    Ok(true)
+}
+
+/// The interface of `key` was deleted: removes its dead link pin and its
+/// entries (touching nothing else, so that deleting many interfaces at once
+/// costs each only its own). `None` if it had nothing.
+pub fn forget_deleted(
+    pins: &PinDir,
+    key: &IfaceKey,
+    lock_timeout: Duration,
+) -> Result<Option<Forgotten>, AttachError> {
+    if !program::is_loaded(pins) {
+        return Ok(None);
+    }
+    let _lock = pins.lock(lock_timeout)?;
+    let mut maps = Maps::open(pins)?;
+    match links::state(pins, key)? {
+        // Re-created with the same ifindex meanwhile, and attached again.
+        Some(LinkState::Live) => return Ok(None),
+        None if maps.config(key).is_none() => return Ok(None),
+        _ => {}
+    }
+    Ok(Some(gc::forget(pins, &mut maps, key)?))
 }

@@ -1,32 +1,17 @@
-//! Reading the per-CPU counters and summing them.
+//! Reading the per-CPU counters of attachments, summed.
 
 use dhcpfix_common::counters::Counters;
 use serde::Serialize;
 
 use crate::{
     attach::{self, AttachError, Attachment},
-    bpffs::PinDir,
-    program,
+    netns::Netns,
+    pins::{maps::Maps, PinDir},
 };
 
 /// The counters of one interface, summed over CPUs (the kernel's record,
 /// serialised as the `counters` object of `stats --json`).
 pub type Totals = Counters;
-
-/// Sums the per-CPU records of interface `ifindex`; zero if it has none.
-pub fn read(pins: &PinDir, ifindex: u32) -> Totals {
-    let Ok(map) = program::counters_map(pins) else {
-        return Totals::default();
-    };
-    let Ok(per_cpu) = map.get(&ifindex, 0) else {
-        return Totals::default();
-    };
-    let mut sum = Counters::default();
-    for c in per_cpu.iter() {
-        sum.add(c);
-    }
-    sum
-}
 
 /// An attachment with its counters.
 #[derive(Clone, Debug, Serialize)]
@@ -36,14 +21,26 @@ pub struct InterfaceStats {
     pub counters: Totals,
 }
 
-/// Every attachment (or those named in `only`) with its counters.
-pub fn collect(pins: &PinDir, only: &[String]) -> Result<Vec<InterfaceStats>, AttachError> {
-    Ok(attach::list(pins)?
+/// Every attachment (or those named in `only`) with its counters; an
+/// attachment whose interface is gone reads zero.
+pub fn collect(
+    pins: &PinDir,
+    namespaces: &[Netns],
+    only: &[String],
+) -> Result<Vec<InterfaceStats>, AttachError> {
+    let attachments: Vec<Attachment> = attach::list(pins, namespaces)?
         .into_iter()
         .filter(|a| only.is_empty() || only.contains(&a.name))
+        .collect();
+    if attachments.is_empty() {
+        return Ok(Vec::new());
+    }
+    let maps = Maps::open(pins)?;
+    Ok(attachments
+        .into_iter()
         .map(|attachment| InterfaceStats {
-            counters: if attachment.ifindex != 0 {
-                read(pins, attachment.ifindex)
+            counters: if attachment.attached {
+                maps.counters(&attachment.key())
             } else {
                 Totals::default()
             },

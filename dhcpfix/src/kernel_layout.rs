@@ -330,6 +330,11 @@ pub fn resolve(btf: &Btf) -> Result<KernelLayout, LayoutError> {
         return Err(LayoutError::Unexpected("ip_summed", "not within one byte"));
     }
     let dev_features = byte_member(dev, "net_device", "features", 8)?;
+    // `possible_net_t nd_net` is `{ struct net *net; }`: 8 bytes, the
+    // pointer first. The namespace cookie keys every per-interface map.
+    let dev_nd_net = byte_member(dev, "net_device", "nd_net", 8)?;
+    let net = btf.struct_id("net").ok_or(LayoutError::MissingStruct("net"))?;
+    let net_cookie = byte_member(net, "net", "net_cookie", 8)?;
     let bit = |name: &'static str| -> Result<u64, LayoutError> {
         let value = btf.enum_value(name).ok_or(LayoutError::MissingEnum(name))?;
         if !(0..64).contains(&value) {
@@ -338,6 +343,7 @@ pub fn resolve(btf: &Btf) -> Result<KernelLayout, LayoutError> {
         Ok(1 << value)
     };
     let csum_features = bit("NETIF_F_IP_CSUM_BIT")? | bit("NETIF_F_HW_CSUM_BIT")?;
+    let csum6_features = bit("NETIF_F_IPV6_CSUM_BIT")? | bit("NETIF_F_HW_CSUM_BIT")?;
 
     let mut layout = KernelLayout {
         skb_dev,
@@ -345,8 +351,11 @@ pub fn resolve(btf: &Btf) -> Result<KernelLayout, LayoutError> {
         ip_summed_shift: summed.bit_offset % 8,
         ip_summed_mask: (1u32 << width) - 1,
         dev_features,
+        dev_nd_net,
+        net_cookie,
         flags: LAYOUT_VALID,
         csum_features,
+        csum6_features,
         ..Default::default()
     };
     // Optional: lets the classifier check where the kernel will finish the
@@ -374,7 +383,8 @@ pub fn resolve_from(btf_path: Option<&Path>) -> Result<KernelLayout, LayoutError
 }
 
 /// An operator-supplied layout, for kernels without usable BTF:
-/// `skb_dev=16,ip_summed=128:5,dev_features=184,csum_bits=1+3`.
+/// `skb_dev=16,ip_summed=128:5,dev_features=184,nd_net=288,net_cookie=160,csum_bits=1+3`
+/// (and optionally `csum6_bits=3+4` to fill IPv6 checksums too).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LayoutSpec(pub KernelLayout);
 
@@ -384,6 +394,12 @@ impl FromStr for LayoutSpec {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || LayoutError::BadSpec(s.to_owned());
         let num = |v: &str| v.trim().parse::<u32>().map_err(|_| bad());
+        let bits = |v: &str| {
+            v.split('+').try_fold(0u64, |mask, bit| match num(bit)? {
+                bit if bit < 64 => Ok(mask | 1 << bit),
+                _ => Err(bad()),
+            })
+        };
         let mut layout = KernelLayout {
             ip_summed_mask: 3,
             flags: LAYOUT_VALID,
@@ -404,20 +420,14 @@ impl FromStr for LayoutSpec {
                     seen |= 2;
                 }
                 "dev_features" => (layout.dev_features, seen) = (num(value)?, seen | 4),
-                "csum_bits" => {
-                    for bit in value.split('+') {
-                        let bit = num(bit)?;
-                        if bit >= 64 {
-                            return Err(bad());
-                        }
-                        layout.csum_features |= 1 << bit;
-                    }
-                    seen |= 8;
-                }
+                "csum_bits" => (layout.csum_features, seen) = (bits(value)?, seen | 8),
+                "nd_net" => (layout.dev_nd_net, seen) = (num(value)?, seen | 16),
+                "net_cookie" => (layout.net_cookie, seen) = (num(value)?, seen | 32),
+                "csum6_bits" => layout.csum6_features = bits(value)?,
                 _ => return Err(bad()),
             }
         }
-        if seen != 15 || layout.csum_features == 0 {
+        if seen != 63 || layout.csum_features == 0 {
             return Err(bad());
         }
         Ok(Self(layout))
@@ -427,19 +437,28 @@ impl FromStr for LayoutSpec {
 impl fmt::Display for LayoutSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let l = &self.0;
-        let bits: Vec<String> = (0..64)
-            .filter(|b| l.csum_features & (1u64 << b) != 0)
-            .map(|b| b.to_string())
-            .collect();
+        let bits = |mask: u64| {
+            (0..64)
+                .filter(|b| mask & (1u64 << b) != 0)
+                .map(|b| b.to_string())
+                .collect::<Vec<_>>()
+                .join("+")
+        };
         write!(
             f,
-            "skb_dev={},ip_summed={}:{},dev_features={},csum_bits={}",
+            "skb_dev={},ip_summed={}:{},dev_features={},nd_net={},net_cookie={},csum_bits={}",
             l.skb_dev,
             l.skb_ip_summed,
             l.ip_summed_shift,
             l.dev_features,
-            bits.join("+")
-        )
+            l.dev_nd_net,
+            l.net_cookie,
+            bits(l.csum_features)
+        )?;
+        if l.csum6_features != 0 {
+            write!(f, ",csum6_bits={}", bits(l.csum6_features))?;
+        }
+        Ok(())
     }
 }
 
@@ -471,6 +490,10 @@ mod tests {
             n_co,
             n_head,
             n_data,
+            n_enum_ip6,
+            n_nd_net,
+            n_net,
+            n_cookie,
         ) = (
             s("u64"),
             s("sk_buff"),
@@ -485,6 +508,10 @@ mod tests {
             s("csum_offset"),
             s("head"),
             s("data"),
+            s("NETIF_F_IPV6_CSUM_BIT"),
+            s("nd_net"),
+            s("net"),
+            s("net_cookie"),
         );
         let mut types = Vec::new();
         let mut ty = |name: u32, kind: u32, flag: bool, vlen: u32, size: u32, extra: &[u32]| {
@@ -527,14 +554,37 @@ mod tests {
                 1600,
             ],
         );
-        // 5: struct net_device { features @ 184*8 }
+        // 5: struct net_device { features @ 184*8; nd_net @ 288*8 }
         if with_features {
-            ty(n_ndev, KIND_STRUCT, false, 1, 512, &[n_feat, 1, 184 * 8]);
+            ty(
+                n_ndev,
+                KIND_STRUCT,
+                false,
+                2,
+                512,
+                &[n_feat, 1, 184 * 8, n_nd_net, 8, 288 * 8],
+            );
         } else {
-            ty(n_ndev, KIND_STRUCT, false, 1, 512, &[n_head, 1, 0]);
+            ty(
+                n_ndev,
+                KIND_STRUCT,
+                false,
+                2,
+                512,
+                &[n_head, 1, 0, n_nd_net, 8, 288 * 8],
+            );
         }
         ty(n_u16, KIND_INT, false, 0, 1, &[8]); // 6: u8 (used for ip_summed), name irrelevant
-        ty(0, KIND_ENUM, false, 2, 4, &[n_enum_ip, 1, n_enum_hw, 3]); // 7
+        ty(
+            0,
+            KIND_ENUM,
+            false,
+            3,
+            4,
+            &[n_enum_ip, 1, n_enum_hw, 3, n_enum_ip6, 4],
+        ); // 7
+        ty(0, KIND_PTR, false, 0, 9, &[]); // 8: possible_net_t's pointer to struct net
+        ty(n_net, KIND_STRUCT, false, 1, 256, &[n_cookie, 1, 160 * 8]); // 9: struct net { net_cookie @ 160*8 }
         let _ = n_u16;
         blob(&types, &strings)
     }
@@ -563,7 +613,9 @@ mod tests {
             (128, 5, 3)
         );
         assert_eq!(l.dev_features, 184);
+        assert_eq!((l.dev_nd_net, l.net_cookie), (288, 160));
         assert_eq!(l.csum_features, (1 << 1) | (1 << 3));
+        assert_eq!(l.csum6_features, (1 << 3) | (1 << 4));
         assert_eq!(l.flags, LAYOUT_VALID);
     }
 
@@ -628,19 +680,20 @@ mod tests {
 
     #[test]
     fn layout_spec_round_trips() {
-        let spec: LayoutSpec = "skb_dev=16,ip_summed=128:5,dev_features=184,csum_bits=1+3"
-            .parse()
-            .unwrap();
+        let text = "skb_dev=16,ip_summed=128:5,dev_features=184,nd_net=288,net_cookie=160,csum_bits=1+3";
+        let spec: LayoutSpec = text.parse().unwrap();
         assert_eq!(spec.0.csum_features, 0b1010);
-        assert_eq!(
-            spec.to_string(),
-            "skb_dev=16,ip_summed=128:5,dev_features=184,csum_bits=1+3"
-        );
+        assert_eq!((spec.0.dev_nd_net, spec.0.net_cookie), (288, 160));
+        assert_eq!(spec.to_string(), text);
+        let with6: LayoutSpec = format!("{text},csum6_bits=3+4").parse().unwrap();
+        assert_eq!(with6.0.csum6_features, 0b11000);
+        assert_eq!(with6.to_string(), format!("{text},csum6_bits=3+4"));
         for bad in [
             "",
             "skb_dev=16",
             "skb_dev=x,ip_summed=1:1,dev_features=1,csum_bits=1",
             "skb_dev=1,ip_summed=1:7,dev_features=1,csum_bits=1",
+            "skb_dev=16,ip_summed=128:5,dev_features=184,csum_bits=1+3",
         ] {
             assert!(bad.parse::<LayoutSpec>().is_err(), "{bad}");
         }

@@ -1,7 +1,7 @@
 //! dhcpfix: completes the UDP checksum of DHCP packets on KVM guests' taps.
 //!
 //! The library behind the `dhcpfix` command: resolving the kernel layout
-//! from BTF ([`kernel_layout`]), the pin directory ([`bpffs`]), loading the
+//! from BTF ([`kernel_layout`]), the pin directory ([`pins`]), loading the
 //! classifier once ([`program`]), attaching it per interface ([`attach`]),
 //! reading counters ([`counters`]), running it under `BPF_PROG_TEST_RUN`
 //! ([`testrun`]) and the network-namespace lab behind `dhcpfix demo` and
@@ -10,13 +10,14 @@
 
 pub mod agent;
 pub mod attach;
-pub mod bpffs;
 pub mod cli;
 pub mod counters;
 pub mod integrations;
 pub mod kernel_layout;
 pub mod lab;
 pub mod metrics;
+pub mod netns;
+pub mod pins;
 pub mod program;
 pub mod sys;
 pub mod testrun;

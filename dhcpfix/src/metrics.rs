@@ -5,14 +5,15 @@
 //! the node exporter's textfile collector read, so `/metrics` and
 //! `dhcpfix stats --format prometheus` print the same text.
 
-use std::{net::SocketAddr, sync::Arc, thread};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, thread};
 
 use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use crate::{
     attach::AttachError,
-    bpffs::PinDir,
     counters::{self, InterfaceStats, Totals},
+    netns,
+    pins::{PinDir, PinsError},
 };
 
 /// Errors while rendering or serving metrics.
@@ -24,6 +25,12 @@ pub enum MetricsError {
     Encode(#[from] prometheus::Error),
     #[error(transparent)]
     Read(Box<AttachError>),
+}
+
+impl From<PinsError> for MetricsError {
+    fn from(e: PinsError) -> Self {
+        Self::Read(Box::new(AttachError::Pins(e)))
+    }
 }
 
 impl From<AttachError> for MetricsError {
@@ -75,14 +82,15 @@ const COUNTERS: [CounterSpec; 7] = [
 ];
 
 /// Encodes `stats` (attached interfaces are exported, gone ones are not).
-pub fn encode(stats: &[InterfaceStats]) -> Result<String, MetricsError> {
+/// `host` is the cookie of the host's namespace (labelled `host`).
+pub fn encode(stats: &[InterfaceStats], host: Option<u64>) -> Result<String, MetricsError> {
     let registry = Registry::new();
     let live: Vec<&InterfaceStats> = stats.iter().filter(|s| s.attachment.attached).collect();
     for (name, help, value) in COUNTERS {
-        let family = IntCounterVec::new(Opts::new(name, help), &["interface"])?;
+        let family = IntCounterVec::new(Opts::new(name, help), &["interface", "netns"])?;
         for s in &live {
             family
-                .with_label_values(&[s.attachment.name.as_str()])
+                .with_label_values(&[s.attachment.name.as_str(), &s.attachment.netns.label(host)])
                 .inc_by(value(&s.counters));
         }
         registry.register(Box::new(family))?;
@@ -109,9 +117,14 @@ pub fn encode(stats: &[InterfaceStats]) -> Result<String, MetricsError> {
     Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
-/// The metrics of every attachment in `pins`, as read now.
-pub fn render(pins: &PinDir) -> Result<String, MetricsError> {
-    encode(&counters::collect(pins, &[])?)
+/// The metrics of every attachment in the pin directory at `path`, as read
+/// now (nothing attached when there is none).
+pub fn render(path: &std::path::Path) -> Result<String, MetricsError> {
+    let stats = match PinDir::open(path)? {
+        Some(pins) => counters::collect(&pins, &netns::scan(false), &[])?,
+        None => Vec::new(),
+    };
+    encode(&stats, netns::host_cookie())
 }
 
 fn kernel_release() -> String {
@@ -136,7 +149,7 @@ impl Drop for MetricsServer {
 }
 
 /// Serves `GET /metrics` on `addr` from a thread of its own.
-pub fn serve(addr: SocketAddr, pins: PinDir) -> Result<MetricsServer, MetricsError> {
+pub fn serve(addr: SocketAddr, pins: PathBuf) -> Result<MetricsServer, MetricsError> {
     let server = tiny_http::Server::http(addr).map_err(|e| MetricsError::Bind {
         addr,
         reason: e.to_string(),
@@ -160,7 +173,7 @@ pub fn serve(addr: SocketAddr, pins: PinDir) -> Result<MetricsServer, MetricsErr
     })
 }
 
-fn respond(request: tiny_http::Request, pins: &PinDir) {
+fn respond(request: tiny_http::Request, pins: &std::path::Path) {
     use tiny_http::{Header, Method, Response};
     let path = request.url().split('?').next().unwrap_or_default();
     let get = matches!(request.method(), Method::Get | Method::Head);
@@ -196,13 +209,20 @@ fn respond(request: tiny_http::Request, pins: &PinDir) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attach::{Attachment, Method, Mode};
+    use crate::{
+        attach::{Attachment, Method, Mode},
+        netns::NetnsInfo,
+    };
 
     fn iface(name: &str, attached: bool, filled: u64) -> InterfaceStats {
         InterfaceStats {
             attachment: Attachment {
                 name: name.into(),
-                ifindex: if attached { 7 } else { 0 },
+                ifindex: 7,
+                netns: NetnsInfo {
+                    name: None,
+                    cookie: 1,
+                },
                 attached,
                 mode: Some(Mode::Fill),
                 method: Method::Tcx,
@@ -219,29 +239,32 @@ mod tests {
 
     #[test]
     fn classic_text_format_with_one_series_per_interface() {
-        let text = encode(&[
-            iface("vnet0", true, 4),
-            iface("vnet1", true, 0),
-            iface("gone0", false, 9),
-        ])
+        let text = encode(
+            &[
+                iface("vnet0", true, 4),
+                iface("vnet1", true, 0),
+                iface("gone0", false, 9),
+            ],
+            Some(1),
+        )
         .unwrap();
         assert!(
             text.contains("# TYPE dhcpfix_checksums_filled_total counter\n"),
             "{text}"
         );
         assert!(
-            text.contains("dhcpfix_checksums_filled_total{interface=\"vnet0\"} 4\n"),
+            text.contains("dhcpfix_checksums_filled_total{interface=\"vnet0\",netns=\"host\"} 4\n"),
             "{text}"
         );
         assert!(
-            text.contains("dhcpfix_checksums_filled_total{interface=\"vnet1\"} 0\n"),
+            text.contains("dhcpfix_checksums_filled_total{interface=\"vnet1\",netns=\"host\"} 0\n"),
             "{text}"
         );
         assert!(
-            text.contains("dhcpfix_packets_seen_total{interface=\"vnet0\"} 5\n"),
+            text.contains("dhcpfix_packets_seen_total{interface=\"vnet0\",netns=\"host\"} 5\n"),
             "{text}"
         );
-        assert!(text.contains("dhcpfix_checksums_would_fill_total{interface=\"vnet0\"} 0\n"));
+        assert!(text.contains("dhcpfix_checksums_would_fill_total{interface=\"vnet0\",netns=\"host\"} 0\n"));
         assert!(text.contains("dhcpfix_attached_interfaces 2\n"), "{text}");
         assert!(text.contains("# TYPE dhcpfix_build_info gauge\n"), "{text}");
         assert!(
@@ -258,7 +281,7 @@ mod tests {
 
     #[test]
     fn nothing_attached_still_reports_the_gauges() {
-        let text = encode(&[]).unwrap();
+        let text = encode(&[], None).unwrap();
         assert!(text.contains("dhcpfix_attached_interfaces 0\n"), "{text}");
         assert!(text.contains("dhcpfix_build_info{"), "{text}");
     }

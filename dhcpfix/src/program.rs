@@ -1,28 +1,29 @@
 //! Loading the classifier once and sharing it through the pin directory.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuHashMap, RingBuf},
     programs::{ProgramError, SchedClassifier},
     Ebpf, EbpfLoader,
 };
 use dhcpfix_common::{
-    config::{port_bit, IfaceConfig},
-    counters::Counters,
-    layout::KernelLayout,
-    CONFIG_MAP, COUNTERS_MAP, EVENTS_MAP, LAYOUT_GLOBAL, PORTS_MAP, PROGRAM_NAME, TEST_MODE_GLOBAL,
+    layout::KernelLayout, CONFIG_MAP, COUNTERS_MAP, EVENTS_MAP, LAYOUT_GLOBAL, PORTS_MAP, PROGRAM_NAME,
+    SETTINGS_MAP, TEST_MODE_GLOBAL,
 };
 
 use crate::{
-    bpffs::PinDir,
     kernel_layout::{self, LayoutError},
+    pins::{self, PinDir, PinsError},
 };
 
 /// The classifier object, built by `build.rs` from `dhcpfix-ebpf`.
 pub static CLASSIFIER_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dhcpfix"));
 
-/// Errors while loading the classifier or opening its pinned maps.
+/// The maps the loader pins (the classifier's aya-log buffer is not: it
+/// lives as long as the program, and `dhcpfix run` finds it through it).
+const PINNED_MAPS: [&str; 5] = [CONFIG_MAP, COUNTERS_MAP, PORTS_MAP, EVENTS_MAP, SETTINGS_MAP];
+
+/// Errors while loading the classifier.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("this dhcpfix binary was built without its eBPF program (AYA_BUILD_SKIP=1); rebuild it with `cargo xtask build`")]
@@ -30,27 +31,19 @@ pub enum LoadError {
     #[error(transparent)]
     Layout(#[from] LayoutError),
     #[error("parsing the eBPF object: {0}")]
-    Object(#[source] aya::EbpfError),
+    Object(String),
     #[error("the eBPF object has no program or map {0}")]
     Missing(&'static str),
     #[error("loading the classifier failed: {}", summarize(.0))]
-    Program(#[source] ProgramError),
+    Program(ProgramError),
     #[error(transparent)]
-    Marker(crate::bpffs::BpffsError),
-    #[error("pinning {path}: {source}")]
-    Pin {
-        path: PathBuf,
-        #[source]
-        source: aya::pin::PinError,
-    },
-    #[error("the program pinned in {dir} was loaded by an incompatible dhcpfix ({found}; this one needs abi-{}): run `dhcpfix clean --all` (guests are unprotected until the next attach), then attach again", dhcpfix_common::PIN_ABI)]
+    Pins(#[from] PinsError),
+    #[error("pinning {path}: {reason}")]
+    Pin { path: PathBuf, reason: String },
+    #[error("the program pinned in {dir} was loaded by another dhcpfix ({found}; this one uses abi-{}): run `dhcpfix clean --all` (guests are unprotected until the next attach), then attach again", dhcpfix_common::PIN_ABI)]
     OtherVersion { dir: PathBuf, found: String },
-    #[error("opening pinned {path}: {source}; run `dhcpfix attach` first, or check --pin-dir")]
-    OpenPinned {
-        path: PathBuf,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
+    #[error("opening pinned {path}: {reason}; run `dhcpfix attach` first, or check --pin-dir")]
+    OpenPinned { path: PathBuf, reason: String },
 }
 
 /// One line for an operator: the syscall, the errno, and the verifier's
@@ -114,145 +107,67 @@ fn object() -> Result<&'static [u8], LoadError> {
     Ok(CLASSIFIER_OBJECT)
 }
 
-fn classifier<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier, LoadError> {
+pub(crate) fn classifier<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, LoadError> {
     ebpf.program_mut(name)
         .ok_or(LoadError::Missing("program"))?
         .try_into()
         .map_err(LoadError::Program)
 }
 
-/// Refuses a program (and maps) pinned by a dhcpfix whose records differ
-/// from this one's ([`dhcpfix_common::PIN_ABI`]).
+/// Refuses a pin directory that holds another version's records
+/// ([`dhcpfix_common::PIN_ABI`]): writing ours next to them would leave
+/// guests attached to a program this dhcpfix cannot read or update.
 pub fn check_abi(pins: &PinDir) -> Result<(), LoadError> {
-    if !pins.program().exists() || pins.abi_marker().exists() {
+    let others = pins::other_versions(pins);
+    if others.is_empty() {
         return Ok(());
     }
-    let found = pins.abi_markers();
     Err(LoadError::OtherVersion {
-        dir: pins.root().to_path_buf(),
-        found: if found.is_empty() {
-            "no ABI marker".into()
-        } else {
-            found
-                .iter()
-                .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-                .collect::<Vec<_>>()
-                .join(", ")
-        },
+        dir: pins.path().to_path_buf(),
+        found: others.join(", "),
     })
+}
+
+/// Whether this pin directory has the classifier loaded.
+pub fn is_loaded(pins: &PinDir) -> bool {
+    pins.exists(&pins::program_rel())
 }
 
 /// Returns the pinned classifier, loading and pinning it (and its maps)
 /// first if this pin directory has none. Call with the directory locked.
 pub fn load_or_open(pins: &PinDir, layout: &LayoutSource) -> Result<SchedClassifier, LoadError> {
-    let prog_pin = pins.program();
     check_abi(pins)?;
-    if !prog_pin.exists() {
+    let prog_rel = pins::program_rel();
+    if !pins.exists(&prog_rel) {
         let layout = layout.resolve()?;
-        // The marker goes first: a crash before the program is pinned leaves
-        // a marker and no program, which the next load repairs.
-        crate::bpffs::mkdir_private(&pins.abi_marker()).map_err(LoadError::Marker)?;
-        let (config_pin, counters_pin) = (pins.map(CONFIG_MAP), pins.map(COUNTERS_MAP));
-        let events_pin = pins.map(EVENTS_MAP);
-        let ports_pin = pins.map(PORTS_MAP);
-        let mut ebpf = EbpfLoader::new()
+        pins.mkdir(&pins::abi_dir())?;
+        pins.mkdir(&pins::maps_rel())?;
+        let paths: Vec<(&str, PathBuf)> = PINNED_MAPS
+            .iter()
+            .map(|name| (*name, pins.fd_path(&pins::map_rel(name))))
+            .collect();
+        let mut loader = EbpfLoader::new();
+        loader
             .override_global(LAYOUT_GLOBAL, &layout, true)
-            .override_global(TEST_MODE_GLOBAL, &0u32, true)
-            .map_pin_path(CONFIG_MAP, config_pin.as_path())
-            .map_pin_path(COUNTERS_MAP, counters_pin.as_path())
-            .map_pin_path(EVENTS_MAP, events_pin.as_path())
-            .map_pin_path(PORTS_MAP, ports_pin.as_path())
+            .override_global(TEST_MODE_GLOBAL, &0u32, true);
+        for (name, path) in &paths {
+            loader.map_pin_path(*name, path.as_path());
+        }
+        let mut ebpf = loader
             .load(object()?)
-            .map_err(LoadError::Object)?;
+            .map_err(|e| LoadError::Object(e.to_string()))?;
         let prog = classifier(&mut ebpf, PROGRAM_NAME)?;
         prog.load().map_err(LoadError::Program)?;
-        prog.pin(&prog_pin).map_err(|source| LoadError::Pin {
-            path: prog_pin.clone(),
-            source,
+        prog.pin(pins.fd_path(&prog_rel)).map_err(|e| LoadError::Pin {
+            path: pins.shown(&prog_rel),
+            reason: e.to_string(),
         })?;
     }
-    SchedClassifier::from_pin(&prog_pin).map_err(|source| LoadError::OpenPinned {
-        path: prog_pin,
-        source: Box::new(source),
+    SchedClassifier::from_pin(pins.fd_path(&prog_rel)).map_err(|e| LoadError::OpenPinned {
+        path: pins.shown(&prog_rel),
+        reason: e.to_string(),
     })
-}
-
-fn open_map(path: &Path) -> Result<aya::maps::Map, LoadError> {
-    let data = MapData::from_pin(path).map_err(|source| LoadError::OpenPinned {
-        path: path.into(),
-        source: Box::new(source),
-    })?;
-    Ok(aya::maps::Map::HashMap(data))
-}
-
-/// The per-interface configuration map.
-pub fn config_map(pins: &PinDir) -> Result<HashMap<MapData, u32, IfaceConfig>, LoadError> {
-    let path = pins.map(CONFIG_MAP);
-    let map = open_map(&path)?;
-    HashMap::try_from(map).map_err(|source| LoadError::OpenPinned {
-        path,
-        source: Box::new(source),
-    })
-}
-
-/// The per-CPU counters map.
-pub fn counters_map(pins: &PinDir) -> Result<PerCpuHashMap<MapData, u32, Counters>, LoadError> {
-    let path = pins.map(COUNTERS_MAP);
-    let data = MapData::from_pin(&path).map_err(|source| LoadError::OpenPinned {
-        path: path.clone(),
-        source: Box::new(source),
-    })?;
-    PerCpuHashMap::try_from(aya::maps::Map::PerCpuHashMap(data)).map_err(|source| LoadError::OpenPinned {
-        path,
-        source: Box::new(source),
-    })
-}
-
-/// The ring buffer of fill events (one reader at a time: `dhcpfix run`).
-pub fn events_map(pins: &PinDir) -> Result<RingBuf<MapData>, LoadError> {
-    let path = pins.map(EVENTS_MAP);
-    let data = MapData::from_pin(&path).map_err(|source| LoadError::OpenPinned {
-        path: path.clone(),
-        source: Box::new(source),
-    })?;
-    RingBuf::try_from(aya::maps::Map::RingBuf(data)).map_err(|source| LoadError::OpenPinned {
-        path,
-        source: Box::new(source),
-    })
-}
-
-/// Sets the bits of `ports` in a watched-ports bitmap. Bits are never
-/// cleared: a port watched on no interface only costs the packet the
-/// per-interface lookup, which then ignores it.
-pub fn watch_ports<T: std::borrow::BorrowMut<MapData>>(
-    bitmap: &mut Array<T, u64>,
-    ports: &[u16],
-) -> Result<(), aya::maps::MapError> {
-    for port in ports.iter().copied().filter(|p| *p != 0) {
-        let (word, bit) = port_bit(port);
-        let value = bitmap.get(&word, 0)?;
-        if value & bit == 0 {
-            bitmap.set(word, value | bit, 0)?;
-        }
-    }
-    Ok(())
-}
-
-/// The pinned watched-ports bitmap.
-pub fn ports_map(pins: &PinDir) -> Result<Array<MapData, u64>, LoadError> {
-    let path = pins.map(PORTS_MAP);
-    let data = MapData::from_pin(&path).map_err(|source| LoadError::OpenPinned {
-        path: path.clone(),
-        source: Box::new(source),
-    })?;
-    Array::try_from(aya::maps::Map::Array(data)).map_err(|source| LoadError::OpenPinned {
-        path,
-        source: Box::new(source),
-    })
-}
-
-/// A zeroed per-CPU counters record, one per possible CPU.
-pub fn zero_counters() -> std::io::Result<aya::maps::PerCpuValues<Counters>> {
-    let ncpu = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-    aya::maps::PerCpuValues::try_from(vec![Counters::default(); ncpu])
 }

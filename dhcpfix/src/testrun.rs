@@ -16,13 +16,13 @@ use aya::{
 };
 pub use dhcpfix_common::layout::{TEST_MARK_OFFLOAD, TEST_MARK_PARTIAL};
 use dhcpfix_common::{
-    config::IfaceConfig,
+    config::{port_bit, IfaceConfig},
     counters::Counters,
-    layout::{KernelLayout, LAYOUT_VALID},
+    key::IfaceKey,
     CONFIG_MAP, COUNTERS_MAP, LAYOUT_GLOBAL, PORTS_MAP, PROGRAM_NAME, TEST_MODE_GLOBAL,
 };
 
-use crate::program::{self, LoadError, CLASSIFIER_OBJECT};
+use crate::program::{LoadError, CLASSIFIER_OBJECT};
 
 /// The interface a test run executes on: loopback.
 pub const TEST_IFINDEX: u32 = 1;
@@ -60,6 +60,7 @@ pub struct Run {
 /// The classifier (and the empty classifier) loaded for test runs.
 pub struct TestProgram {
     ebpf: Ebpf,
+    key: IfaceKey,
 }
 
 impl TestProgram {
@@ -68,16 +69,14 @@ impl TestProgram {
         if CLASSIFIER_OBJECT.is_empty() {
             return Err(LoadError::NoObject.into());
         }
-        // The layout is irrelevant in test mode but must look valid.
-        let layout = KernelLayout {
-            flags: LAYOUT_VALID,
-            ..Default::default()
-        };
+        // Test mode takes the skb's checksum state from its mark, but the
+        // interface's key (its namespace cookie) is read as in production.
+        let layout = crate::kernel_layout::resolve_from(None).map_err(LoadError::Layout)?;
         let mut ebpf = EbpfLoader::new()
             .override_global(LAYOUT_GLOBAL, &layout, true)
             .override_global(TEST_MODE_GLOBAL, &1u32, true)
             .load(CLASSIFIER_OBJECT)
-            .map_err(LoadError::Object)?;
+            .map_err(|e| LoadError::Object(e.to_string()))?;
         for name in [PROGRAM_NAME, EMPTY_PROGRAM] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
@@ -86,7 +85,17 @@ impl TestProgram {
                 .map_err(LoadError::Program)?;
             prog.load().map_err(LoadError::Program)?;
         }
-        Ok(Self { ebpf })
+        let key = IfaceKey::new(
+            crate::netns::current_cookie().map_err(TestRunError::Cpus)?,
+            TEST_IFINDEX,
+        );
+        Ok(Self { ebpf, key })
+    }
+
+    /// The key the test runs' interface (loopback of the caller's network
+    /// namespace) has in the maps.
+    pub fn key(&self) -> IfaceKey {
+        self.key
     }
 
     /// Sets the configuration of the test interface and zeroes its counters.
@@ -94,29 +103,39 @@ impl TestProgram {
         let mut ports: Array<_, u64> =
             Array::try_from(self.ebpf.map_mut(PORTS_MAP).ok_or(LoadError::Missing("map"))?)
                 .map_err(|e| TestRunError::Map(PORTS_MAP, e))?;
-        program::watch_ports(&mut ports, &cfg.ports).map_err(|e| TestRunError::Map(PORTS_MAP, e))?;
-        let mut config: HashMap<_, u32, IfaceConfig> =
+        for port in cfg.ports.iter().copied().filter(|p| *p != 0) {
+            let (word, bit) = port_bit(port);
+            let value = ports.get(&word, 0).map_err(|e| TestRunError::Map(PORTS_MAP, e))?;
+            ports
+                .set(word, value | bit, 0)
+                .map_err(|e| TestRunError::Map(PORTS_MAP, e))?;
+        }
+        let key = self.key;
+        let mut config: HashMap<_, IfaceKey, IfaceConfig> =
             HashMap::try_from(self.ebpf.map_mut(CONFIG_MAP).ok_or(LoadError::Missing("map"))?)
                 .map_err(|e| TestRunError::Map(CONFIG_MAP, e))?;
         config
-            .insert(TEST_IFINDEX, cfg, 0)
+            .insert(key, cfg, 0)
             .map_err(|e| TestRunError::Map(CONFIG_MAP, e))?;
-        let mut counters: PerCpuHashMap<_, u32, Counters> =
+        let mut counters: PerCpuHashMap<_, IfaceKey, Counters> =
             PerCpuHashMap::try_from(self.ebpf.map_mut(COUNTERS_MAP).ok_or(LoadError::Missing("map"))?)
                 .map_err(|e| TestRunError::Map(COUNTERS_MAP, e))?;
-        let zeros = program::zero_counters().map_err(TestRunError::Cpus)?;
+        let ncpu = aya::util::nr_cpus().map_err(|(_, e)| TestRunError::Cpus(e))?;
+        let zeros =
+            aya::maps::PerCpuValues::try_from(vec![Counters::default(); ncpu]).map_err(TestRunError::Cpus)?;
         counters
-            .insert(TEST_IFINDEX, zeros, 0)
+            .insert(key, zeros, 0)
             .map_err(|e| TestRunError::Map(COUNTERS_MAP, e))
     }
 
     /// Removes the test interface's configuration (the program then ignores
     /// every packet).
     pub fn unconfigure(&mut self) -> Result<(), TestRunError> {
-        let mut config: HashMap<_, u32, IfaceConfig> =
+        let key = self.key;
+        let mut config: HashMap<_, IfaceKey, IfaceConfig> =
             HashMap::try_from(self.ebpf.map_mut(CONFIG_MAP).ok_or(LoadError::Missing("map"))?)
                 .map_err(|e| TestRunError::Map(CONFIG_MAP, e))?;
-        match config.remove(&TEST_IFINDEX) {
+        match config.remove(&key) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(TestRunError::Map(CONFIG_MAP, e)),
         }
@@ -124,11 +143,11 @@ impl TestProgram {
 
     /// The test interface's counters, summed over CPUs.
     pub fn counters(&self) -> Result<Counters, TestRunError> {
-        let counters: PerCpuHashMap<_, u32, Counters> =
+        let counters: PerCpuHashMap<_, IfaceKey, Counters> =
             PerCpuHashMap::try_from(self.ebpf.map(COUNTERS_MAP).ok_or(LoadError::Missing("map"))?)
                 .map_err(|e| TestRunError::Map(COUNTERS_MAP, e))?;
         let mut sum = Counters::default();
-        match counters.get(&TEST_IFINDEX, 0) {
+        match counters.get(&self.key, 0) {
             Ok(per_cpu) => per_cpu.iter().for_each(|c| sum.add(c)),
             Err(aya::maps::MapError::KeyNotFound) => {}
             Err(e) => return Err(TestRunError::Map(COUNTERS_MAP, e)),

@@ -177,6 +177,7 @@ impl Settings {
                 ports,
                 method,
                 layout: cli.layout,
+                lock_timeout: crate::pins::LOCK_TIMEOUT,
             },
             metrics_addr,
             detach_on_exit: cli.detach_on_exit || file.detach_on_exit.unwrap_or(false),

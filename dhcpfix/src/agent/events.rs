@@ -2,16 +2,10 @@
 
 use std::os::fd::{AsFd, BorrowedFd};
 
-use aya::maps::{MapData, MapInfo, RingBuf};
-use dhcpfix_common::{
-    event::{message_type_name, FillEvent, EVENT_WOULD_FILL},
-    EVENTS_MAP,
-};
+use aya::maps::{MapData, RingBuf};
+use dhcpfix_common::event::{message_type_name, FillEvent, EVENT_WOULD_FILL};
 
-use crate::{
-    bpffs::PinDir,
-    program::{self, LoadError},
-};
+use crate::pins::{self, PinDir, PinsError};
 
 /// The pinned ring buffer, read by one agent at a time.
 pub struct EventStream {
@@ -20,23 +14,19 @@ pub struct EventStream {
     id: Option<u32>,
 }
 
-fn pinned_id(pins: &PinDir) -> Option<u32> {
-    MapInfo::from_pin(pins.map(EVENTS_MAP)).ok().map(|info| info.id())
-}
-
 impl EventStream {
-    pub fn open(pins: &PinDir) -> Result<Self, LoadError> {
-        let ring = program::events_map(pins)?;
+    pub fn open(pins: &PinDir) -> Result<Self, PinsError> {
+        let ring = pins::maps::events(pins)?;
         Ok(Self {
             ring,
-            id: pinned_id(pins),
+            id: pins::maps::events_id(pins),
         })
     }
 
     /// Whether this is still the pinned ring buffer (`clean --all` and a
     /// new load replace it).
     pub fn is_current(&self, pins: &PinDir) -> bool {
-        self.id.is_some() && pinned_id(pins) == self.id
+        self.id.is_some() && pins::maps::events_id(pins) == self.id
     }
 
     /// Logs every queued event; `name` turns an ifindex into a name.
@@ -97,6 +87,7 @@ mod tests {
     #[test]
     fn one_line_per_event() {
         let e = FillEvent {
+            netns: 4096,
             ifindex: 7,
             xid: 0x3903_f326,
             mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
@@ -104,6 +95,7 @@ mod tests {
             outcome: EVENT_FILLED,
             dport: 68,
             reserved: 0,
+            reserved2: 0,
         };
         assert_eq!(
             describe(&e, "vnet0"),
@@ -116,14 +108,16 @@ mod tests {
         };
         assert!(describe(&audit, "tap1i0").starts_with("would fill tap1i0: DHCP (type unknown)"));
 
-        let bytes: Vec<u8> = [7u32.to_ne_bytes(), 0x3903_f326u32.to_ne_bytes()]
-            .concat()
+        let bytes: Vec<u8> = 4096u64
+            .to_ne_bytes()
             .into_iter()
+            .chain(7u32.to_ne_bytes())
+            .chain(0x3903_f326u32.to_ne_bytes())
             .chain([0x52, 0x54, 0, 0x12, 0x34, 0x56, 5, EVENT_FILLED])
             .chain(68u16.to_ne_bytes())
-            .chain([0, 0])
+            .chain([0; 6])
             .collect();
         assert_eq!(decode(&bytes), Some(e));
-        assert_eq!(decode(&bytes[..19]), None);
+        assert_eq!(decode(&bytes[..31]), None);
     }
 }

@@ -12,7 +12,6 @@
 //! - On SIGTERM/SIGINT it exits and leaves the attachments in place, so
 //!   guests stay covered while it restarts (`--detach-on-exit` removes them).
 
-pub mod cleanup;
 pub mod config;
 pub mod events;
 pub mod netlink;
@@ -32,8 +31,9 @@ use std::{
 
 use crate::{
     attach::AttachError,
-    bpffs::{BpffsError, PinDir},
     metrics::{self, MetricsError},
+    netns::{Netns, NetnsError},
+    pins::{PinDir, PinsError},
     program::{self, LoadError},
     sys,
 };
@@ -90,14 +90,12 @@ pub enum AgentError {
         source: io::Error,
     },
     #[error("pin directory {path} is no longer on a bpffs (unmounted?), so the attachments pinned there are gone, and mounting a new one failed: {source}")]
-    PinDirLost {
-        path: PathBuf,
-        #[source]
-        source: Box<BpffsError>,
-    },
+    PinDirLost { path: PathBuf, source: Box<PinsError> },
     // Boxed: these are large, and every agent function returns this type.
     #[error(transparent)]
-    Bpffs(Box<BpffsError>),
+    Pins(Box<PinsError>),
+    #[error(transparent)]
+    Netns(Box<NetnsError>),
     #[error(transparent)]
     Load(Box<LoadError>),
     #[error(transparent)]
@@ -116,7 +114,8 @@ macro_rules! boxed_from {
     )*};
 }
 boxed_from!(
-    Bpffs(BpffsError),
+    Pins(PinsError),
+    Netns(NetnsError),
     Load(LoadError),
     Attach(AttachError),
     Metrics(MetricsError)
@@ -181,18 +180,18 @@ fn wait(fds: &[Option<std::os::fd::BorrowedFd<'_>>], timeout: Duration) -> Resul
 /// are unprotected. Mount a new one and load the program again (the next
 /// full pass attaches every interface), or fail with one line so that the
 /// service manager shows it (under systemd, without CAP_SYS_ADMIN).
-fn recover_pin_dir(pins: &PinDir, layout: &crate::program::LayoutSource) -> Result<(), AgentError> {
+fn recover_pin_dir(old: &PinDir, layout: &crate::program::LayoutSource) -> Result<PinDir, AgentError> {
     log::warn!(
         "pin directory {} is no longer on a bpffs (unmounted?): the attachments pinned there are gone; mounting a new one and attaching again",
-        pins.root().display()
+        old.path().display()
     );
-    PinDir::prepare(pins.root()).map_err(|source| AgentError::PinDirLost {
-        path: pins.root().to_path_buf(),
+    let pins = PinDir::prepare(old.path()).map_err(|source| AgentError::PinDirLost {
+        path: old.path().to_path_buf(),
         source: Box::new(source),
     })?;
-    let _lock = pins.lock()?;
-    program::load_or_open(pins, layout)?;
-    Ok(())
+    let _lock = pins.lock(crate::pins::LOCK_TIMEOUT)?;
+    program::load_or_open(&pins, layout)?;
+    Ok(pins)
 }
 
 fn full_pass(reconciler: &mut Reconciler) -> Result<(), AgentError> {
@@ -207,15 +206,16 @@ pub fn run(pin_dir: PathBuf, settings: Settings) -> Result<(), AgentError> {
     // Bind first: a port in use should stop the agent before it changes
     // anything.
     let _metrics = match settings.metrics_addr {
-        MetricsAddr::On(addr) => Some(metrics::serve(addr, PinDir::new(&pin_dir))?),
+        MetricsAddr::On(addr) => Some(metrics::serve(addr, pin_dir.clone())?),
         MetricsAddr::Off => None,
     };
-    let pins = PinDir::prepare(pin_dir)?;
+    let mut pins = PinDir::prepare(&pin_dir)?;
+    let netns = Netns::current()?;
     // Subscribe before the first full pass, so no interface slips between.
     let mut monitor = LinkMonitor::open()?;
     {
         // Load now, so that attaching to a new interface takes a link only.
-        let _lock = pins.lock()?;
+        let _lock = pins.lock(crate::pins::LOCK_TIMEOUT)?;
         program::load_or_open(&pins, &settings.attach.layout)?;
     }
     let mut events = match EventStream::open(&pins) {
@@ -227,7 +227,12 @@ pub fn run(pin_dir: PathBuf, settings: Settings) -> Result<(), AgentError> {
             None
         }
     };
-    let mut reconciler = Reconciler::new(pins.clone(), settings.patterns.clone(), settings.attach.clone());
+    let mut reconciler = Reconciler::new(
+        pins.clone(),
+        netns,
+        settings.patterns.clone(),
+        settings.attach.clone(),
+    );
     full_pass(&mut reconciler)?;
     log::info!(
         "dhcpfix {} running: interfaces {}, {} mode, ports {}, pin directory {}, metrics {}",
@@ -241,7 +246,7 @@ pub fn run(pin_dir: PathBuf, settings: Settings) -> Result<(), AgentError> {
             .map(u16::to_string)
             .collect::<Vec<_>>()
             .join(","),
-        pins.root().display(),
+        pins.path().display(),
         match settings.metrics_addr {
             MetricsAddr::On(a) => format!("http://{a}/metrics"),
             MetricsAddr::Off => "off".into(),
@@ -262,8 +267,9 @@ pub fn run(pin_dir: PathBuf, settings: Settings) -> Result<(), AgentError> {
         if ready[0] && signals.received() {
             break;
         }
-        if !pins.is_ready() {
-            recover_pin_dir(&pins, &settings.attach.layout)?;
+        if !pins.is_current() {
+            pins = recover_pin_dir(&pins, &settings.attach.layout)?;
+            reconciler.set_pins(pins.clone());
             events = EventStream::open(&pins).ok();
             next_pass = Instant::now();
         }

@@ -8,15 +8,19 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::{cleanup, netlink::Link, pattern::Patterns, AgentError};
+use dhcpfix_common::key::IfaceKey;
+
+use super::{netlink::Link, pattern::Patterns, AgentError};
 use crate::{
-    attach::{self, AttachOptions, Attached, Method},
-    bpffs::PinDir,
+    attach::{self, AttachOptions, Attached},
+    netns::Netns,
+    pins::PinDir,
 };
 
-/// The agent's view of its interfaces.
+/// The agent's view of the interfaces of one network namespace.
 pub struct Reconciler {
     pins: PinDir,
+    netns: Netns,
     patterns: Patterns,
     opts: AttachOptions,
     /// Matching interfaces attached now: ifindex -> name.
@@ -27,14 +31,21 @@ pub struct Reconciler {
 }
 
 impl Reconciler {
-    pub fn new(pins: PinDir, patterns: Patterns, opts: AttachOptions) -> Self {
+    pub fn new(pins: PinDir, netns: Netns, patterns: Patterns, opts: AttachOptions) -> Self {
         Self {
             pins,
+            netns,
             patterns,
             opts,
             managed: BTreeMap::new(),
             failed: BTreeMap::new(),
         }
+    }
+
+    /// Follows a pin directory mounted anew (the old one was unmounted).
+    pub fn set_pins(&mut self, pins: PinDir) {
+        self.pins = pins;
+        self.managed.clear();
     }
 
     /// Interfaces the agent covers now, by ifindex.
@@ -47,25 +58,35 @@ impl Reconciler {
         self.managed.get(&ifindex).map(String::as_str)
     }
 
+    fn key(&self, ifindex: u32) -> IfaceKey {
+        IfaceKey::new(self.netns.cookie(), ifindex)
+    }
+
     /// A full pass over `links`, every interface of the namespace.
     pub fn full(&mut self, links: &[Link]) -> Result<(), AgentError> {
         let by_index: HashMap<u32, &str> = links.iter().map(|l| (l.ifindex, l.name.as_str())).collect();
         // Dead pins first, so that a re-created interface is attached anew.
-        for name in cleanup::remove_dead(&self.pins)?.dead_pins {
-            log::info!("detached {name}: the interface is gone; removed its pin");
+        let here = Some(self.netns.cookie());
+        for gone in attach::remove_dead(
+            &self.pins,
+            std::slice::from_ref(&self.netns),
+            here,
+            self.opts.lock_timeout,
+        )? {
+            log::info!("detached {}: the interface is gone; removed its pin", gone.name);
         }
         let mut attached: HashMap<String, u32> = HashMap::new();
-        for a in attach::list(&self.pins)? {
-            if !a.attached {
+        for a in attach::list(&self.pins, std::slice::from_ref(&self.netns))? {
+            if !a.attached || a.netns.cookie != self.netns.cookie() {
                 continue;
             }
             match by_index.get(&a.ifindex) {
                 Some(now) if *now == a.name => {
                     attached.insert(a.name, a.ifindex);
                 }
-                // The interface behind this pin was renamed. A pin named
-                // after one of our patterns is ours to fix.
-                Some(now) if a.method == Method::Tcx && self.patterns.matches(&a.name) => {
+                // The interface behind this attachment was renamed. One
+                // recorded under one of our patterns is ours to fix.
+                Some(now) if self.patterns.matches(&a.name) => {
                     let link = Link {
                         ifindex: a.ifindex,
                         name: (*now).to_owned(),
@@ -105,7 +126,6 @@ impl Reconciler {
             return;
         }
         if let Some(old) = known {
-            // Renamed: its pin carries the old name.
             self.managed.remove(&link.ifindex);
             if self.follow_rename(&old, link) {
                 self.managed.insert(link.ifindex, link.name.clone());
@@ -126,14 +146,16 @@ impl Reconciler {
     pub fn deleted(&mut self, link: &Link) {
         let covered = self.managed.remove(&link.ifindex);
         self.failed.remove(&link.ifindex);
-        match cleanup::forget_deleted(&self.pins, &link.name, link.ifindex) {
-            Ok(true) => log::info!(
-                "detached {}: the interface was deleted; removed its pin",
-                link.name
-            ),
+        match attach::forget_deleted(&self.pins, &self.key(link.ifindex), self.opts.lock_timeout) {
+            Ok(Some(gone)) if gone.had_link => {
+                log::info!(
+                    "detached {}: the interface was deleted; removed its pin",
+                    link.name
+                )
+            }
             // A netlink filter has no pin: it went with the interface.
-            Ok(false) if covered.is_some() => log::info!("detached {}: the interface was deleted", link.name),
-            Ok(false) => {}
+            Ok(_) if covered.is_some() => log::info!("detached {}: the interface was deleted", link.name),
+            Ok(_) => {}
             Err(e) => log::error!("{}: {e}", link.name),
         }
     }
@@ -141,7 +163,7 @@ impl Reconciler {
     /// Detaches from every interface the agent covers (`--detach-on-exit`).
     pub fn detach_all(&mut self) {
         for (_, name) in std::mem::take(&mut self.managed) {
-            match attach::detach(&self.pins, &name) {
+            match attach::detach(&self.pins, &self.netns, &name, self.opts.lock_timeout) {
                 Ok(attach::Detached::Removed) => log::info!("detached {name}"),
                 Ok(attach::Detached::NotAttached) => {}
                 Err(e) => log::error!("detaching {name}: {e}"),
@@ -150,7 +172,7 @@ impl Reconciler {
     }
 
     fn attach(&mut self, link: &Link) {
-        let result = attach::attach(&self.pins, &link.name, &self.opts);
+        let result = attach::attach(&self.pins, &self.netns, &link.name, &self.opts);
         if result.is_ok() {
             self.failed.remove(&link.ifindex);
         }
@@ -170,7 +192,7 @@ impl Reconciler {
                 self.managed.insert(link.ifindex, link.name.clone());
             }
             // Gone again before we got to it: its deletion event follows.
-            Err(attach::AttachError::NoInterface(_)) => {}
+            Err(attach::AttachError::NoInterface { .. }) => {}
             // Deleted (or re-created) while we attached: not a failure; the
             // events that follow cover the new interface.
             Err(e) if crate::sys::ifname(link.ifindex).as_deref() != Some(link.name.as_str()) => {
@@ -189,29 +211,25 @@ impl Reconciler {
         }
     }
 
-    /// Interface `old` is now `link`: if the new name matches, its pin
-    /// follows it (true); otherwise it is detached (false).
+    /// Interface `old` is now `link`: if the new name matches, its
+    /// attachment follows it (true); otherwise it is detached (false).
     fn follow_rename(&self, old: &str, link: &Link) -> bool {
+        let key = self.key(link.ifindex);
         if self.patterns.matches(&link.name) {
-            match cleanup::rename_pin(&self.pins, old, &link.name, link.ifindex) {
+            match attach::rename(&self.pins, &key, &link.name, self.opts.lock_timeout) {
                 Ok(true) => {
                     log::info!("{old} was renamed to {}; its attachment follows", link.name);
                     return true;
                 }
-                // Not a pinned link (a netlink filter follows by itself).
                 Ok(false) => return false,
                 Err(e) => log::error!("{old}: {e}"),
             }
         }
-        self.drop_pin(old, &format!("renamed to {}", link.name));
-        false
-    }
-
-    fn drop_pin(&self, name: &str, why: &str) {
-        match attach::detach(&self.pins, name) {
-            Ok(_) => log::info!("detached {name}: {why}"),
-            Err(e) => log::error!("detaching {name} ({why}): {e}"),
+        match attach::detach(&self.pins, &self.netns, &link.name, self.opts.lock_timeout) {
+            Ok(_) => log::info!("detached {old}: renamed to {}", link.name),
+            Err(e) => log::error!("detaching {old} (renamed to {}): {e}", link.name),
         }
+        false
     }
 }
 

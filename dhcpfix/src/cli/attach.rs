@@ -1,12 +1,13 @@
-//! `dhcpfix attach IFACE...`
+//! `dhcpfix attach [--netns NS] IFACE...`
 
 use std::path::Path;
 
 use anyhow::bail;
 
+use super::netns_arg::NetnsArg;
 use crate::{
     attach::{self, AttachOptions, Attached, Method, Mode},
-    bpffs::PinDir,
+    pins::{PinDir, LOCK_TIMEOUT},
 };
 
 #[derive(Debug, clap::Args)]
@@ -25,6 +26,8 @@ pub struct Args {
     pub method: Method,
     #[command(flatten)]
     pub layout: super::layout_args::LayoutArgs,
+    #[command(flatten)]
+    pub netns: NetnsArg,
 }
 
 pub fn run(pin_dir: &Path, args: Args) -> anyhow::Result<()> {
@@ -34,20 +37,28 @@ pub fn run(pin_dir: &Path, args: Args) -> anyhow::Result<()> {
         ports: args.ports,
         method: args.method,
         layout,
+        lock_timeout: LOCK_TIMEOUT,
     };
+    let netns = args.netns.target()?;
     // Check every name before touching anything: all or nothing.
     for iface in &args.interfaces {
-        if !crate::bpffs::valid_ifname(iface) {
+        if !attach::valid_ifname(iface) {
             bail!("{iface:?} is not a valid interface name");
         }
-        if crate::sys::ifindex(iface).is_none() {
-            bail!("interface {iface:?} not found in this network namespace; nothing was attached");
-        }
+    }
+    let missing = netns.run(|| {
+        args.interfaces
+            .iter()
+            .find(|iface| crate::sys::ifindex(iface).is_none())
+            .cloned()
+    })?;
+    if let Some(iface) = missing {
+        bail!("interface {iface:?} not found in {netns}; nothing was attached");
     }
     let pins = PinDir::prepare(pin_dir)?;
     let mut added = Vec::new();
     for iface in &args.interfaces {
-        match attach::attach(&pins, iface, &opts) {
+        match attach::attach(&pins, &netns, iface, &opts) {
             Ok(Attached::New(method)) => {
                 println!(
                     "{iface}: attached ({method}, {}, ports {})",
@@ -66,7 +77,7 @@ pub fn run(pin_dir: &Path, args: Args) -> anyhow::Result<()> {
             Err(e) => {
                 // Undo what this command attached so far.
                 for done in added {
-                    let _ = attach::detach(&pins, done);
+                    let _ = attach::detach(&pins, &netns, done, LOCK_TIMEOUT);
                 }
                 bail!("{e}");
             }

@@ -1,8 +1,12 @@
-//! `dhcpfix clean [--all]`
+//! `dhcpfix clean [--all] [--netns NS]`
 
 use std::path::Path;
 
-use crate::{agent::cleanup, bpffs::PinDir};
+use super::netns_arg::NetnsArg;
+use crate::{
+    attach,
+    pins::{PinDir, LOCK_TIMEOUT},
+};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -11,39 +15,51 @@ pub struct Args {
     /// or it attaches again.
     #[arg(long)]
     pub all: bool,
+    /// Without --all: only what interfaces of this network namespace left.
+    #[command(flatten)]
+    pub netns: NetnsArg,
 }
 
 pub fn run(pin_dir: &Path, args: Args) -> anyhow::Result<()> {
-    let pins = PinDir::new(pin_dir);
-    if !pins.is_ready() {
+    let Some(pins) = PinDir::open(pin_dir)? else {
         println!(
             "nothing to clean: {} is not a dhcpfix pin directory",
             pin_dir.display()
         );
         return Ok(());
-    }
+    };
+    let (namespaces, only) = args.netns.scope()?;
     if args.all {
-        let removed = cleanup::remove_everything(&pins)?;
-        for name in &removed.detached {
-            println!("{name}: detached");
+        if only.is_some() {
+            anyhow::bail!("--all removes the program and every pin, in every namespace; leave out --netns");
         }
-        for pin in &removed.pins {
+        let (detached, removed) = attach::remove_everything(&pins, &namespaces, LOCK_TIMEOUT)?;
+        for a in &detached {
+            println!("{}: detached", a.name);
+        }
+        for pin in &removed {
             println!("removed {pin}");
         }
         println!("{} holds no dhcpfix pins any more", pin_dir.display());
         return Ok(());
     }
-    let cleaned = cleanup::remove_dead(&pins)?;
-    for name in &cleaned.dead_pins {
-        println!("{name}: the interface is gone; removed its pin");
+    let removed = attach::remove_dead(&pins, &namespaces, only, LOCK_TIMEOUT)?;
+    for gone in &removed {
+        if gone.had_link {
+            println!("{}: the interface is gone; removed its pin", gone.name);
+        } else {
+            println!(
+                "removed the configuration and counters of {} (ifindex {}), which had no attachment",
+                if gone.name.is_empty() {
+                    "an interface"
+                } else {
+                    gone.name.as_str()
+                },
+                gone.key.ifindex
+            );
+        }
     }
-    if cleaned.stale_entries > 0 {
-        println!(
-            "removed {} configuration and counters entries of interfaces without attachment",
-            cleaned.stale_entries
-        );
-    }
-    if cleaned.dead_pins.is_empty() && cleaned.stale_entries == 0 {
+    if removed.is_empty() {
         println!("nothing to clean");
     }
     Ok(())

@@ -18,12 +18,13 @@ use std::{
 
 use crate::{
     attach::{self, AttachError, AttachOptions, Attached, Detached, Mode},
-    bpffs::PinDir,
     integrations::{
         libvirt::{self, Domain, Plan, MAX_XML_BYTES},
         netdev,
         syslog::{Reporter, Severity},
     },
+    netns::Netns,
+    pins::{PinDir, HOOK_LOCK_TIMEOUT},
     sys,
 };
 
@@ -107,6 +108,16 @@ fn hook(pin_dir: &Path, args: &Args, reporter: &Reporter) {
             return;
         }
     };
+    if parsed.ignored > 0 {
+        say(
+            Severity::Warning,
+            format!(
+                "{} interfaces beyond the first {} left alone",
+                parsed.ignored,
+                libvirt::MAX_DOMAIN_INTERFACES
+            ),
+        );
+    }
     for iface in &parsed.interfaces {
         match &iface.plan {
             Plan::Skip(reason) => say(Severity::Info, format!("{iface} skipped: {reason}")),
@@ -114,16 +125,21 @@ fn hook(pin_dir: &Path, args: &Args, reporter: &Reporter) {
             Plan::Tap(_) => {}
         }
     }
-    if parsed.taps().next().is_none() {
-        return;
-    }
+    let netns = match Netns::current() {
+        Ok(n) => n,
+        Err(e) => {
+            say(Severity::Err, format!("{e}; no interface touched"));
+            return;
+        }
+    };
     match action {
-        Action::Attach => attach_all(pin_dir, args, &parsed, &say),
-        Action::Detach => detach_all(pin_dir, &parsed, &say),
+        Action::Attach if parsed.taps().next().is_some() => attach_all(pin_dir, &netns, args, &parsed, &say),
+        Action::Attach => {}
+        Action::Detach => detach_all(pin_dir, &netns, &parsed, &say),
     }
 }
 
-fn attach_all(pin_dir: &Path, args: &Args, domain: &Domain, say: &dyn Fn(Severity, String)) {
+fn attach_all(pin_dir: &Path, netns: &Netns, args: &Args, domain: &Domain, say: &dyn Fn(Severity, String)) {
     let pins = match PinDir::prepare(pin_dir) {
         Ok(p) => p,
         Err(e) => {
@@ -134,11 +150,13 @@ fn attach_all(pin_dir: &Path, args: &Args, domain: &Domain, say: &dyn Fn(Severit
     let opts = AttachOptions {
         mode: if args.audit { Mode::Audit } else { Mode::Fill },
         ports: args.ports.clone(),
+        // A guest's start waits for the hook.
+        lock_timeout: HOOK_LOCK_TIMEOUT,
         ..Default::default()
     };
     for iface in domain.taps() {
         let Plan::Tap(name) = &iface.plan else { continue };
-        match attach::attach(&pins, name, &opts) {
+        match attach::attach(&pins, netns, name, &opts) {
             Ok(Attached::New(method)) => say(
                 Severity::Info,
                 format!("{name} attached ({method}, {})", opts.mode),
@@ -147,7 +165,7 @@ fn attach_all(pin_dir: &Path, args: &Args, domain: &Domain, say: &dyn Fn(Severit
                 Severity::Info,
                 format!("{name} already attached ({method}), now {}", opts.mode),
             ),
-            Err(e @ (AttachError::NoInterface(_) | AttachError::ReceivePathTap { .. })) => {
+            Err(e @ (AttachError::NoInterface { .. } | AttachError::ReceivePathTap { .. })) => {
                 say(Severity::Warning, format!("{e}; not attached"))
             }
             Err(e) => say(Severity::Err, format!("{name}: {e}")),
@@ -155,11 +173,20 @@ fn attach_all(pin_dir: &Path, args: &Args, domain: &Domain, say: &dyn Fn(Severit
     }
 }
 
-fn detach_all(pin_dir: &Path, domain: &Domain, say: &dyn Fn(Severity, String)) {
-    let pins = PinDir::new(pin_dir);
-    if !pins.is_ready() {
-        return;
-    }
+/// At `stopped` and `release`. libvirt names a generated tap (`vnetN`) in
+/// the XML while the guest runs, but clears the name before these hook
+/// calls; the NIC's `<mac>` stays. So taps named in the XML are detached by
+/// name, and the remains of every attachment whose interface is gone and
+/// whose recorded MAC is one of the guest's tap MACs are removed too.
+fn detach_all(pin_dir: &Path, netns: &Netns, domain: &Domain, say: &dyn Fn(Severity, String)) {
+    let pins = match PinDir::open(pin_dir) {
+        Ok(Some(p)) => p,
+        Ok(None) => return,
+        Err(e) => {
+            say(Severity::Err, format!("{e}; nothing detached"));
+            return;
+        }
+    };
     for iface in domain.taps() {
         let Plan::Tap(name) = &iface.plan else { continue };
         // The tap normally vanished with QEMU. If a device of that name
@@ -180,11 +207,23 @@ fn detach_all(pin_dir: &Path, domain: &Domain, say: &dyn Fn(Severity, String)) {
                 }
             }
         }
-        match attach::detach(&pins, name) {
+        match attach::detach(&pins, netns, name, HOOK_LOCK_TIMEOUT) {
             Ok(Detached::Removed) => say(Severity::Info, format!("{name} detached")),
             Ok(Detached::NotAttached) => {}
             Err(e) => say(Severity::Err, format!("{name}: {e}")),
         }
+    }
+    let macs: Vec<String> = domain.interfaces.iter().filter_map(|i| i.mac.clone()).collect();
+    match attach::forget_stopped_guest(&pins, netns, &macs, HOOK_LOCK_TIMEOUT) {
+        Ok(gone) => {
+            for g in gone {
+                say(
+                    Severity::Info,
+                    format!("{} detached (gone with the guest; found by its MAC)", g.name),
+                );
+            }
+        }
+        Err(e) => say(Severity::Err, format!("removing the guest's attachments: {e}")),
     }
 }
 

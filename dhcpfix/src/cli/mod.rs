@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::bpffs::DEFAULT_PIN_DIR;
+use crate::pins::DEFAULT_PIN_DIR;
 
 mod attach;
 mod clean;
@@ -13,6 +13,7 @@ mod detach;
 mod doctor;
 mod layout_args;
 mod libvirt_hook;
+mod netns_arg;
 mod output;
 mod run;
 mod stats;

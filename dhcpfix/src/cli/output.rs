@@ -26,10 +26,10 @@ pub fn json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The header of a per-interface counters table: interface, mode, then
-/// every counter in record order.
+/// The header of a per-interface counters table: interface, namespace,
+/// mode, then every counter in record order.
 pub fn counters_header() -> Vec<&'static str> {
-    let mut header = vec!["interface", "mode"];
+    let mut header = vec!["interface", "netns", "mode"];
     header.extend(crate::counters::Totals::NAMES);
     header
 }

@@ -1,13 +1,14 @@
-//! `dhcpfix stats [--format table|json|prometheus] [--json] [IFACE...]`
+//! `dhcpfix stats [--format table|json|prometheus] [--json] [--netns NS] [IFACE...]`
 
 use std::path::Path;
 
 use serde::Serialize;
 
-use super::output;
+use super::{netns_arg::NetnsArg, output};
 use crate::{
-    bpffs::PinDir,
     counters::{self, InterfaceStats},
+    netns,
+    pins::PinDir,
 };
 
 #[derive(Debug, clap::Args)]
@@ -22,6 +23,8 @@ pub struct Args {
     /// /metrics (for the node exporter's textfile collector).
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
+    #[command(flatten)]
+    pub netns: NetnsArg,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -36,10 +39,21 @@ struct Stats {
     interfaces: Vec<InterfaceStats>,
 }
 
+/// The counters of the attachments `netns` selects (and `only` names).
+pub fn collect(pin_dir: &Path, netns: &NetnsArg, only: &[String]) -> anyhow::Result<Vec<InterfaceStats>> {
+    let Some(pins) = PinDir::open(pin_dir)? else {
+        return Ok(Vec::new());
+    };
+    let (namespaces, cookie) = netns.scope()?;
+    Ok(counters::collect(&pins, &namespaces, only)?
+        .into_iter()
+        .filter(|s| cookie.is_none_or(|c| s.attachment.netns.cookie == c))
+        .collect())
+}
+
 pub fn run(pin_dir: &Path, args: Args) -> anyhow::Result<()> {
-    let pins = PinDir::new(pin_dir);
     let stats = Stats {
-        interfaces: counters::collect(&pins, &args.interfaces)?,
+        interfaces: collect(pin_dir, &args.netns, &args.interfaces)?,
     };
     if let Some(missing) = args
         .interfaces
@@ -52,7 +66,10 @@ pub fn run(pin_dir: &Path, args: Args) -> anyhow::Result<()> {
         return output::json(&stats);
     }
     if args.format == Format::Prometheus {
-        print!("{}", crate::metrics::encode(&stats.interfaces)?);
+        print!(
+            "{}",
+            crate::metrics::encode(&stats.interfaces, netns::host_cookie())?
+        );
         return Ok(());
     }
     if stats.interfaces.is_empty() {
@@ -62,18 +79,20 @@ pub fn run(pin_dir: &Path, args: Args) -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    let host = netns::host_cookie();
     let rows = stats
         .interfaces
         .iter()
         .map(|s| {
             let mut row = vec![
                 s.attachment.name.clone(),
+                s.attachment.netns.label(host),
                 s.attachment.mode.map_or("-".into(), |m| m.to_string()),
             ];
             row.extend(s.counters.values().map(|v| v.to_string()));
             row
         })
         .collect();
-    println!("{}", output::table(&output::counters_header(), rows, 2));
+    println!("{}", output::table(&output::counters_header(), rows, 3));
     Ok(())
 }

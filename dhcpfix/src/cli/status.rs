@@ -1,13 +1,13 @@
-//! `dhcpfix status [--json]`
+//! `dhcpfix status [--json] [--netns NS]`
 
 use std::path::Path;
 
 use serde::Serialize;
 
-use super::output;
+use super::{netns_arg::NetnsArg, output};
 use crate::{
     attach::{self, Attachment},
-    bpffs::PinDir,
+    netns, pins, program,
 };
 
 #[derive(Debug, clap::Args)]
@@ -15,6 +15,8 @@ pub struct Args {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub netns: NetnsArg,
 }
 
 #[derive(Serialize)]
@@ -25,11 +27,19 @@ struct Status {
 }
 
 pub fn run(pin_dir: &Path, args: Args) -> anyhow::Result<()> {
-    let pins = PinDir::new(pin_dir);
+    let pins = pins::PinDir::open(pin_dir)?;
+    let (namespaces, only) = args.netns.scope()?;
+    let interfaces = match &pins {
+        Some(p) => attach::list(p, &namespaces)?
+            .into_iter()
+            .filter(|a| only.is_none_or(|c| a.netns.cookie == c))
+            .collect(),
+        None => Vec::new(),
+    };
     let status = Status {
         pin_dir: pin_dir.display().to_string(),
-        program_loaded: pins.is_ready() && pins.program().exists(),
-        interfaces: attach::list(&pins)?,
+        program_loaded: pins.as_ref().is_some_and(program::is_loaded),
+        interfaces,
     };
     if args.json {
         return output::json(&status);
@@ -45,17 +55,15 @@ pub fn run(pin_dir: &Path, args: Args) -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    let host = netns::host_cookie();
     let rows = status
         .interfaces
         .iter()
         .map(|a| {
             vec![
                 a.name.clone(),
-                if a.ifindex == 0 {
-                    "-".into()
-                } else {
-                    a.ifindex.to_string()
-                },
+                a.netns.label(host),
+                a.ifindex.to_string(),
                 if a.attached {
                     "attached".into()
                 } else {
@@ -70,7 +78,7 @@ pub fn run(pin_dir: &Path, args: Args) -> anyhow::Result<()> {
     println!(
         "{}",
         output::table(
-            &["interface", "ifindex", "state", "mode", "hook", "ports"],
+            &["interface", "netns", "ifindex", "state", "mode", "hook", "ports"],
             rows,
             99
         )

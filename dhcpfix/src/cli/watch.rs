@@ -8,11 +8,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::output;
-use crate::{
-    bpffs::PinDir,
-    counters::{self, InterfaceStats},
-};
+use super::{netns_arg::NetnsArg, output};
+use crate::{counters::InterfaceStats, netns};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -26,6 +23,8 @@ pub struct Args {
     /// the totals and the rates between the two samples.
     #[arg(long)]
     pub once: bool,
+    #[command(flatten)]
+    pub netns: NetnsArg,
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {
@@ -38,14 +37,19 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
 /// One row per interface of `now`: each counter as `total (rate/s)`, the
 /// rate over `secs` since `before`; `-` where there is no earlier sample of
 /// the same attachment or its counters went backwards (re-created).
-fn rows(before: Option<&[InterfaceStats]>, now: &[InterfaceStats], secs: f64) -> Vec<Vec<String>> {
+fn rows(
+    before: Option<&[InterfaceStats]>,
+    now: &[InterfaceStats],
+    secs: f64,
+    host: Option<u64>,
+) -> Vec<Vec<String>> {
     now.iter()
         .map(|s| {
             let a = &s.attachment;
             let prev = before
                 .and_then(|b| {
                     b.iter()
-                        .find(|p| p.attachment.name == a.name && p.attachment.ifindex == a.ifindex)
+                        .find(|p| p.attachment.name == a.name && p.attachment.key() == a.key())
                 })
                 .map(|p| p.counters.values());
             let mut row = vec![
@@ -54,6 +58,7 @@ fn rows(before: Option<&[InterfaceStats]>, now: &[InterfaceStats], secs: f64) ->
                 } else {
                     format!("{} (gone)", a.name)
                 },
+                a.netns.label(host),
                 a.mode.map_or("-".into(), |m| m.to_string()),
             ];
             for (i, v) in s.counters.values().into_iter().enumerate() {
@@ -68,40 +73,42 @@ fn rows(before: Option<&[InterfaceStats]>, now: &[InterfaceStats], secs: f64) ->
         .collect()
 }
 
-fn sample(pins: &PinDir, only: &[String]) -> anyhow::Result<(Instant, Vec<InterfaceStats>)> {
-    Ok((Instant::now(), counters::collect(pins, only)?))
+fn sample(pin_dir: &Path, args: &Args) -> anyhow::Result<(Instant, Vec<InterfaceStats>)> {
+    Ok((
+        Instant::now(),
+        super::stats::collect(pin_dir, &args.netns, &args.interfaces)?,
+    ))
 }
 
 fn table(
-    pins: &PinDir,
+    pin_dir: &Path,
     before: Option<&(Instant, Vec<InterfaceStats>)>,
     now: &(Instant, Vec<InterfaceStats>),
 ) -> String {
     if now.1.is_empty() {
         return format!(
             "dhcpfix is attached nowhere (pin directory {})",
-            pins.root().display()
+            pin_dir.display()
         );
     }
     let secs = before.map_or(0.0, |b| now.0.duration_since(b.0).as_secs_f64());
     output::table(
         &output::counters_header(),
-        rows(before.map(|b| b.1.as_slice()), &now.1, secs),
-        2,
+        rows(before.map(|b| b.1.as_slice()), &now.1, secs, netns::host_cookie()),
+        3,
     )
 }
 
 pub fn run(pin_dir: &Path, args: Args) -> anyhow::Result<()> {
-    let pins = PinDir::new(pin_dir);
-    let mut before = sample(&pins, &args.interfaces)?;
+    let mut before = sample(pin_dir, &args)?;
     if args.once {
         std::thread::sleep(args.interval);
-        let now = sample(&pins, &args.interfaces)?;
-        println!("{}", table(&pins, Some(&before), &now));
+        let now = sample(pin_dir, &args)?;
+        println!("{}", table(pin_dir, Some(&before), &now));
         return Ok(());
     }
     let tty = std::io::stdout().is_terminal();
-    let mut shown = table(&pins, None, &before);
+    let mut shown = table(pin_dir, None, &before);
     loop {
         if tty {
             // Home and clear, then redraw.
@@ -112,8 +119,8 @@ pub fn run(pin_dir: &Path, args: Args) -> anyhow::Result<()> {
             args.interval.as_secs_f64()
         );
         std::thread::sleep(args.interval);
-        let now = sample(&pins, &args.interfaces)?;
-        shown = table(&pins, Some(&before), &now);
+        let now = sample(pin_dir, &args)?;
+        shown = table(pin_dir, Some(&before), &now);
         before = now;
     }
 }
@@ -123,12 +130,17 @@ mod tests {
     use super::*;
     use crate::attach::{Attachment, Method, Mode};
     use crate::counters::Totals;
+    use crate::netns::NetnsInfo;
 
     fn stats(name: &str, ifindex: u32, seen: u64, filled: u64) -> InterfaceStats {
         InterfaceStats {
             attachment: Attachment {
                 name: name.into(),
                 ifindex,
+                netns: NetnsInfo {
+                    name: None,
+                    cookie: 1,
+                },
                 attached: ifindex != 0,
                 mode: Some(Mode::Fill),
                 method: Method::Tcx,
@@ -151,14 +163,17 @@ mod tests {
             stats("vnet1", 9, 1, 0),
             stats("vnet2", 10, 3, 3),
         ];
-        let r = rows(Some(&before), &now, 2.0);
-        assert_eq!(r[0][..4], ["vnet0", "fill", "20 (5.0/s)", "8 (2.0/s)"]);
-        assert_eq!(r[0][4], "0 (0.0/s)");
-        assert_eq!(r[1][2], "1 (-)");
-        assert_eq!(r[2][2], "3 (-)");
-        let first = rows(None, &now, 0.0);
-        assert_eq!(first[0][2], "20 (-)");
-        assert_eq!(rows(None, &[stats("vnet5", 0, 0, 0)], 1.0)[0][0], "vnet5 (gone)");
+        let r = rows(Some(&before), &now, 2.0, Some(1));
+        assert_eq!(r[0][..5], ["vnet0", "host", "fill", "20 (5.0/s)", "8 (2.0/s)"]);
+        assert_eq!(r[0][5], "0 (0.0/s)");
+        assert_eq!(r[1][3], "1 (-)");
+        assert_eq!(r[2][3], "3 (-)");
+        let first = rows(None, &now, 0.0, Some(1));
+        assert_eq!(first[0][3], "20 (-)");
+        assert_eq!(
+            rows(None, &[stats("vnet5", 0, 0, 0)], 1.0, None)[0][0],
+            "vnet5 (gone)"
+        );
     }
 
     #[test]

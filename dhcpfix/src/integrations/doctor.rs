@@ -18,8 +18,9 @@ use serde::Serialize;
 use super::netdev::{self, Link, NetdevError};
 use crate::{
     attach::{self, Attachment, Method, Mode},
-    bpffs::{self, PinDir},
     kernel_layout,
+    netns::Netns,
+    pins::PinDir,
 };
 
 /// How much an item needs the operator.
@@ -200,8 +201,19 @@ pub fn examine(opts: &Options) -> Result<Report, DoctorError> {
     let (mut kernel, csum_mask) = kernel_checks(opts);
     kernel.push(pin_dir_check(&opts.pin_dir));
 
-    let pins = PinDir::new(&opts.pin_dir);
-    let attachments = match attach::list(&pins) {
+    let here = Netns::current().ok();
+    let listed = match PinDir::open(&opts.pin_dir) {
+        Ok(Some(pins)) => attach::list(&pins, here.as_slice()).map_err(|e| e.to_string()),
+        Ok(None) => Ok(Vec::new()),
+        Err(e) => Err(e.to_string()),
+    };
+    // Like every check here, attachments are those of this namespace.
+    let listed = listed.map(|all| {
+        all.into_iter()
+            .filter(|a| here.as_ref().is_none_or(|n| a.netns.cookie == n.cookie()))
+            .collect::<Vec<_>>()
+    });
+    let attachments = match listed {
         Ok(a) => a,
         Err(e) => {
             notes.push(Check::new(
@@ -492,8 +504,12 @@ fn effective_caps() -> Option<u64> {
 fn pin_dir_check(pin_dir: &Path) -> Check {
     let item = "pin directory";
     let shown = pin_dir.display();
-    if pin_dir.exists() && bpffs::is_bpffs(pin_dir).unwrap_or(false) {
-        let loaded = PinDir::new(pin_dir).program().exists();
+    let opened = PinDir::open(pin_dir);
+    if let Err(e) = &opened {
+        return Check::new(item, Level::Action, e.to_string());
+    }
+    if let Ok(Some(pins)) = &opened {
+        let loaded = crate::program::is_loaded(pins);
         return Check::new(
             item,
             Level::Ok,
@@ -516,7 +532,7 @@ fn pin_dir_check(pin_dir: &Path) -> Check {
             Level::Action,
             format!(
                 "{shown} has no bpffs and this user cannot mount one: run as root, or mount one \
-                 there (mount -t bpf bpf {shown})"
+                 there (mount -t bpf -o mode=0700 bpf {shown})"
             ),
         )
     }

@@ -257,7 +257,7 @@ pub fn features(iface: &str) -> Result<u64, NetdevError> {
         iface: iface.into(),
         source,
     };
-    if !crate::bpffs::valid_ifname(iface) {
+    if !crate::attach::valid_ifname(iface) {
         return Err(err(io::ErrorKind::InvalidInput.into()));
     }
     // SAFETY: socket(2) has no memory preconditions.

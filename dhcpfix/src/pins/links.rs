@@ -1,0 +1,103 @@
+//! Pinned tcx links: `links/<netns>/<ifindex>`.
+//!
+//! A link pin outlives its interface: once the interface is deleted the link
+//! is dead (its target ifindex reads 0) until its pin is removed. The pin's
+//! path names the key, so a dead link's configuration and counters can
+//! always be found and removed with it.
+
+use aya::programs::links::FdLink;
+use dhcpfix_common::key::IfaceKey;
+
+use super::{describe, link_rel, links_rel, netns_links_rel, PinDir, PinsError};
+use crate::sys;
+
+/// What a link pin holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkState {
+    /// Hooked to its interface.
+    Live,
+    /// Its interface is gone (or it is not a tcx link).
+    Dead,
+}
+
+/// The state of the link pinned for `key`; `None` if there is no pin.
+pub fn state(pins: &PinDir, key: &IfaceKey) -> Result<Option<LinkState>, PinsError> {
+    let rel = link_rel(key);
+    if !pins.exists(&rel) {
+        return Ok(None);
+    }
+    let err = |op| {
+        move |source| PinsError::Link {
+            op,
+            key: describe(key),
+            source,
+        }
+    };
+    let fd = sys::obj_get(&pins.fd_path(&rel)).map_err(err("BPF_OBJ_GET"))?;
+    let info = sys::link_info(&fd).map_err(err("BPF_OBJ_GET_INFO_BY_FD"))?;
+    Ok(Some(
+        if info.link_type == sys::BPF_LINK_TYPE_TCX && info.ifindex == key.ifindex {
+            LinkState::Live
+        } else {
+            LinkState::Dead
+        },
+    ))
+}
+
+/// The ifindex the link pinned for `key` is hooked to (0: none), for the
+/// check that a link landed where it was meant to.
+pub fn target(pins: &PinDir, key: &IfaceKey) -> Option<u32> {
+    let fd = sys::obj_get(&pins.fd_path(&link_rel(key))).ok()?;
+    sys::link_info(&fd).ok().map(|i| i.ifindex)
+}
+
+/// Pins `link` as the link of `key`.
+pub fn pin(pins: &PinDir, key: &IfaceKey, link: FdLink) -> Result<(), PinsError> {
+    pins.mkdir(&links_rel())?;
+    pins.mkdir(&netns_links_rel(key.netns))?;
+    let rel = link_rel(key);
+    // Dropping the unpinned link on error detaches it again.
+    link.pin(pins.fd_path(&rel)).map_err(|e| PinsError::PinLink {
+        key: describe(key),
+        path: pins.shown(&rel),
+        reason: e.to_string(),
+    })?;
+    Ok(())
+}
+
+/// Detaches the link of `key` and removes its pin; false if there was none.
+/// The explicit `BPF_LINK_DETACH` makes the detach synchronous: a removed pin
+/// alone drops its reference only after an RCU grace period and a workqueue
+/// pass, and an attach right after would meanwhile fail with EEXIST. (A dead
+/// link has nothing to detach.)
+pub fn remove(pins: &PinDir, key: &IfaceKey) -> Result<bool, PinsError> {
+    let rel = link_rel(key);
+    if let Ok(fd) = sys::obj_get(&pins.fd_path(&rel)) {
+        if let Err(e) = sys::link_detach(&fd) {
+            log::debug!("BPF_LINK_DETACH of {}: {e}", describe(key));
+        }
+    }
+    let removed = pins.remove(&rel)?;
+    // The namespace's directory goes with its last link.
+    if pins.list(&netns_links_rel(key.netns)).is_empty() {
+        let _ = pins.remove(&netns_links_rel(key.netns));
+    }
+    Ok(removed)
+}
+
+/// Every key with a link pin, sorted.
+pub fn list(pins: &PinDir) -> Vec<IfaceKey> {
+    let mut keys = Vec::new();
+    for netns in pins.list(&links_rel()) {
+        let Ok(cookie) = netns.parse::<u64>() else {
+            continue;
+        };
+        for ifindex in pins.list(&netns_links_rel(cookie)) {
+            if let Ok(ifindex) = ifindex.parse::<u32>() {
+                keys.push(IfaceKey::new(cookie, ifindex));
+            }
+        }
+    }
+    keys.sort();
+    keys
+}
