@@ -452,6 +452,24 @@ pub fn forget_stopped_guest(
     })?
 }
 
+/// The network namespace with cookie `netns` is gone: removes everything
+/// its interfaces left (their links are dead with them).
+pub fn forget_namespace(
+    pins: &PinDir,
+    netns: u64,
+    lock_timeout: Duration,
+) -> Result<Vec<Forgotten>, AttachError> {
+    if !program::is_loaded(pins) {
+        return Ok(Vec::new());
+    }
+    let _lock = pins.lock(lock_timeout)?;
+    let mut maps = Maps::open(pins)?;
+    let gone = |_: &IfaceKey, _: &IfaceConfig| Some(false);
+    Ok(gc::dead_where(pins, &mut maps, &gone, |key, _| {
+        key.netns == netns
+    })?)
+}
+
 /// Removes what deleted interfaces left behind, in every namespace (or only
 /// in the one with cookie `only`): dead link pins and their entries; netlink
 /// entries whose interface is gone (in the namespaces this process can

@@ -5,7 +5,7 @@
 //! the node exporter's textfile collector read, so `/metrics` and
 //! `dhcpfix stats --format prometheus` print the same text.
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, thread};
+use std::collections::HashMap;
 
 use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
@@ -19,8 +19,6 @@ use crate::{
 /// Errors while rendering or serving metrics.
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
-    #[error("serving metrics on {addr}: {reason}; pass another --metrics-addr, or --metrics-addr none")]
-    Bind { addr: SocketAddr, reason: String },
     #[error("encoding metrics: {0}")]
     Encode(#[from] prometheus::Error),
     #[error(transparent)]
@@ -81,16 +79,38 @@ const COUNTERS: [CounterSpec; 7] = [
     ),
 ];
 
+/// An interface the agent's patterns match that is not attached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unattached {
+    pub interface: String,
+    /// The `netns` label of its namespace.
+    pub netns: String,
+    /// Why, in a word: `attach_failed`.
+    pub reason: &'static str,
+}
+
+/// What only the agent knows: how namespaces are labelled.
+#[derive(Clone, Debug, Default)]
+pub struct Context<'a> {
+    /// The cookie of the host's namespace (labelled `host`).
+    pub host: Option<u64>,
+    /// Host names of pods, by namespace cookie (the `pod` label).
+    pub pods: Option<&'a HashMap<u64, String>>,
+    /// Interfaces matching the agent's patterns, not attached.
+    pub unattached: &'a [Unattached],
+}
+
 /// Encodes `stats` (attached interfaces are exported, gone ones are not).
-/// `host` is the cookie of the host's namespace (labelled `host`).
-pub fn encode(stats: &[InterfaceStats], host: Option<u64>) -> Result<String, MetricsError> {
+pub fn encode(stats: &[InterfaceStats], ctx: &Context<'_>) -> Result<String, MetricsError> {
     let registry = Registry::new();
     let live: Vec<&InterfaceStats> = stats.iter().filter(|s| s.attachment.attached).collect();
+    let pod = |cookie: u64| -> &str { ctx.pods.and_then(|p| p.get(&cookie)).map_or("", String::as_str) };
     for (name, help, value) in COUNTERS {
-        let family = IntCounterVec::new(Opts::new(name, help), &["interface", "netns"])?;
+        let family = IntCounterVec::new(Opts::new(name, help), &["interface", "netns", "pod"])?;
         for s in &live {
+            let a = &s.attachment;
             family
-                .with_label_values(&[s.attachment.name.as_str(), &s.attachment.netns.label(host)])
+                .with_label_values(&[a.name.as_str(), &a.netns.label(ctx.host), pod(a.netns.cookie)])
                 .inc_by(value(&s.counters));
         }
         registry.register(Box::new(family))?;
@@ -101,6 +121,19 @@ pub fn encode(stats: &[InterfaceStats], host: Option<u64>) -> Result<String, Met
     )?;
     attached.set(live.len() as i64);
     registry.register(Box::new(attached))?;
+    let unattached = IntGaugeVec::new(
+        Opts::new(
+            "dhcpfix_interface_unattached",
+            "1 for each interface the agent's patterns match that is not attached.",
+        ),
+        &["interface", "netns", "reason"],
+    )?;
+    for u in ctx.unattached {
+        unattached
+            .with_label_values(&[u.interface.as_str(), &u.netns, u.reason])
+            .set(1);
+    }
+    registry.register(Box::new(unattached))?;
     let info = IntGaugeVec::new(
         Opts::new(
             "dhcpfix_build_info",
@@ -124,86 +157,19 @@ pub fn render(path: &std::path::Path) -> Result<String, MetricsError> {
         Some(pins) => counters::collect(&pins, &netns::scan(false), &[])?,
         None => Vec::new(),
     };
-    encode(&stats, netns::host_cookie())
+    encode(
+        &stats,
+        &Context {
+            host: netns::host_cookie(),
+            ..Default::default()
+        },
+    )
 }
 
 fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_owned())
         .unwrap_or_default()
-}
-
-/// The `/metrics` endpoint; stops when dropped.
-pub struct MetricsServer {
-    server: Arc<tiny_http::Server>,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-impl Drop for MetricsServer {
-    fn drop(&mut self) {
-        self.server.unblock();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Serves `GET /metrics` on `addr` from a thread of its own.
-pub fn serve(addr: SocketAddr, pins: PathBuf) -> Result<MetricsServer, MetricsError> {
-    let server = tiny_http::Server::http(addr).map_err(|e| MetricsError::Bind {
-        addr,
-        reason: e.to_string(),
-    })?;
-    let server = Arc::new(server);
-    let for_thread = Arc::clone(&server);
-    let thread = thread::Builder::new()
-        .name("metrics".into())
-        .spawn(move || {
-            for request in for_thread.incoming_requests() {
-                respond(request, &pins);
-            }
-        })
-        .map_err(|e| MetricsError::Bind {
-            addr,
-            reason: format!("starting its thread: {e}"),
-        })?;
-    Ok(MetricsServer {
-        server,
-        thread: Some(thread),
-    })
-}
-
-fn respond(request: tiny_http::Request, pins: &std::path::Path) {
-    use tiny_http::{Header, Method, Response};
-    let path = request.url().split('?').next().unwrap_or_default();
-    let get = matches!(request.method(), Method::Get | Method::Head);
-    let (status, content_type, body) = match (get, path) {
-        (true, "/metrics") => match render(pins) {
-            Ok(text) => (200, prometheus::TEXT_FORMAT, text),
-            Err(e) => {
-                log::error!("metrics: {e}");
-                (500, "text/plain; charset=utf-8", format!("{e}\n"))
-            }
-        },
-        (true, "/") => (
-            200,
-            "text/plain; charset=utf-8",
-            "dhcpfix: metrics are at /metrics\n".to_owned(),
-        ),
-        (false, _) => (405, "text/plain; charset=utf-8", "GET only\n".to_owned()),
-        (true, _) => (
-            404,
-            "text/plain; charset=utf-8",
-            "not found; try /metrics\n".to_owned(),
-        ),
-    };
-    let mut response = Response::from_string(body).with_status_code(status);
-    if let Ok(header) = Header::from_bytes("Content-Type", content_type) {
-        response = response.with_header(header);
-    }
-    if let Err(e) = request.respond(response) {
-        log::debug!("metrics: writing the response: {e}");
-    }
 }
 
 #[cfg(test)]
@@ -253,18 +219,19 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("dhcpfix_checksums_filled_total{interface=\"vnet0\",netns=\"host\"} 4\n"),
+            text.contains("dhcpfix_checksums_filled_total{interface=\"vnet0\",netns=\"host\",pod=\"\"} 4\n"),
             "{text}"
         );
         assert!(
-            text.contains("dhcpfix_checksums_filled_total{interface=\"vnet1\",netns=\"host\"} 0\n"),
+            text.contains("dhcpfix_checksums_filled_total{interface=\"vnet1\",netns=\"host\",pod=\"\"} 0\n"),
             "{text}"
         );
         assert!(
-            text.contains("dhcpfix_packets_seen_total{interface=\"vnet0\",netns=\"host\"} 5\n"),
+            text.contains("dhcpfix_packets_seen_total{interface=\"vnet0\",netns=\"host\",pod=\"\"} 5\n"),
             "{text}"
         );
-        assert!(text.contains("dhcpfix_checksums_would_fill_total{interface=\"vnet0\",netns=\"host\"} 0\n"));
+        assert!(text
+            .contains("dhcpfix_checksums_would_fill_total{interface=\"vnet0\",netns=\"host\",pod=\"\"} 0\n"));
         assert!(text.contains("dhcpfix_attached_interfaces 2\n"), "{text}");
         assert!(text.contains("# TYPE dhcpfix_build_info gauge\n"), "{text}");
         assert!(
@@ -280,8 +247,35 @@ mod tests {
     }
 
     #[test]
+    fn pods_and_unattached_interfaces() {
+        let pods = HashMap::from([(1, "vm1".to_owned())]);
+        let unattached = [Unattached {
+            interface: "tap0".into(),
+            netns: "cni-1".into(),
+            reason: "attach_failed",
+        }];
+        let text = encode(
+            &[iface("tap0", true, 2)],
+            &Context {
+                host: None,
+                pods: Some(&pods),
+                unattached: &unattached,
+            },
+        )
+        .unwrap();
+        assert!(
+            text.contains("dhcpfix_checksums_filled_total{interface=\"tap0\",netns=\"#1\",pod=\"vm1\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("dhcpfix_interface_unattached{interface=\"tap0\",netns=\"cni-1\",reason=\"attach_failed\"} 1\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn nothing_attached_still_reports_the_gauges() {
-        let text = encode(&[], None).unwrap();
+        let text = encode(&[], &Context::default()).unwrap();
         assert!(text.contains("dhcpfix_attached_interfaces 0\n"), "{text}");
         assert!(text.contains("dhcpfix_build_info{"), "{text}");
     }

@@ -16,7 +16,6 @@ use std::{
     },
     path::{Path, PathBuf},
     str::FromStr,
-    sync::Arc,
     thread,
 };
 
@@ -63,6 +62,8 @@ pub enum NetnsError {
     },
     #[error("a thread inside network namespace {0} panicked")]
     Panicked(String),
+    #[error("network namespace {0} is gone")]
+    Gone(String),
     #[error(
         "{0:?} is not a network namespace: use NAME (under {NETNS_RUN_DIR}), an absolute PATH, or pid:PID"
     )]
@@ -129,11 +130,14 @@ impl NetnsInfo {
     }
 }
 
-/// An open network namespace.
+/// A network namespace: the caller's own, or one reached through an nsfs
+/// file (`/run/netns/NAME`, `/proc/PID/ns/net`). The file is opened anew
+/// each time code runs there and checked to be the same namespace: holding
+/// it open would keep a namespace alive after everyone else let it go.
 #[derive(Clone, Debug)]
 pub struct Netns {
     /// `None`: the caller's own namespace (no thread needed to enter it).
-    file: Option<Arc<OwnedFd>>,
+    path: Option<PathBuf>,
     cookie: u64,
     /// (st_dev, st_ino) of its nsfs file: the identity `/proc/*/ns/net` share.
     id: (u64, u64),
@@ -155,7 +159,7 @@ impl Netns {
         })?;
         let name = named_as((meta.dev(), meta.ino()));
         Ok(Self {
-            file: None,
+            path: None,
             cookie,
             id: (meta.dev(), meta.ino()),
             name,
@@ -183,24 +187,12 @@ impl Netns {
         Ok(ns)
     }
 
-    /// Opens the nsfs file at `path`, shown as `shown` in messages.
+    /// The namespace behind the nsfs file at `path`, shown as `shown` in
+    /// messages.
     pub fn open_path(path: &Path, shown: String) -> Result<Self, NetnsError> {
-        let file = fs::File::open(path).map_err(|source| NetnsError::Open {
-            path: path.into(),
-            source,
-        })?;
-        // SAFETY: NS_GET_NSTYPE takes no argument and only returns a value.
-        let kind = unsafe { libc::ioctl(file.as_raw_fd(), libc::NS_GET_NSTYPE) };
-        if kind != libc::CLONE_NEWNET {
-            return Err(NetnsError::NotNetns(path.into()));
-        }
-        let meta = file.metadata().map_err(|source| NetnsError::Open {
-            path: path.into(),
-            source,
-        })?;
-        let id = (meta.dev(), meta.ino());
+        let (_, id) = open_nsfs(path)?;
         let mut ns = Self {
-            file: Some(Arc::new(file.into())),
+            path: Some(path.to_path_buf()),
             cookie: 0,
             id,
             name: named_as(id),
@@ -211,6 +203,18 @@ impl Netns {
             source,
         })?;
         Ok(ns)
+    }
+
+    /// Opens its nsfs file, checked to still be this namespace.
+    pub fn open_file(&self) -> Result<Option<OwnedFd>, NetnsError> {
+        let Some(path) = &self.path else {
+            return Ok(None);
+        };
+        let (file, id) = open_nsfs(path)?;
+        if id != self.id {
+            return Err(NetnsError::Gone(self.shown.clone()));
+        }
+        Ok(Some(file))
     }
 
     pub fn cookie(&self) -> u64 {
@@ -236,13 +240,18 @@ impl Netns {
 
     /// Whether this is the caller's own namespace (code runs inline).
     pub fn is_current(&self) -> bool {
-        self.file.is_none()
+        self.path.is_none()
+    }
+
+    /// The nsfs file it is reached through (`None`: the caller's own).
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
     }
 
     /// Runs `f` inside this namespace: inline for the caller's own, else on
     /// a thread that enters it and then ends.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T, NetnsError> {
-        let Some(file) = &self.file else {
+        let Some(file) = self.open_file()? else {
             return Ok(f());
         };
         let fd = file.as_raw_fd();
@@ -278,12 +287,34 @@ impl Netns {
 /// namespace pid:PID": how messages name it.
 impl fmt::Display for Netns {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (&self.file, &self.name) {
+        match (&self.path, &self.name) {
             (None, _) => f.write_str("this network namespace"),
             (Some(_), Some(n)) => write!(f, "network namespace {n}"),
             (Some(_), None) => write!(f, "network namespace {}", self.shown),
         }
     }
+}
+
+/// Opens an nsfs file and checks that it is a network namespace; returns it
+/// with its (st_dev, st_ino).
+fn open_nsfs(path: &Path) -> Result<(OwnedFd, (u64, u64)), NetnsError> {
+    let file = fs::File::open(path).map_err(|source| match source.kind() {
+        io::ErrorKind::NotFound => NetnsError::Gone(path.display().to_string()),
+        _ => NetnsError::Open {
+            path: path.into(),
+            source,
+        },
+    })?;
+    // SAFETY: NS_GET_NSTYPE takes no argument and only returns a value.
+    let kind = unsafe { libc::ioctl(file.as_raw_fd(), libc::NS_GET_NSTYPE) };
+    if kind != libc::CLONE_NEWNET {
+        return Err(NetnsError::NotNetns(path.into()));
+    }
+    let meta = file.metadata().map_err(|source| NetnsError::Open {
+        path: path.into(),
+        source,
+    })?;
+    Ok((file.into(), (meta.dev(), meta.ino())))
 }
 
 /// The cookie of the calling thread's network namespace.
@@ -359,15 +390,41 @@ pub fn scan(processes: bool) -> Vec<Netns> {
     found.into_values().collect()
 }
 
-/// The cookie of the host's (PID 1's) namespace, if this process can see it.
+/// The process that stands for the host: PID 1 if its namespaces can be
+/// read, else the outermost ancestor of this process whose can (some
+/// sandboxes hide PID 1's). `None` when none can.
+pub fn host_pid() -> Option<u32> {
+    let readable = |pid: u32| fs::read_link(format!("/proc/{pid}/ns/net")).is_ok();
+    if readable(1) {
+        return Some(1);
+    }
+    let mut found = None;
+    let mut pid = std::process::id();
+    for _ in 0..64 {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Field 4, after "(comm)": the parent's pid.
+        let parent: u32 = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+        if parent <= 1 {
+            break;
+        }
+        if readable(parent) {
+            found = Some(parent);
+        }
+        pid = parent;
+    }
+    found
+}
+
+/// The cookie of the host's network namespace ([`host_pid`]'s), if this
+/// process can tell.
 pub fn host_cookie() -> Option<u64> {
-    let path = Path::new("/proc/1/ns/net");
-    let meta = fs::metadata(path).ok()?;
+    let path = PathBuf::from(format!("/proc/{}/ns/net", host_pid()?));
+    let meta = fs::metadata(&path).ok()?;
     let me = fs::metadata("/proc/thread-self/ns/net").ok()?;
     if (meta.dev(), meta.ino()) == (me.dev(), me.ino()) {
         return current_cookie().ok();
     }
-    Netns::open_path(path, "pid:1".into()).ok().map(|n| n.cookie())
+    Netns::open_path(&path, "host".into()).ok().map(|n| n.cookie())
 }
 
 #[cfg(test)]

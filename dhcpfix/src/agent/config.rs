@@ -8,6 +8,7 @@
 //! ports = [68, 67]
 //! method = "auto"                   # or "tcx", "netlink"
 //! detach_on_exit = false
+//! netns = "all"                     # or ["cni-*"]; default: its own only
 //! ```
 
 use std::{fmt, net::SocketAddr, path::Path, str::FromStr, time::Duration};
@@ -15,7 +16,7 @@ use std::{fmt, net::SocketAddr, path::Path, str::FromStr, time::Duration};
 use dhcpfix_common::config::{DEFAULT_PORTS, MAX_PORTS};
 use serde::Deserialize;
 
-use super::{pattern::Patterns, AgentError};
+use super::{namespaces::Select, pattern::Patterns, AgentError};
 use crate::{
     attach::{AttachOptions, Method, Mode},
     program::LayoutSource,
@@ -67,6 +68,15 @@ pub struct FileConfig {
     pub ports: Option<Vec<u16>>,
     pub method: Option<String>,
     pub detach_on_exit: Option<bool>,
+    pub netns: Option<NetnsList>,
+}
+
+/// `netns = "all"` or `netns = ["cni-*", ...]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum NetnsList {
+    One(String),
+    Many(Vec<String>),
 }
 
 impl FileConfig {
@@ -110,12 +120,15 @@ pub struct Overrides {
     pub detach_on_exit: bool,
     pub layout: LayoutSource,
     pub resync: Option<Duration>,
+    pub netns: Vec<String>,
 }
 
 /// Everything the agent runs with.
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub patterns: Patterns,
+    /// Which network namespaces besides its own it covers.
+    pub netns: Select,
     pub attach: AttachOptions,
     pub metrics_addr: MetricsAddr,
     pub detach_on_exit: bool,
@@ -165,6 +178,12 @@ impl Settings {
                 "ports {ports:?}: give 1 to {MAX_PORTS} UDP ports between 1 and 65535"
             )));
         }
+        let netns = match (cli.netns.is_empty(), file.netns) {
+            (false, _) => Select::new(&cli.netns)?,
+            (true, Some(NetnsList::One(one))) => Select::new(&[one])?,
+            (true, Some(NetnsList::Many(many))) => Select::new(&many)?,
+            (true, None) => Select::Own,
+        };
         let metrics_addr = match (cli.metrics_addr, file.metrics_addr) {
             (Some(a), _) => a,
             (None, Some(s)) => s.parse().map_err(|e: String| bad(format!("metrics_addr: {e}")))?,
@@ -172,6 +191,7 @@ impl Settings {
         };
         Ok(Self {
             patterns,
+            netns,
             attach: AttachOptions {
                 mode,
                 ports,
@@ -216,6 +236,20 @@ mod tests {
         assert_eq!(s.attach.mode, Mode::Fill);
         assert_eq!(s.attach.ports, DEFAULT_PORTS.to_vec());
         assert_eq!(s.metrics_addr.to_string(), "127.0.0.1:1");
+    }
+
+    #[test]
+    fn namespaces_from_file_and_flags() {
+        let file = FileConfig::parse("interfaces = [\"tap*\"]\nnetns = \"all\"\n").unwrap();
+        let s = Settings::resolve(Overrides::default(), Some((Path::new("f.toml"), file))).unwrap();
+        assert!(matches!(s.netns, Select::All));
+        let file = FileConfig::parse("interfaces = [\"tap*\"]\nnetns = [\"cni-*\"]\n").unwrap();
+        let cli = Overrides {
+            netns: vec!["qdhcp-*".into()],
+            ..Default::default()
+        };
+        let s = Settings::resolve(cli, Some((Path::new("f.toml"), file))).unwrap();
+        assert!(s.netns.covers(Some("qdhcp-1")) && !s.netns.covers(Some("cni-1")));
     }
 
     #[test]

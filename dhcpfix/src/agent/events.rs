@@ -1,25 +1,56 @@
-//! The classifier's fill events (a ring buffer), one log line each.
+//! The classifier's fill events (a ring buffer), one log line each, within
+//! limits: one guest can send partial DHCP broadcasts that are filled on
+//! every other tap, and a log line per packet would flood the journal and
+//! hold up the agent. So at most [`LINES_PER_WINDOW`] lines per interface and
+//! client MAC per [`WINDOW`], then one "suppressed N" line; and at most
+//! [`MAX_PER_DRAIN`] records per wake-up, so link events are never held up
+//! behind a burst.
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::{
+    collections::HashMap,
+    os::fd::{AsFd, AsRawFd},
+    time::{Duration, Instant},
+};
 
 use aya::maps::{MapData, RingBuf};
-use dhcpfix_common::event::{message_type_name, FillEvent, EVENT_WOULD_FILL};
+use dhcpfix_common::{
+    event::{message_type_name, FillEvent, EVENT_WOULD_FILL},
+    key::IfaceKey,
+};
 
 use crate::pins::{self, PinDir, PinsError};
+
+/// Lines per interface and MAC per window.
+pub const LINES_PER_WINDOW: u32 = 5;
+/// The rate limit's window.
+pub const WINDOW: Duration = Duration::from_secs(10);
+/// Records read per wake-up; the rest wait for the next turn of the loop.
+pub const MAX_PER_DRAIN: usize = 1024;
+/// Interface/MAC pairs remembered; windows that ended are dropped first.
+const MAX_TRACKED: usize = 4096;
+
+struct Window {
+    started: Instant,
+    shown: u32,
+    suppressed: u64,
+    /// How the interface reads, for the "suppressed" line.
+    iface: String,
+}
 
 /// The pinned ring buffer, read by one agent at a time.
 pub struct EventStream {
     ring: RingBuf<MapData>,
     /// The map's kernel id, to notice a program loaded anew.
     id: Option<u32>,
+    windows: HashMap<(IfaceKey, [u8; 6]), Window>,
 }
 
 impl EventStream {
     pub fn open(pins: &PinDir) -> Result<Self, PinsError> {
-        let ring = pins::maps::events(pins)?;
         Ok(Self {
-            ring,
+            ring: pins::maps::events(pins)?,
             id: pins::maps::events_id(pins),
+            windows: HashMap::new(),
         })
     }
 
@@ -29,24 +60,74 @@ impl EventStream {
         self.id.is_some() && pins::maps::events_id(pins) == self.id
     }
 
-    /// Logs every queued event; `name` turns an ifindex into a name.
-    /// Returns how many there were.
-    pub fn drain(&mut self, name: impl Fn(u32) -> String) -> usize {
+    /// Logs the queued events (at most `max`); `name` says how an
+    /// interface reads in the log. Returns how many records were read.
+    pub fn drain(&mut self, max: usize, name: impl Fn(&IfaceKey) -> String) -> usize {
         let mut n = 0;
-        while let Some(item) = self.ring.next() {
+        while n < max {
+            let Some(item) = self.ring.next() else { break };
             n += 1;
-            match decode(&item) {
-                Some(event) => log::info!("{}", describe(&event, &name(event.ifindex))),
-                None => log::debug!("ignored a {}-byte event record", item.len()),
+            let Some(event) = decode(&item) else {
+                log::debug!("ignored a {}-byte event record", item.len());
+                continue;
+            };
+            drop(item);
+            let key = IfaceKey::new(event.netns, event.ifindex);
+            let now = Instant::now();
+            if self.windows.len() >= MAX_TRACKED {
+                self.flush(now);
+            }
+            let window = self.windows.entry((key, event.mac)).or_insert_with(|| Window {
+                started: now,
+                shown: 0,
+                suppressed: 0,
+                iface: name(&key),
+            });
+            if now.duration_since(window.started) >= WINDOW {
+                report_suppressed(window, &event.mac);
+                window.started = now;
+                window.shown = 0;
+            }
+            if window.shown < LINES_PER_WINDOW {
+                window.shown += 1;
+                log::info!("{}", describe(&event, &window.iface));
+            } else {
+                window.suppressed += 1;
             }
         }
         n
     }
+
+    /// Reports the windows that ended with lines suppressed, and forgets
+    /// them (call it now and then).
+    pub fn flush(&mut self, now: Instant) {
+        self.windows.retain(|(_, mac), w| {
+            if now.duration_since(w.started) < WINDOW {
+                return true;
+            }
+            report_suppressed(w, mac);
+            false
+        });
+    }
 }
 
-impl AsFd for EventStream {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.ring.as_fd()
+fn report_suppressed(w: &mut Window, mac: &[u8; 6]) {
+    if w.suppressed > 0 {
+        log::info!(
+            "{}: {} more fill events for {} in {} s not logged (at most {LINES_PER_WINDOW} per {} s)",
+            w.iface,
+            w.suppressed,
+            mac_string(mac),
+            WINDOW.as_secs(),
+            WINDOW.as_secs()
+        );
+        w.suppressed = 0;
+    }
+}
+
+impl AsRawFd for EventStream {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.ring.as_fd().as_raw_fd()
     }
 }
 
@@ -58,6 +139,13 @@ pub fn decode(bytes: &[u8]) -> Option<FillEvent> {
     // SAFETY: at least size_of::<FillEvent>() bytes are readable, the read
     // is unaligned-safe, and every bit pattern is a valid FillEvent (Pod).
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<FillEvent>()) })
+}
+
+fn mac_string(m: &[u8; 6]) -> String {
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
 }
 
 /// `filled vnet0: DHCPACK xid 0x3903f326 for 52:54:00:12:34:56 (port 68)`
@@ -72,10 +160,11 @@ pub fn describe(e: &FillEvent, iface: &str) -> String {
         None if e.msg_type == 0 => "DHCP (type unknown)".to_owned(),
         None => format!("DHCP type {}", e.msg_type),
     };
-    let m = e.mac;
     format!(
-        "{what} {iface}: {kind} xid {:#010x} for {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} (port {})",
-        e.xid, m[0], m[1], m[2], m[3], m[4], m[5], e.dport
+        "{what} {iface}: {kind} xid {:#010x} for {} (port {})",
+        e.xid,
+        mac_string(&e.mac),
+        e.dport
     )
 }
 

@@ -1,46 +1,40 @@
 //! `dhcpfix run`: a host agent that keeps dhcpfix attached to every guest
-//! tap matching its patterns, as guests come and go.
+//! tap matching its patterns, in its own network namespace and (with
+//! `--netns`) in every other, as guests and pods come and go.
 //!
 //! - At start it loads the program (once per pin directory), then
 //!   reconciles with the pins: keeps live attachments (and their counters),
-//!   removes pins of deleted interfaces, attaches to new ones.
-//! - It follows rtnetlink link events and attaches to a new interface as
-//!   soon as it appears; it removes the pin of a deleted one. A full pass
+//!   removes what deleted interfaces left, attaches to new ones.
+//! - It follows link events of every namespace through one netlink socket
+//!   ([`monitor`]) and attaches to a new interface as soon as it appears;
+//!   namespaces are found as they appear ([`namespaces`]) and forgotten with
+//!   everything of theirs when the kernel reports them gone. A full pass
 //!   runs again when the kernel reports lost events, and periodically.
-//! - It logs each fill from the classifier's event ring buffer, and serves
-//!   Prometheus metrics.
+//! - It logs fills from the classifier's ring buffer ([`events`]), and
+//!   serves metrics and health probes ([`http`]).
 //! - On SIGTERM/SIGINT it exits and leaves the attachments in place, so
 //!   guests stay covered while it restarts (`--detach-on-exit` removes them).
+//!
+//! Everything waits on one tokio runtime; the work each event causes
+//! (attaching: a few milliseconds of bpf(2)) runs in place.
 
 pub mod config;
 pub mod events;
+pub mod http;
+pub mod monitor;
+pub mod namespaces;
 pub mod netlink;
 pub mod pattern;
 pub mod privileges;
 pub mod reconcile;
+mod supervisor;
 
-use std::{
-    io::{self, Read},
-    os::{
-        fd::{AsFd, AsRawFd},
-        unix::net::UnixStream,
-    },
-    path::PathBuf,
-    time::{Duration, Instant},
-};
+use std::{io, path::PathBuf};
 
 use crate::{
-    attach::AttachError,
-    metrics::{self, MetricsError},
-    netns::{Netns, NetnsError},
-    pins::{PinDir, PinsError},
-    program::{self, LoadError},
-    sys,
+    attach::AttachError, metrics::MetricsError, netns::NetnsError, pins::PinsError, program::LoadError,
 };
-use config::{MetricsAddr, Settings};
-use events::EventStream;
-use netlink::{LinkEvent, LinkMonitor};
-use reconcile::Reconciler;
+pub use config::Settings;
 
 /// Errors of the agent and of `clean`. One line each.
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +53,7 @@ pub enum AgentError {
     Config { path: PathBuf, reason: String },
     #[error("{0}")]
     Settings(String),
-    #[error("missing capability {0}: dhcpfix run needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (run as root, or see contrib/systemd/dhcpfix.service)")]
+    #[error("missing capability {0}: dhcpfix run needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON, and with --netns also CAP_SYS_ADMIN, CAP_NET_BROADCAST and CAP_SYS_PTRACE (run as root, or see contrib/systemd/dhcpfix.service)")]
     MissingCapabilities(String),
     #[error("checking capabilities: {reason}")]
     Capabilities { reason: String },
@@ -71,21 +65,15 @@ pub enum AgentError {
     },
     #[error("decoding an rtnetlink message: {reason}")]
     NetlinkDecode { reason: String },
+    #[error("serving metrics on {addr}: {source}; pass another --metrics-addr, or --metrics-addr none")]
+    Bind {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: io::Error,
+    },
     #[error("{op}: {source}")]
     Sys {
         op: &'static str,
-        #[source]
-        source: io::Error,
-    },
-    #[error("renaming pin {path}: {source}")]
-    Rename {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("removing {path}: {source}")]
-    Remove {
-        path: PathBuf,
         #[source]
         source: io::Error,
     },
@@ -121,204 +109,18 @@ boxed_from!(
     Metrics(MetricsError)
 );
 
-/// SIGTERM and SIGINT, as bytes on a non-blocking socket pair.
-struct Signals {
-    rx: UnixStream,
-}
-
-impl Signals {
-    fn install() -> Result<Self, AgentError> {
-        let sys_err = |op| move |source| AgentError::Sys { op, source };
-        let (rx, tx) = UnixStream::pair().map_err(sys_err("socketpair(2)"))?;
-        rx.set_nonblocking(true).map_err(sys_err("fcntl(O_NONBLOCK)"))?;
-        tx.set_nonblocking(true).map_err(sys_err("fcntl(O_NONBLOCK)"))?;
-        for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-            let tx = tx.try_clone().map_err(sys_err("dup(2)"))?;
-            signal_hook::low_level::pipe::register(sig, tx).map_err(sys_err("sigaction(2)"))?;
-        }
-        Ok(Self { rx })
-    }
-
-    /// Whether a signal arrived (consumes the notification).
-    fn received(&mut self) -> bool {
-        let mut buf = [0u8; 16];
-        matches!(self.rx.read(&mut buf), Ok(n) if n > 0)
-    }
-}
-
-/// Waits until one of `fds` is readable or `timeout` passes; returns which
-/// are readable.
-fn wait(fds: &[Option<std::os::fd::BorrowedFd<'_>>], timeout: Duration) -> Result<Vec<bool>, AgentError> {
-    let mut polls: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|fd| libc::pollfd {
-            // A negative fd is ignored by poll(2).
-            fd: fd.map_or(-1, |f| f.as_raw_fd()),
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
-    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-    // SAFETY: `polls` is a valid array of `polls.len()` pollfd structs that
-    // outlives the call; the fds are borrowed for its duration.
-    let n = unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, ms) };
-    if n < 0 {
-        let e = io::Error::last_os_error();
-        if e.kind() == io::ErrorKind::Interrupted {
-            return Ok(vec![false; fds.len()]);
-        }
-        return Err(AgentError::Sys {
-            op: "poll(2)",
-            source: e,
-        });
-    }
-    Ok(polls.iter().map(|p| p.revents != 0).collect())
-}
-
-/// The bpffs under the pin directory was unmounted (by hand, by a
-/// careless clean-up): every link pinned there went with it and the guests
-/// are unprotected. Mount a new one and load the program again (the next
-/// full pass attaches every interface), or fail with one line so that the
-/// service manager shows it (under systemd, without CAP_SYS_ADMIN).
-fn recover_pin_dir(old: &PinDir, layout: &crate::program::LayoutSource) -> Result<PinDir, AgentError> {
-    log::warn!(
-        "pin directory {} is no longer on a bpffs (unmounted?): the attachments pinned there are gone; mounting a new one and attaching again",
-        old.path().display()
-    );
-    let pins = PinDir::prepare(old.path()).map_err(|source| AgentError::PinDirLost {
-        path: old.path().to_path_buf(),
-        source: Box::new(source),
-    })?;
-    let _lock = pins.lock(crate::pins::LOCK_TIMEOUT)?;
-    program::load_or_open(&pins, layout)?;
-    Ok(pins)
-}
-
-fn full_pass(reconciler: &mut Reconciler) -> Result<(), AgentError> {
-    let links = netlink::list_links()?;
-    reconciler.full(&links)
-}
-
 /// Runs the agent until SIGTERM or SIGINT.
 pub fn run(pin_dir: PathBuf, settings: Settings) -> Result<(), AgentError> {
-    privileges::check()?;
-    let mut signals = Signals::install()?;
-    // Bind first: a port in use should stop the agent before it changes
-    // anything.
-    let _metrics = match settings.metrics_addr {
-        MetricsAddr::On(addr) => Some(metrics::serve(addr, pin_dir.clone())?),
-        MetricsAddr::Off => None,
-    };
-    let mut pins = PinDir::prepare(&pin_dir)?;
-    let netns = Netns::current()?;
-    // Subscribe before the first full pass, so no interface slips between.
-    let mut monitor = LinkMonitor::open()?;
-    {
-        // Load now, so that attaching to a new interface takes a link only.
-        let _lock = pins.lock(crate::pins::LOCK_TIMEOUT)?;
-        program::load_or_open(&pins, &settings.attach.layout)?;
-    }
-    let mut events = match EventStream::open(&pins) {
-        Ok(e) => Some(e),
-        Err(e) => {
-            log::warn!(
-                "no fill events ({e}); the pinned program predates them: `dhcpfix clean --all` while the agent is stopped replaces it"
-            );
-            None
-        }
-    };
-    let mut reconciler = Reconciler::new(
-        pins.clone(),
-        netns,
-        settings.patterns.clone(),
-        settings.attach.clone(),
-    );
-    full_pass(&mut reconciler)?;
-    log::info!(
-        "dhcpfix {} running: interfaces {}, {} mode, ports {}, pin directory {}, metrics {}",
-        env!("CARGO_PKG_VERSION"),
-        settings.patterns,
-        settings.attach.mode,
-        settings
-            .attach
-            .ports
-            .iter()
-            .map(u16::to_string)
-            .collect::<Vec<_>>()
-            .join(","),
-        pins.path().display(),
-        match settings.metrics_addr {
-            MetricsAddr::On(a) => format!("http://{a}/metrics"),
-            MetricsAddr::Off => "off".into(),
-        }
-    );
-
-    let mut next_pass = Instant::now() + settings.resync;
-    loop {
-        let timeout = next_pass.saturating_duration_since(Instant::now());
-        let ready = wait(
-            &[
-                Some(signals.rx.as_fd()),
-                Some(monitor.as_fd()),
-                events.as_ref().map(AsFd::as_fd),
-            ],
-            timeout,
-        )?;
-        if ready[0] && signals.received() {
-            break;
-        }
-        if !pins.is_current() {
-            pins = recover_pin_dir(&pins, &settings.attach.layout)?;
-            reconciler.set_pins(pins.clone());
-            events = EventStream::open(&pins).ok();
-            next_pass = Instant::now();
-        }
-        if ready[1] {
-            let mut lost = false;
-            for event in monitor.drain()? {
-                match event {
-                    LinkEvent::Changed(link) => reconciler.changed(&link),
-                    LinkEvent::Deleted(link) => reconciler.deleted(&link),
-                    LinkEvent::Lost => lost = true,
-                }
-            }
-            if lost {
-                log::warn!("the kernel dropped link events; re-reading every interface");
-                next_pass = Instant::now();
-            }
-        }
-        if let Some(stream) = events.as_mut().filter(|_| ready[2]) {
-            stream.drain(|ifindex| {
-                reconciler
-                    .name_of(ifindex)
-                    .map(str::to_owned)
-                    .or_else(|| sys::ifname(ifindex))
-                    .unwrap_or_else(|| format!("if{ifindex}"))
-            });
-        }
-        if Instant::now() >= next_pass {
-            if let Err(e) = full_pass(&mut reconciler) {
-                log::error!("{e}");
-            }
-            if !events.as_ref().is_some_and(|e| e.is_current(&pins)) {
-                // The program was removed and loaded again: follow it.
-                events = EventStream::open(&pins).ok();
-            }
-            next_pass = Instant::now() + settings.resync;
-        }
-    }
-
-    if let Some(stream) = events.as_mut() {
-        stream.drain(|ifindex| sys::ifname(ifindex).unwrap_or_else(|| format!("if{ifindex}")));
-    }
-    if settings.detach_on_exit {
-        log::info!("stopping: detaching (--detach-on-exit)");
-        reconciler.detach_all();
-    } else {
-        log::info!(
-            "stopping: {} attachment(s) stay in place; guests remain covered",
-            reconciler.managed().len()
-        );
-    }
-    Ok(())
+    privileges::check(!matches!(settings.netns, namespaces::Select::Own))?;
+    privileges::raise_nofile_limit();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("dhcpfix")
+        .enable_all()
+        .build()
+        .map_err(|source| AgentError::Sys {
+            op: "starting the tokio runtime",
+            source,
+        })?;
+    runtime.block_on(supervisor::run(pin_dir, settings))
 }

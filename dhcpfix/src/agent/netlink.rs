@@ -1,10 +1,6 @@
-//! The interfaces of this network namespace, and their comings and goings,
-//! from rtnetlink (`RTM_GETLINK` dumps, `RTMGRP_LINK` events).
+//! The interfaces of this network namespace (`RTM_GETLINK` dump).
 
-use std::{
-    io,
-    os::fd::{AsFd, BorrowedFd},
-};
+use std::io;
 
 use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_packet_route::{
@@ -15,91 +11,19 @@ use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
 use super::AgentError;
 
+fn err(op: &'static str) -> impl FnOnce(io::Error) -> AgentError {
+    move |source| AgentError::Netlink { op, source }
+}
+
 /// Receive buffer for one datagram; the kernel sends at most a page or
 /// 8 KiB of messages per datagram.
 const RECV_BUF: usize = 64 * 1024;
-/// Socket receive queue asked for (SO_RCVBUF, capped by net.core.rmem_max):
-/// room for a burst of events, such as a host starting many guests at once.
-const SOCKET_RCVBUF: usize = 4 << 20;
 
 /// One interface.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Link {
     pub ifindex: u32,
     pub name: String,
-}
-
-/// What happened to an interface.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum LinkEvent {
-    /// `RTM_NEWLINK`: created, or changed (flags, master, name).
-    Changed(Link),
-    /// `RTM_DELLINK`: deleted.
-    Deleted(Link),
-    /// The kernel dropped events (`ENOBUFS`): re-read everything.
-    Lost,
-}
-
-fn err(op: &'static str) -> impl FnOnce(io::Error) -> AgentError {
-    move |source| AgentError::Netlink { op, source }
-}
-
-/// A socket subscribed to link events.
-pub struct LinkMonitor {
-    socket: Socket,
-    buf: Vec<u8>,
-}
-
-impl LinkMonitor {
-    /// Subscribes to `RTMGRP_LINK`. Open it before listing the interfaces,
-    /// so that nothing falls between the list and the first event.
-    pub fn open() -> Result<Self, AgentError> {
-        let mut socket = Socket::new(NETLINK_ROUTE).map_err(err("socket(AF_NETLINK, NETLINK_ROUTE)"))?;
-        socket
-            .bind(&SocketAddr::new(0, libc::RTMGRP_LINK as u32))
-            .map_err(err("bind(RTMGRP_LINK)"))?;
-        if let Err(e) = socket.set_rx_buf_sz(SOCKET_RCVBUF) {
-            log::debug!("setsockopt(SO_RCVBUF) on the netlink socket: {e}");
-        }
-        socket
-            .set_non_blocking(true)
-            .map_err(err("fcntl(O_NONBLOCK) on the netlink socket"))?;
-        Ok(Self {
-            socket,
-            buf: Vec::with_capacity(RECV_BUF),
-        })
-    }
-
-    /// Every event queued so far, in order; empty when there is none.
-    pub fn drain(&mut self) -> Result<Vec<LinkEvent>, AgentError> {
-        let mut events = Vec::new();
-        loop {
-            self.buf.clear();
-            match self.socket.recv(&mut self.buf, 0) {
-                Ok(_) => {
-                    if decode(&self.buf, |msg| {
-                        if let Some(event) = event_of(msg) {
-                            events.push(event);
-                        }
-                    })
-                    .is_err()
-                    {
-                        events.push(LinkEvent::Lost);
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(events),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => events.push(LinkEvent::Lost),
-                Err(e) => return Err(err("recv on the netlink socket")(e)),
-            }
-        }
-    }
-}
-
-impl AsFd for LinkMonitor {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.socket.as_fd()
-    }
 }
 
 fn link_of(msg: &LinkMessage) -> Option<Link> {
@@ -110,14 +34,6 @@ fn link_of(msg: &LinkMessage) -> Option<Link> {
         }),
         _ => None,
     })
-}
-
-fn event_of(msg: RouteNetlinkMessage) -> Option<LinkEvent> {
-    match msg {
-        RouteNetlinkMessage::NewLink(m) => link_of(&m).map(LinkEvent::Changed),
-        RouteNetlinkMessage::DelLink(m) => link_of(&m).map(LinkEvent::Deleted),
-        _ => None,
-    }
 }
 
 /// Calls `each` for every route message in one datagram. `Ok(true)` once
@@ -193,33 +109,5 @@ mod tests {
             ifindex: 1,
             name: "lo".into()
         }));
-    }
-
-    #[test]
-    fn decodes_new_and_deleted_links() {
-        let mut msg = LinkMessage::default();
-        msg.header.index = 42;
-        msg.attributes.push(LinkAttribute::IfName("vnet9".into()));
-        let mut bytes = Vec::new();
-        for payload in [
-            RouteNetlinkMessage::NewLink(msg.clone()),
-            RouteNetlinkMessage::DelLink(msg),
-        ] {
-            let mut m = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(payload));
-            m.finalize();
-            let mut b = vec![0; m.buffer_len()];
-            m.serialize(&mut b);
-            bytes.extend(b);
-        }
-        let mut events = Vec::new();
-        assert_eq!(decode(&bytes, |m| events.extend(event_of(m))), Ok(false));
-        let link = Link {
-            ifindex: 42,
-            name: "vnet9".into(),
-        };
-        assert_eq!(
-            events,
-            [LinkEvent::Changed(link.clone()), LinkEvent::Deleted(link)]
-        );
     }
 }

@@ -58,6 +58,16 @@ impl Reconciler {
         self.managed.get(&ifindex).map(String::as_str)
     }
 
+    /// How an interface reads in the log: its name, and its namespace when
+    /// that is not the agent's own.
+    fn shown(&self, name: &str) -> String {
+        if self.netns.is_current() {
+            name.to_owned()
+        } else {
+            format!("{name} in {}", self.netns)
+        }
+    }
+
     fn key(&self, ifindex: u32) -> IfaceKey {
         IfaceKey::new(self.netns.cookie(), ifindex)
     }
@@ -73,7 +83,10 @@ impl Reconciler {
             here,
             self.opts.lock_timeout,
         )? {
-            log::info!("detached {}: the interface is gone; removed its pin", gone.name);
+            log::info!(
+                "detached {}: the interface is gone; removed its pin",
+                self.shown(&gone.name)
+            );
         }
         let mut attached: HashMap<String, u32> = HashMap::new();
         for a in attach::list(&self.pins, std::slice::from_ref(&self.netns))? {
@@ -164,9 +177,9 @@ impl Reconciler {
     pub fn detach_all(&mut self) {
         for (_, name) in std::mem::take(&mut self.managed) {
             match attach::detach(&self.pins, &self.netns, &name, self.opts.lock_timeout) {
-                Ok(attach::Detached::Removed) => log::info!("detached {name}"),
+                Ok(attach::Detached::Removed) => log::info!("detached {}", self.shown(&name)),
                 Ok(attach::Detached::NotAttached) => {}
-                Err(e) => log::error!("detaching {name}: {e}"),
+                Err(e) => log::error!("detaching {}: {e}", self.shown(&name)),
             }
         }
     }
@@ -180,7 +193,7 @@ impl Reconciler {
             Ok(Attached::New(method)) => {
                 log::info!(
                     "attached {} (ifindex {}, {method}, {}, ports {})",
-                    link.name,
+                    self.shown(&link.name),
                     link.ifindex,
                     self.opts.mode,
                     ports(&self.opts.ports)
@@ -188,27 +201,49 @@ impl Reconciler {
                 self.managed.insert(link.ifindex, link.name.clone());
             }
             Ok(Attached::Existing(_)) => {
-                log::info!("kept {} (ifindex {}): attached already", link.name, link.ifindex);
+                log::info!(
+                    "kept {} (ifindex {}): attached already",
+                    self.shown(&link.name),
+                    link.ifindex
+                );
                 self.managed.insert(link.ifindex, link.name.clone());
             }
             // Gone again before we got to it: its deletion event follows.
             Err(attach::AttachError::NoInterface { .. }) => {}
             // Deleted (or re-created) while we attached: not a failure; the
             // events that follow cover the new interface.
-            Err(e) if crate::sys::ifname(link.ifindex).as_deref() != Some(link.name.as_str()) => {
-                log::debug!("{}: gone while attaching ({e})", link.name);
+            Err(e) if !self.still_there(link) => {
+                log::debug!("{}: gone while attaching ({e})", self.shown(&link.name));
             }
             Err(e) => {
                 let message = e.to_string();
                 let again = self.failed.get(&link.ifindex) == Some(&(link.name.clone(), message.clone()));
                 if again {
-                    log::debug!("{}: {message}", link.name);
+                    log::debug!("{}: {message}", self.shown(&link.name));
                 } else {
-                    log::error!("{}: {message}", link.name);
+                    log::error!("{}: {message}", self.shown(&link.name));
                 }
                 self.failed.insert(link.ifindex, (link.name.clone(), message));
             }
         }
+    }
+
+    /// Whether `link` still exists under that name (asked inside its
+    /// namespace).
+    fn still_there(&self, link: &Link) -> bool {
+        self.netns
+            .run(|| crate::sys::ifname(link.ifindex))
+            .is_ok_and(|name| name.as_deref() == Some(link.name.as_str()))
+    }
+
+    /// Matching interfaces that could not be attached: (name, error).
+    pub fn failed(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.failed.values().map(|(n, e)| (n.as_str(), e.as_str()))
+    }
+
+    /// The namespace this reconciler covers.
+    pub fn netns(&self) -> &Netns {
+        &self.netns
     }
 
     /// Interface `old` is now `link`: if the new name matches, its
@@ -218,7 +253,11 @@ impl Reconciler {
         if self.patterns.matches(&link.name) {
             match attach::rename(&self.pins, &key, &link.name, self.opts.lock_timeout) {
                 Ok(true) => {
-                    log::info!("{old} was renamed to {}; its attachment follows", link.name);
+                    log::info!(
+                        "{} was renamed to {}; its attachment follows",
+                        self.shown(old),
+                        link.name
+                    );
                     return true;
                 }
                 Ok(false) => return false,

@@ -45,6 +45,12 @@ pub struct Args {
     /// link events the kernel could not deliver.
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub resync: Option<u64>,
+    /// Also cover the network namespaces whose name (under /run/netns)
+    /// matches this glob (repeatable), or `all`: every namespace, named or
+    /// only held by a process, as they come and go. KubeVirt pods: see
+    /// docs/kubevirt.md.
+    #[arg(long, value_name = "all|PATTERN")]
+    pub netns: Vec<String>,
     #[command(flatten)]
     pub layout: super::layout_args::LayoutArgs,
 }
@@ -60,6 +66,7 @@ pub fn run(pin_dir: &Path, args: Args) -> anyhow::Result<()> {
         detach_on_exit: args.detach_on_exit,
         layout,
         resync: args.resync.map(std::time::Duration::from_secs),
+        netns: args.netns,
     };
     let file = match &args.config {
         Some(path) => Some((path.as_path(), FileConfig::load(path)?)),

@@ -66,10 +66,11 @@ pub fn run(pin_dir: &Path, args: Args) -> anyhow::Result<()> {
         return output::json(&stats);
     }
     if args.format == Format::Prometheus {
-        print!(
-            "{}",
-            crate::metrics::encode(&stats.interfaces, netns::host_cookie())?
-        );
+        let ctx = crate::metrics::Context {
+            host: netns::host_cookie(),
+            ..Default::default()
+        };
+        print!("{}", crate::metrics::encode(&stats.interfaces, &ctx)?);
         return Ok(());
     }
     if stats.interfaces.is_empty() {

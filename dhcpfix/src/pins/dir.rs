@@ -150,29 +150,9 @@ fn check(path: &Path, st: &libc::stat, last: bool) -> Result<(), PinsError> {
     Ok(())
 }
 
-/// The process whose mount namespace stands for the host's: PID 1 if its
-/// namespace can be read, else the outermost ancestor whose can (where PID 1
-/// hides its namespaces, as in some sandboxes). `None` when none can.
+/// The process whose mount namespace stands for the host's.
 fn host_reference() -> Option<u32> {
-    let readable = |pid: u32| fs::read_link(format!("/proc/{pid}/ns/mnt")).is_ok();
-    if readable(1) {
-        return Some(1);
-    }
-    let mut found = None;
-    let mut pid = std::process::id();
-    for _ in 0..64 {
-        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // Field 4, after "comm)": the parent's pid.
-        let parent: u32 = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
-        if parent <= 1 {
-            break;
-        }
-        if readable(parent) {
-            found = Some(parent);
-        }
-        pid = parent;
-    }
-    found
+    crate::netns::host_pid()
 }
 
 /// Whether this process's mounts are not the host's (`ip netns exec`,
