@@ -1,6 +1,11 @@
 //! Idempotent set-up of the eBPF toolchain and the lab's packages.
 //!
-//! - Debian packages for the lab and tests (dnsmasq, dhclient, busybox...).
+//! - Debian packages for the lab and tests (dnsmasq, dhclient, busybox...),
+//!   and for the real-libvirt tests: libvirtd, QEMU (TCG), iPXE's ROMs.
+//! - A Debian kernel for those tests' Linux guest: the package is downloaded
+//!   (`apt-get download`) and only its kernel image and virtio-net modules
+//!   are unpacked into `~/.cache/dhcpfix/guest-kernel/<package>`, so the
+//!   host gets no second kernel, no initramfs-tools and no udev.
 //! - The nightly toolchain's `rust-src` (aya-build compiles `core` for
 //!   `bpfel-unknown-none` with `-Z build-std`).
 //! - bpf-linker 0.13.0, built against the nightly's own libLLVM (same major
@@ -20,7 +25,8 @@ use anyhow::{bail, Context, Result};
 use crate::run_cmd;
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// Debian packages and a command each provides, to check without dpkg.
+/// Debian packages and a command each provides (or, for a path starting
+/// with `/`, a file), to check without dpkg.
 const PACKAGES: &[(&str, &str)] = &[
     ("dnsmasq-base", "dnsmasq"),
     ("isc-dhcp-client", "dhclient"),
@@ -36,7 +42,33 @@ const PACKAGES: &[(&str, &str)] = &[
     ("shellcheck", "shellcheck"),
     // tests/security.rs: which programs dhcpfix executes (execve).
     ("strace", "strace"),
+    // tests/libvirt_real.rs: a real libvirtd (+ virsh, the default network's
+    // XML), QEMU for TCG guests, and the iPXE ROM QEMU loads for virtio-net.
+    // The guest's initramfs reuses the lab's (dynamic) busybox above.
+    ("libvirt-daemon-system", "libvirtd"),
+    ("libvirt-daemon-system", "virsh"),
+    ("libvirt-daemon-system", "/usr/share/libvirt/networks/default.xml"),
+    ("qemu-system-x86", "qemu-system-x86_64"),
+    ("ipxe-qemu", "/usr/lib/ipxe/qemu/efi-virtio.rom"),
 ];
+
+/// The guest kernel for tests/libvirt_real.rs: Debian's cloud kernel (a
+/// third of the generic one's size, virtio built as modules, 8250 serial
+/// console built in). This metapackage names the current ABI's package.
+const GUEST_KERNEL_META: &str = "linux-image-cloud-amd64";
+/// What is unpacked from it (tar patterns): the kernel, its config, and the
+/// module directories virtio_net and its dependencies live in.
+const GUEST_KERNEL_PARTS: &[&str] = &[
+    "./boot/vmlinuz-*",
+    "./boot/config-*",
+    "./lib/modules/*/modules.builtin",
+    "./lib/modules/*/kernel/drivers/virtio/*",
+    "./lib/modules/*/kernel/drivers/net/*",
+    "./lib/modules/*/kernel/net/core/*",
+];
+/// apt-get waits this long for the dpkg lock (a shared machine may be
+/// installing something else).
+const APT_LOCK_TIMEOUT: &str = "DPkg::Lock::Timeout=600";
 
 /// Environment for cargo and the tools: PATH with bpf-linker in front.
 pub struct Env {
@@ -52,6 +84,7 @@ impl Env {
 /// Runs every set-up step; returns the environment to build with.
 pub fn all() -> Result<Env> {
     packages()?;
+    guest_kernel()?;
     rust_src()?;
     let linker_dir = bpf_linker()?;
     let path = format!(
@@ -63,6 +96,9 @@ pub fn all() -> Result<Env> {
 }
 
 fn have(cmd: &str) -> bool {
+    if cmd.starts_with('/') {
+        return Path::new(cmd).exists();
+    }
     let Some(path) = env::var_os("PATH") else {
         return false;
     };
@@ -72,11 +108,12 @@ fn have(cmd: &str) -> bool {
 }
 
 fn packages() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES
-        .iter()
-        .filter(|(_, cmd)| !have(cmd))
-        .map(|(pkg, _)| *pkg)
-        .collect();
+    let mut missing: Vec<&str> = Vec::new();
+    for (pkg, cmd) in PACKAGES {
+        if !have(cmd) && !missing.contains(pkg) {
+            missing.push(pkg);
+        }
+    }
     if missing.is_empty() {
         return Ok(());
     }
@@ -86,13 +123,181 @@ fn packages() -> Result<()> {
             missing.join(" ")
         );
     }
-    run_cmd(Command::new("apt-get").args(["update", "-qq"]))?;
+    let started = std::time::Instant::now();
+    apt_update()?;
+    let mut install = Command::new("apt-get");
+    install
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        // Set-up installs; it never removes a package to make room.
+        .arg("--no-remove")
+        .args(["-o", APT_LOCK_TIMEOUT])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive");
+    if missing.contains(&"qemu-system-x86") {
+        if let Some(pin) = qemu_utils_pin()? {
+            eprintln!(
+                "note: the installed qemu-utils Breaks bookworm's qemu-system-common; \
+                 installing {pin} with it so qemu-img stays"
+            );
+            install.arg("--allow-downgrades").arg(pin);
+        }
+    }
+    run_cmd(&mut install)?;
+    eprintln!(
+        "installed {} in {:.0} s",
+        missing.join(" "),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn apt_update() -> Result<()> {
+    run_cmd(Command::new("apt-get").args(["update", "-qq", "-o", APT_LOCK_TIMEOUT]))
+}
+
+/// Output of a query command (dpkg-query, apt-cache), if it succeeded.
+fn query(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program).args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Some machines carry qemu-utils from bookworm-backports (>= 8.0), which
+/// Breaks bookworm's qemu-system-common (< 8.0): apt would remove qemu-utils
+/// to install qemu-system-x86. Returns `qemu-utils=V`, V being the version
+/// of qemu-system-common apt is about to install, when the installed
+/// qemu-utils is another version; `None` when nothing is in the way.
+fn qemu_utils_pin() -> Result<Option<String>> {
+    let Some(installed) = query(
+        "dpkg-query",
+        &["-W", "-f", "${db:Status-Status} ${Version}", "qemu-utils"],
+    ) else {
+        return Ok(None);
+    };
+    let Some(installed) = installed.strip_prefix("installed ").map(str::trim) else {
+        return Ok(None);
+    };
+    let policy = query("apt-cache", &["policy", "qemu-system-common"]).unwrap_or_default();
+    let candidate = policy
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Candidate: "))
+        .map(str::trim)
+        .filter(|v| *v != "(none)")
+        .context("apt-cache policy qemu-system-common: no candidate version")?;
+    if installed == candidate {
+        return Ok(None);
+    }
+    let newer = Command::new("dpkg")
+        .args(["--compare-versions", installed, "gt", candidate])
+        .status()
+        .context("running dpkg --compare-versions")?
+        .success();
+    Ok(newer.then(|| format!("qemu-utils={candidate}")))
+}
+
+/// Where the guest kernel goes; tests/support/libvirt_real.rs looks there.
+fn guest_kernel_dir() -> PathBuf {
+    cache_dir().join("guest-kernel")
+}
+
+/// Unpacks the guest kernel for tests/libvirt_real.rs unless the cache has
+/// one (any `guest-kernel/*/READY`): a cached kernel is kept, so set-up
+/// works offline once it has run.
+fn guest_kernel() -> Result<()> {
+    let root = guest_kernel_dir();
+    let ready = fs::read_dir(&root)
+        .map(|dir| dir.flatten().any(|e| e.path().join("READY").is_file()))
+        .unwrap_or(false);
+    if ready {
+        return Ok(());
+    }
+    if euid() != 0 {
+        // Only root runs the tests that boot it.
+        eprintln!(
+            "note: no guest kernel in {}: run set-up as root for tests/libvirt_real.rs",
+            root.display()
+        );
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let package = match guest_kernel_package() {
+        Some(p) => p,
+        None => {
+            apt_update()?;
+            guest_kernel_package()
+                .with_context(|| format!("apt-cache depends {GUEST_KERNEL_META}: no linux-image package"))?
+        }
+    };
+    let download = root.join(".download");
+    let _ = fs::remove_dir_all(&download);
+    fs::create_dir_all(&download).with_context(|| format!("creating {}", download.display()))?;
     run_cmd(
         Command::new("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
+            .args(["download", "-qq", "-o", "APT::Sandbox::User=root"])
+            .arg(&package)
+            .current_dir(&download),
+    )?;
+    let deb = fs::read_dir(&download)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .with_context(|| format!("apt-get download {package} left no .deb"))?;
+    let stem = deb
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| package.clone());
+    let dest = root.join(&stem);
+    let _ = fs::remove_dir_all(&dest);
+    fs::create_dir_all(&dest)?;
+    unpack(&deb, &dest)?;
+    fs::write(dest.join("READY"), format!("{package}\n"))?;
+    fs::remove_dir_all(&download)?;
+    eprintln!(
+        "guest kernel {stem} unpacked into {} in {:.0} s",
+        dest.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The versioned package the metapackage depends on, e.g.
+/// `linux-image-6.1.0-57-cloud-amd64`.
+fn guest_kernel_package() -> Option<String> {
+    let out = query(
+        "apt-cache",
+        &["depends", "--no-recommends", "--no-suggests", GUEST_KERNEL_META],
+    )?;
+    out.lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends: "))
+        .map(str::trim)
+        .find(|p| p.starts_with("linux-image-") && !p.contains(['<', '>', ' ']))
+        .map(str::to_owned)
+}
+
+/// `dpkg-deb --fsys-tarfile DEB | tar -x -C DEST PARTS`.
+fn unpack(deb: &Path, dest: &Path) -> Result<()> {
+    let mut dpkg = Command::new("dpkg-deb")
+        .arg("--fsys-tarfile")
+        .arg(deb)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting dpkg-deb")?;
+    let tar_in = dpkg.stdout.take().context("dpkg-deb stdout")?;
+    let tar = Command::new("tar")
+        .arg("-x")
+        .arg("-C")
+        .arg(dest)
+        .arg("--wildcards")
+        .args(GUEST_KERNEL_PARTS)
+        .stdin(tar_in)
+        .status()
+        .context("starting tar")?;
+    let dpkg = dpkg.wait()?;
+    if !tar.success() || !dpkg.success() {
+        bail!("unpacking {} failed: dpkg-deb {dpkg}, tar {tar}", deb.display());
+    }
+    Ok(())
 }
 
 fn euid() -> u32 {
