@@ -12,9 +12,16 @@ fn main() -> anyhow::Result<()> {
         fs::write(out_dir.join("dhcpfix"), [])?;
         return Ok(());
     }
+    // The classifier must share the records' version with this build.
+    let features: &[&str] = if env::var_os("CARGO_FEATURE_NEXT_ABI").is_some() {
+        &["next-abi"]
+    } else {
+        &[]
+    };
     let ebpf = aya_build::Package {
         name: "dhcpfix-ebpf",
         root_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../dhcpfix-ebpf"),
+        features,
         ..Default::default()
     };
     aya_build::build_ebpf([ebpf], aya_build::Toolchain::default())

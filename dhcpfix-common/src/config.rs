@@ -44,11 +44,19 @@ pub struct IfaceConfig {
     /// The interface's MAC when it was attached: libvirt's hook finds a
     /// stopped guest's taps by it (their names are gone from the XML then).
     pub mac: [u8; 6],
+    /// A netlink filter's priority and handle (with [`FLAG_NETLINK`]): an
+    /// upgrade replaces exactly that filter, in place.
+    pub netlink_prio: u16,
+    pub netlink_handle: u32,
     /// Zero.
-    pub reserved: [u8; 2],
+    pub reserved: u32,
     /// The interface's name (NUL-padded), kept current on renames: what
     /// `status` shows once the interface is gone.
     pub name: [u8; IFNAMSIZ],
+    /// A record that differs from ABI 2's, only in builds made to test
+    /// upgrades between record versions.
+    #[cfg(feature = "next-abi")]
+    pub next_abi: u64,
 }
 
 impl IfaceConfig {
@@ -64,8 +72,12 @@ impl IfaceConfig {
             flags: 0,
             ports: slots,
             mac: [0; 6],
-            reserved: [0; 2],
+            netlink_prio: 0,
+            netlink_handle: 0,
+            reserved: 0,
             name: [0; IFNAMSIZ],
+            #[cfg(feature = "next-abi")]
+            next_abi: 0,
         }
     }
 
@@ -102,8 +114,9 @@ impl IfaceConfig {
 }
 
 #[cfg(feature = "user")]
-// SAFETY: #[repr(C)] integers and byte arrays, 4 + 4 + 8 + 6 + 2 + 16 = 40
-// bytes without padding; every bit pattern is valid.
+// SAFETY: #[repr(C)] integers and byte arrays, 4 + 4 + 8 + 6 + 2 + 4 + 4 +
+// 16 = 48 bytes (56 with `next-abi`) without padding; every bit pattern is
+// valid.
 unsafe impl aya::Pod for IfaceConfig {}
 
 #[cfg(test)]
@@ -125,6 +138,7 @@ mod tests {
         assert_eq!(cfg.name_bytes(), b"vnet0");
         cfg.set_name("a-name-longer-than-fifteen");
         assert_eq!(cfg.name_bytes(), b"a-name-longer-t");
-        assert_eq!(core::mem::size_of::<IfaceConfig>(), 40);
+        let expected = if cfg!(feature = "next-abi") { 56 } else { 48 };
+        assert_eq!(core::mem::size_of::<IfaceConfig>(), expected);
     }
 }

@@ -20,7 +20,7 @@ pub mod settings;
 /// and value records, the program's globals. Bump it when any of them
 /// changes, so that a newer dhcpfix refuses a program pinned by an older one
 /// instead of writing records it would misread.
-pub const PIN_ABI: u32 = 2;
+pub const PIN_ABI: u32 = if cfg!(feature = "next-abi") { 3 } else { 2 };
 
 /// Name of the classifier inside the eBPF object.
 pub const PROGRAM_NAME: &str = "dhcpfix";

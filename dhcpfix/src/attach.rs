@@ -276,7 +276,12 @@ fn attach_here(
     // configuration for, so a link that appears before it is harmless.
     configure_new(pins, &mut maps, &key, cfg)?;
     let result = match method {
-        Method::Netlink => attach_netlink(&mut prog, iface),
+        Method::Netlink => attach_netlink(&mut prog, iface).and_then(|(prio, handle)| {
+            // Recorded, so that an upgrade can replace this very filter.
+            cfg.netlink_prio = prio;
+            cfg.netlink_handle = handle;
+            maps.configure(&key, cfg).map_err(AttachError::from)
+        }),
         _ => attach_tcx(&mut prog, pins, &key, iface),
     };
     if let Err(e) = result {
@@ -340,7 +345,8 @@ fn attach_tcx(
     Ok(())
 }
 
-fn attach_netlink(prog: &mut aya::programs::SchedClassifier, iface: &str) -> Result<(), AttachError> {
+/// Returns the filter's priority and handle.
+fn attach_netlink(prog: &mut aya::programs::SchedClassifier, iface: &str) -> Result<(u16, u32), AttachError> {
     let attach_err = |source| AttachError::Attach {
         iface: iface.into(),
         how: "netlink clsact",
@@ -361,9 +367,11 @@ fn attach_netlink(prog: &mut aya::programs::SchedClassifier, iface: &str) -> Res
         )
         .map_err(attach_err)?;
     let link = prog.take_link(id).map_err(attach_err)?;
+    let prio = link.priority().map_err(attach_err)?;
+    let handle = link.handle().map_err(attach_err)?;
     // A netlink filter stays until removed; dropping the link would remove it.
     std::mem::forget(link);
-    Ok(())
+    Ok((prio, handle.into()))
 }
 
 /// Detaches dhcpfix from `iface` in `netns`. Works for an interface that no

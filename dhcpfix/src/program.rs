@@ -13,6 +13,7 @@ use dhcpfix_common::{
 
 use crate::{
     kernel_layout::{self, LayoutError},
+    netns::{self, Netns},
     pins::{self, PinDir, PinsError},
 };
 
@@ -40,10 +41,12 @@ pub enum LoadError {
     Pins(#[from] PinsError),
     #[error("pinning {path}: {reason}")]
     Pin { path: PathBuf, reason: String },
-    #[error("the program pinned in {dir} was loaded by another dhcpfix ({found}; this one uses abi-{}): run `dhcpfix clean --all` (guests are unprotected until the next attach), then attach again", dhcpfix_common::PIN_ABI)]
+    #[error("the program pinned in {dir} was loaded by a dhcpfix this one does not know ({found}; this one uses abi-{}), probably a newer one: use that one, or run `dhcpfix clean --all` (guests are unprotected until the next attach) and attach again", dhcpfix_common::PIN_ABI)]
     OtherVersion { dir: PathBuf, found: String },
     #[error("opening pinned {path}: {reason}; run `dhcpfix attach` first, or check --pin-dir")]
     OpenPinned { path: PathBuf, reason: String },
+    #[error("upgrading the pins of an older dhcpfix: {0}")]
+    Upgrade(String),
 }
 
 /// One line for an operator: the syscall, the errno, and the verifier's
@@ -117,18 +120,27 @@ pub(crate) fn classifier<'a>(
         .map_err(LoadError::Program)
 }
 
-/// Refuses a pin directory that holds another version's records
-/// ([`dhcpfix_common::PIN_ABI`]): writing ours next to them would leave
-/// guests attached to a program this dhcpfix cannot read or update.
-pub fn check_abi(pins: &PinDir) -> Result<(), LoadError> {
-    let others = pins::other_versions(pins);
-    if others.is_empty() {
-        return Ok(());
+/// The older versions' records in the pin directory that this version can
+/// move in place ([`pins::upgrade`]); refuses a directory with records it
+/// does not know (a newer dhcpfix's): writing ours next to them would leave
+/// guests attached to a program this one cannot read or update.
+pub fn check_abi(pins: &PinDir) -> Result<Vec<u32>, LoadError> {
+    let mut older = Vec::new();
+    let mut unknown = Vec::new();
+    for found in pins::other_versions(pins) {
+        match found.strip_prefix("abi-").and_then(|v| v.parse::<u32>().ok()) {
+            Some(v) if pins::upgrade::known_older().contains(&v) => older.push(v),
+            _ => unknown.push(found),
+        }
     }
-    Err(LoadError::OtherVersion {
-        dir: pins.path().to_path_buf(),
-        found: others.join(", "),
-    })
+    if !unknown.is_empty() {
+        return Err(LoadError::OtherVersion {
+            dir: pins.path().to_path_buf(),
+            found: unknown.join(", "),
+        });
+    }
+    older.sort();
+    Ok(older)
 }
 
 /// Whether this pin directory has the classifier loaded.
@@ -137,9 +149,30 @@ pub fn is_loaded(pins: &PinDir) -> bool {
 }
 
 /// Returns the pinned classifier, loading and pinning it (and its maps)
-/// first if this pin directory has none. Call with the directory locked.
+/// first if this pin directory has none, and moving an older version's
+/// attachments to it in place. Call with the directory locked.
 pub fn load_or_open(pins: &PinDir, layout: &LayoutSource) -> Result<SchedClassifier, LoadError> {
-    check_abi(pins)?;
+    let older = check_abi(pins)?;
+    let prog = load_or_open_current(pins, layout)?;
+    for version in older {
+        // dhcpfix 0.1's directory served the namespace its commands ran in:
+        // this process's (its main thread's, not a namespace thread's).
+        let here = Netns::open_path(std::path::Path::new("/proc/self/ns/net"), "this process's".into())
+            .map_err(|e| LoadError::Upgrade(e.to_string()))?;
+        let done = pins::upgrade::run(pins, version, &prog, &here, &netns::scan(false))?;
+        log::info!(
+            "moved {} link(s) and {} netlink filter(s) of {} to abi-{} in place ({} of deleted interfaces dropped)",
+            done.links,
+            done.filters,
+            done.from,
+            dhcpfix_common::PIN_ABI,
+            done.dropped
+        );
+    }
+    Ok(prog)
+}
+
+fn load_or_open_current(pins: &PinDir, layout: &LayoutSource) -> Result<SchedClassifier, LoadError> {
     let prog_rel = pins::program_rel();
     if !pins.exists(&prog_rel) {
         let layout = layout.resolve()?;

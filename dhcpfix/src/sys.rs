@@ -1,20 +1,25 @@
-//! The few `bpf(2)` commands aya 0.14 does not expose: opening a pinned
-//! object, reading a link's target interface, counting the programs on a
-//! tcx hook, and listing a program's maps (the benchmark's memory figures).
+//! The few `bpf(2)` commands aya 0.14 does not expose: opening and pinning
+//! an object, reading a link's target interface, moving a link to another
+//! program (upgrades), detaching a link, counting the programs on a tcx
+//! hook, and listing a program's maps (the benchmark's memory figures).
 
 use std::{
     ffi::CString,
     io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
     os::unix::ffi::OsStrExt,
     path::Path,
 };
 
+const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_PROG_QUERY: libc::c_long = 16;
+const BPF_LINK_UPDATE: libc::c_long = 29;
 const BPF_LINK_DETACH: libc::c_long = 34;
+/// `BPF_F_REPLACE`: update only if the link still runs `old_prog_fd`.
+const BPF_F_REPLACE: u32 = 1 << 2;
 /// `BPF_LINK_TYPE_TCX` (Linux 6.6).
 pub const BPF_LINK_TYPE_TCX: u32 = 11;
 /// `BPF_TCX_EGRESS` attach type.
@@ -52,6 +57,29 @@ pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     let fd = bpf(BPF_OBJ_GET, &mut attr)?;
     // SAFETY: the kernel returned a new file descriptor that we now own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// `BPF_OBJ_PIN`: pins the object behind `fd` (a link, a map, a program)
+/// at `path`, on a bpffs.
+pub fn obj_pin(fd: &OwnedFd, path: &Path) -> io::Result<()> {
+    let path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
+    let mut attr = Attr([0; 128]);
+    attr.0[..8].copy_from_slice(&(path.as_ptr() as u64).to_ne_bytes());
+    attr.0[8..12].copy_from_slice(&(fd.as_raw_fd() as u32).to_ne_bytes());
+    bpf(BPF_OBJ_PIN, &mut attr).map(drop)
+}
+
+/// `BPF_LINK_UPDATE` (Linux 5.7): makes the link run `new_prog` instead of
+/// `old_prog`, atomically for the hook (no packet sees neither).
+pub fn link_update(link: &OwnedFd, new_prog: BorrowedFd<'_>, old_prog: BorrowedFd<'_>) -> io::Result<()> {
+    // struct { link_fd; new_prog_fd; flags; old_prog_fd; }
+    let mut attr = Attr([0; 128]);
+    attr.0[0..4].copy_from_slice(&(link.as_raw_fd() as u32).to_ne_bytes());
+    attr.0[4..8].copy_from_slice(&(new_prog.as_raw_fd() as u32).to_ne_bytes());
+    attr.0[8..12].copy_from_slice(&BPF_F_REPLACE.to_ne_bytes());
+    attr.0[12..16].copy_from_slice(&(old_prog.as_raw_fd() as u32).to_ne_bytes());
+    bpf(BPF_LINK_UPDATE, &mut attr).map(drop)
 }
 
 /// What `BPF_OBJ_GET_INFO_BY_FD` says of a link.

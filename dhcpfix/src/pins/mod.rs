@@ -27,6 +27,7 @@ mod dir;
 pub mod gc;
 pub mod links;
 pub mod maps;
+pub mod upgrade;
 
 use std::{io, path::PathBuf, time::Duration};
 
