@@ -242,7 +242,11 @@ fn attach_here(
         .unwrap_or_default();
     let key = IfaceKey::new(cookie, ifindex);
     let _lock = pins.lock(opts.lock_timeout)?;
-    program::check_abi(pins)?;
+    // An older version's attachments move to this one first (in place), so
+    // that what follows sees them.
+    if !program::check_abi(pins)?.is_empty() {
+        program::load_or_open(pins, &opts.layout)?;
+    }
     let method = resolve_method(opts.method);
     let mut cfg = IfaceConfig::new(opts.mode.raw(), &opts.ports).with_identity(iface, mac);
     if method == Method::Netlink {

@@ -45,7 +45,16 @@ pub fn run(pin_dir: &Path, args: Args) -> anyhow::Result<()> {
         return output::json(&status);
     }
     if !status.program_loaded {
-        println!("dhcpfix is not loaded (pin directory {})", status.pin_dir);
+        let older = pins.as_ref().map(pins::other_versions).unwrap_or_default();
+        if older.is_empty() {
+            println!("dhcpfix is not loaded (pin directory {})", status.pin_dir);
+        } else {
+            println!(
+                "pin directory {} holds another dhcpfix version's pins ({}): the next `dhcpfix attach` or `dhcpfix run` of this version moves them here in place",
+                status.pin_dir,
+                older.join(", ")
+            );
+        }
         return Ok(());
     }
     if status.interfaces.is_empty() {
