@@ -10,8 +10,10 @@
 pub mod checksum;
 pub mod config;
 pub mod counters;
+pub mod dhcp;
 pub mod event;
 pub mod frame;
+pub mod guest;
 pub mod key;
 pub mod layout;
 pub mod settings;
@@ -32,6 +34,10 @@ pub const CONFIG_MAP: &str = "DHCPFIX_CONFIG";
 pub const PORTS_MAP: &str = "DHCPFIX_PORTS";
 /// Name of the run-time settings array (one [`settings::Settings`]).
 pub const SETTINGS_MAP: &str = "DHCPFIX_SETTINGS";
+/// Name of the guests map (key: [`guest::GuestKey`], value: [`guest::GuestState`]).
+pub const GUESTS_MAP: &str = "DHCPFIX_GUESTS";
+/// Name of the classifier that watches what guests send (tap ingress).
+pub const INGRESS_PROGRAM_NAME: &str = "dhcpfix_ingress";
 /// Name of the ring buffer of fill events (records: [`event::FillEvent`]).
 pub const EVENTS_MAP: &str = "DHCPFIX_EVENTS";
 /// Name of the read-only global holding the kernel layout.

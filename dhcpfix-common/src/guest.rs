@@ -1,0 +1,367 @@
+//! What the classifier keeps about each guest's DHCP conversation, seen
+//! from both sides of its tap: the requests it sends (ingress) and the
+//! replies that reach it (egress). From these, userspace tells whether a
+//! guest is bound, renewing, about to lose its lease, or throwing replies
+//! away ([`GuestState::state`]).
+//!
+//! Times are `CLOCK_BOOTTIME` nanoseconds (`bpf_ktime_get_boot_ns`), 0 for
+//! "never".
+
+use crate::dhcp::{Message, Role, TEXT_LEN};
+
+/// Guests tracked per interface: the slot is picked from the MAC, so a guest
+/// sending from random MACs churns only its own interface's slots.
+pub const SLOTS_PER_INTERFACE: u32 = 4;
+/// Entries of the guests map.
+pub const MAX_GUESTS: u32 = crate::MAX_INTERFACES * SLOTS_PER_INTERFACE;
+
+/// [`GuestState::flags`]: the guest declined the address.
+pub const GUEST_DECLINED: u8 = 1 << 0;
+/// The server said no (NAK, or a DHCPv6 REPLY without an address).
+pub const GUEST_NAK: u8 = 1 << 1;
+/// The guest released its lease.
+pub const GUEST_RELEASED: u8 = 1 << 2;
+
+/// Key of the guests map: an interface and one of its slots.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GuestKey {
+    pub netns: u64,
+    pub ifindex: u32,
+    /// `family_slot`: the family (4 or 6) in the high byte, the slot below.
+    pub slot: u32,
+}
+
+impl GuestKey {
+    /// The slot of `mac` on the interface (netns, ifindex), for `family`.
+    #[inline(always)]
+    pub fn new(netns: u64, ifindex: u32, family: u8, mac: &[u8; 6]) -> Self {
+        // FNV-1a over the MAC: cheap, and spreads MACs that differ in any byte.
+        let mut h: u32 = 0x811c_9dc5;
+        let mut i = 0;
+        while i < 6 {
+            h = (h ^ u32::from(mac[i])).wrapping_mul(0x0100_0193);
+            i += 1;
+        }
+        Self {
+            netns,
+            ifindex,
+            slot: (u32::from(family) << 24) | (h % SLOTS_PER_INTERFACE),
+        }
+    }
+
+    pub fn family(&self) -> u8 {
+        (self.slot >> 24) as u8
+    }
+}
+
+/// One guest (map value).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuestState {
+    pub last_request: u64,
+    pub last_reply: u64,
+    pub last_ack: u64,
+    /// The guest's current transaction.
+    pub xid: u32,
+    /// The transaction of the last reply that reached the guest.
+    pub reply_xid: u32,
+    /// Requests since the last ACK.
+    pub requests: u32,
+    /// Requests of the current transaction that repeat one whose reply
+    /// reached the guest: replies it threw away.
+    pub repeats: u32,
+    /// All such repeats since the guest was first seen.
+    pub rejected: u32,
+    /// From the last ACK: lease, renewal (T1) and rebinding (T2), seconds.
+    pub lease: u32,
+    pub t1: u32,
+    pub t2: u32,
+    /// The guest's MAC (the slot may have held another before).
+    pub mac: [u8; 6],
+    pub family: u8,
+    /// [`GUEST_DECLINED`] and friends.
+    pub flags: u8,
+    /// Roles ([`Role`]) of the last reply and the last request.
+    pub reply_role: u8,
+    pub request_role: u8,
+    pub hostname_len: u8,
+    pub vendor_len: u8,
+    /// The address offered or acknowledged (v4 in the first 4 bytes).
+    pub addr: [u8; 16],
+    pub hostname: [u8; TEXT_LEN],
+    pub vendor: [u8; TEXT_LEN],
+    /// Zero.
+    pub reserved: u32,
+}
+
+#[cfg(feature = "user")]
+// SAFETY: #[repr(C)] integers and byte arrays laid out without padding
+// (checked by `record_sizes`); every bit pattern is valid.
+unsafe impl aya::Pod for GuestState {}
+#[cfg(feature = "user")]
+// SAFETY: #[repr(C)] u64 then two u32, no padding; every bit pattern valid.
+unsafe impl aya::Pod for GuestKey {}
+
+/// What a person calls a guest's DHCP state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum State {
+    /// Asked, no reply yet.
+    Requesting,
+    /// Replies for its transaction reached it, and it keeps asking with
+    /// the same one: its client throws them away.
+    Rejecting,
+    Bound,
+    /// Past T1.
+    Renewing,
+    /// Past T2: any server may answer now.
+    Rebinding,
+    /// Lease time over, no new ACK.
+    Expired,
+    Declined,
+    Nak,
+    Released,
+}
+
+impl State {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Requesting => "requesting",
+            Self::Rejecting => "rejecting",
+            Self::Bound => "bound",
+            Self::Renewing => "renewing",
+            Self::Rebinding => "rebinding",
+            Self::Expired => "expired",
+            Self::Declined => "declined",
+            Self::Nak => "nak",
+            Self::Released => "released",
+        }
+    }
+
+    pub const ALL: [State; 9] = [
+        Self::Requesting,
+        Self::Rejecting,
+        Self::Bound,
+        Self::Renewing,
+        Self::Rebinding,
+        Self::Expired,
+        Self::Declined,
+        Self::Nak,
+        Self::Released,
+    ];
+}
+
+const NS: u64 = 1_000_000_000;
+
+impl GuestState {
+    /// Records a message the guest sent at `now`.
+    #[inline(always)]
+    pub fn on_request(&mut self, now: u64, m: &Message) {
+        let reply = Role::from_raw(self.reply_role);
+        let replied_since = self.last_reply > self.last_request;
+        if m.xid == self.xid && m.xid == self.reply_xid && replied_since && reply.answers(m.role) {
+            self.repeats = self.repeats.saturating_add(1);
+            self.rejected = self.rejected.saturating_add(1);
+        } else if m.xid != self.xid {
+            self.repeats = 0;
+        }
+        self.xid = m.xid;
+        self.mac = m.client;
+        self.family = m.family;
+        self.last_request = now;
+        self.request_role = m.role as u8;
+        self.requests = self.requests.saturating_add(1);
+        match m.role {
+            Role::Decline => self.flags |= GUEST_DECLINED,
+            Role::Release => self.flags |= GUEST_RELEASED,
+            Role::Discover | Role::Request => self.flags &= !(GUEST_DECLINED | GUEST_RELEASED),
+            _ => {}
+        }
+    }
+
+    /// Records a reply that reached the guest at `now`.
+    #[inline(always)]
+    pub fn on_reply(&mut self, now: u64, m: &Message) {
+        self.mac = m.client;
+        self.family = m.family;
+        self.last_reply = now;
+        self.reply_xid = m.xid;
+        self.reply_role = m.role as u8;
+        match m.role {
+            Role::Offer => self.addr = m.addr,
+            Role::Ack => {
+                self.addr = m.addr;
+                self.last_ack = now;
+                self.lease = m.lease;
+                self.t1 = m.t1;
+                self.t2 = m.t2;
+                self.requests = 0;
+                self.flags &= !(GUEST_NAK | GUEST_DECLINED | GUEST_RELEASED);
+            }
+            Role::Nak => self.flags |= GUEST_NAK,
+            _ => {}
+        }
+    }
+
+    /// T1 and T2 as the client uses them: from the ACK, else the RFC 2131
+    /// defaults (half and seven eighths of the lease).
+    pub fn times(&self) -> (u64, u64, u64) {
+        let lease = u64::from(self.lease);
+        let t1 = if self.t1 != 0 {
+            u64::from(self.t1)
+        } else {
+            lease / 2
+        };
+        let t2 = if self.t2 != 0 {
+            u64::from(self.t2)
+        } else {
+            lease * 7 / 8
+        };
+        (lease, t1, t2)
+    }
+
+    /// Whether the lease is infinite (0xffffffff seconds).
+    pub fn infinite(&self) -> bool {
+        self.lease == u32::MAX
+    }
+
+    /// Seconds left on the lease at `now`; `None` without one (or infinite).
+    pub fn remaining(&self, now: u64) -> Option<i64> {
+        if self.last_ack == 0 || self.infinite() {
+            return None;
+        }
+        let age = now.saturating_sub(self.last_ack) / NS;
+        Some(i64::from(self.lease) - age as i64)
+    }
+
+    /// The guest's state at `now`.
+    pub fn state(&self, now: u64) -> State {
+        let asking_since_ack = self.last_request > self.last_ack;
+        if self.flags & GUEST_RELEASED != 0 && asking_since_ack {
+            return State::Released;
+        }
+        if self.flags & GUEST_DECLINED != 0 && asking_since_ack {
+            return State::Declined;
+        }
+        if self.repeats > 0 && asking_since_ack {
+            return State::Rejecting;
+        }
+        if self.flags & GUEST_NAK != 0 && self.last_reply >= self.last_request {
+            return State::Nak;
+        }
+        if self.last_ack == 0 {
+            return State::Requesting;
+        }
+        if self.infinite() {
+            return State::Bound;
+        }
+        let (lease, t1, t2) = self.times();
+        let age = now.saturating_sub(self.last_ack) / NS;
+        if age >= lease {
+            State::Expired
+        } else if age >= t2 {
+            State::Rebinding
+        } else if age >= t1 {
+            State::Renewing
+        } else {
+            State::Bound
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dhcp::FAMILY_V4;
+
+    fn msg(role: Role, xid: u32) -> Message {
+        Message {
+            family: FAMILY_V4,
+            role,
+            xid,
+            client: [0x52, 0x54, 0, 1, 2, 3],
+            addr: [10, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            lease: 120,
+            ..Default::default()
+        }
+    }
+
+    const S: u64 = NS;
+
+    #[test]
+    fn record_sizes() {
+        assert_eq!(core::mem::size_of::<GuestKey>(), 16);
+        assert_eq!(core::mem::size_of::<GuestState>(), 24 + 32 + 12 + 16 + 64 + 4);
+    }
+
+    #[test]
+    fn slots_stay_on_their_interface() {
+        let a = GuestKey::new(9, 3, 4, &[0x52, 0x54, 0, 1, 2, 3]);
+        assert_eq!((a.netns, a.ifindex, a.family()), (9, 3, 4));
+        assert!(a.slot & 0xff_ffff < SLOTS_PER_INTERFACE);
+        let b = GuestKey::new(9, 3, 6, &[0x52, 0x54, 0, 1, 2, 3]);
+        assert_ne!(a, b, "families are kept apart");
+    }
+
+    #[test]
+    fn a_normal_exchange_then_renewal_rebinding_expiry() {
+        let mut g = GuestState::default();
+        g.on_request(S, &msg(Role::Discover, 7));
+        assert_eq!(g.state(S), State::Requesting);
+        g.on_reply(2 * S, &msg(Role::Offer, 7));
+        g.on_request(3 * S, &msg(Role::Request, 7));
+        assert_eq!(g.repeats, 0, "a REQUEST after an OFFER is no repeat");
+        g.on_reply(4 * S, &msg(Role::Ack, 7));
+        assert_eq!(g.state(5 * S), State::Bound);
+        assert_eq!(g.remaining(14 * S), Some(110));
+        assert_eq!(g.state(64 * S), State::Renewing);
+        assert_eq!(g.state(110 * S), State::Rebinding);
+        assert_eq!(g.state(124 * S), State::Expired);
+        // A renewal with a new transaction and its ACK: a fresh lease.
+        g.on_request(70 * S, &msg(Role::Request, 8));
+        g.on_reply(71 * S, &msg(Role::Ack, 8));
+        assert_eq!(g.state(124 * S), State::Bound);
+        assert_eq!(g.rejected, 0);
+    }
+
+    #[test]
+    fn a_client_that_throws_replies_away() {
+        let mut g = GuestState::default();
+        g.on_request(S, &msg(Role::Discover, 7));
+        g.on_reply(2 * S, &msg(Role::Offer, 7));
+        // The OFFER's checksum was bad: DISCOVER again, same transaction.
+        g.on_request(5 * S, &msg(Role::Discover, 7));
+        g.on_reply(6 * S, &msg(Role::Offer, 7));
+        g.on_request(9 * S, &msg(Role::Discover, 7));
+        assert_eq!((g.repeats, g.rejected), (2, 2));
+        assert_eq!(g.state(10 * S), State::Rejecting);
+        // Retransmitting without a reply in between is not rejecting.
+        let mut h = GuestState::default();
+        h.on_request(S, &msg(Role::Discover, 9));
+        h.on_request(4 * S, &msg(Role::Discover, 9));
+        assert_eq!(h.state(5 * S), State::Requesting);
+    }
+
+    #[test]
+    fn declines_naks_releases_and_infinite_leases() {
+        let mut g = GuestState::default();
+        g.on_request(S, &msg(Role::Request, 1));
+        g.on_reply(2 * S, &msg(Role::Nak, 1));
+        assert_eq!(g.state(3 * S), State::Nak);
+        g.on_request(4 * S, &msg(Role::Decline, 1));
+        assert_eq!(g.state(5 * S), State::Declined);
+        let mut g = GuestState::default();
+        g.on_request(S, &msg(Role::Request, 1));
+        g.on_reply(
+            2 * S,
+            &Message {
+                lease: u32::MAX,
+                ..msg(Role::Ack, 1)
+            },
+        );
+        assert_eq!(g.state(1_000_000 * S), State::Bound);
+        assert_eq!(g.remaining(3 * S), None);
+        g.on_request(3 * S, &msg(Role::Release, 2));
+        assert_eq!(g.state(4 * S), State::Released);
+    }
+}
