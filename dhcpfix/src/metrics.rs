@@ -211,7 +211,10 @@ mod tests {
                 iface("vnet1", true, 0),
                 iface("gone0", false, 9),
             ],
-            Some(1),
+            &Context {
+                host: Some(1),
+                ..Default::default()
+            },
         )
         .unwrap();
         assert!(

@@ -187,7 +187,7 @@ fn load_or_open_current(pins: &PinDir, layout: &LayoutSource) -> Result<SchedCla
             .override_global(LAYOUT_GLOBAL, &layout, true)
             .override_global(TEST_MODE_GLOBAL, &0u32, true);
         for (name, path) in &paths {
-            loader.map_pin_path(*name, path.as_path());
+            loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader
             .load(object()?)

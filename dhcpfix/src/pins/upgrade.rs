@@ -98,6 +98,9 @@ struct Old {
     link: Option<String>,
 }
 
+/// An old version's attachments and their per-CPU counters.
+type Records = (BTreeMap<IfaceKey, Old>, BTreeMap<IfaceKey, Vec<Counters>>);
+
 /// What an upgrade moved.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Upgraded {
@@ -131,7 +134,7 @@ fn open_old_map(pins: &PinDir, rel: &str) -> Result<MapData, PinsError> {
 fn read_v1(
     pins: &PinDir,
     here: u64,
-) -> Result<(BTreeMap<IfaceKey, Old>, BTreeMap<IfaceKey, Vec<Counters>>), PinsError> {
+) -> Result<Records, PinsError> {
     let config: HashMap<MapData, u32, v1::IfaceConfig> =
         HashMap::try_from(Map::HashMap(open_old_map(pins, "maps/DHCPFIX_CONFIG")?)).map_err(|e| {
             PinsError::Open {
@@ -191,7 +194,7 @@ fn read_v1(
 
 /// Reads ABI 2's attachments (`abi-2/`).
 #[cfg(feature = "next-abi")]
-fn read_v2(pins: &PinDir) -> Result<(BTreeMap<IfaceKey, Old>, BTreeMap<IfaceKey, Vec<Counters>>), PinsError> {
+fn read_v2(pins: &PinDir) -> Result<Records, PinsError> {
     let map = |name: &str| format!("abi-2/maps/{name}");
     let config: HashMap<MapData, IfaceKey, v2::IfaceConfig> =
         HashMap::try_from(Map::HashMap(open_old_map(pins, &map(CONFIG_MAP))?)).map_err(|e| {
@@ -232,7 +235,7 @@ fn read_v2(pins: &PinDir) -> Result<(BTreeMap<IfaceKey, Old>, BTreeMap<IfaceKey,
 }
 
 #[cfg(not(feature = "next-abi"))]
-fn read_v2(_: &PinDir) -> Result<(BTreeMap<IfaceKey, Old>, BTreeMap<IfaceKey, Vec<Counters>>), PinsError> {
+fn read_v2(_: &PinDir) -> Result<Records, PinsError> {
     unreachable!("ABI 2 is this build's own")
 }
 
