@@ -639,19 +639,26 @@ fn file_list(roots: &[&str]) -> BTreeSet<PathBuf> {
     out
 }
 
-/// Everything under /etc, /usr (which /lib is, merged) and /var/lib with
-/// "dhcpfix" in its path: whatever the package, its scripts or dpkg could
-/// leave of it. Not all of /etc and /usr, and not other tests' files
+/// Everything under /etc, /usr (which /lib is, merged) and the state of
+/// dpkg and systemd with "dhcpfix" in its path: whatever the package, its
+/// scripts or dpkg could leave of it. Not all of /etc and /usr, not
+/// /var/lib/containers (this file's podman tests), and not other tests' files
 /// ("dhcpfix-test-*"): on a shared development machine, other work installs
 /// packages and runs libvirt guests meanwhile.
 fn dhcpfix_paths() -> BTreeSet<PathBuf> {
-    file_list(&["/etc", "/usr", "/var/lib"])
-        .into_iter()
-        .filter(|p| {
-            let p = p.to_string_lossy();
-            p.contains("dhcpfix") && !p.contains("dhcpfix-test")
-        })
-        .collect()
+    file_list(&[
+        "/etc",
+        "/usr",
+        "/var/lib/dpkg",
+        "/var/lib/systemd",
+        "/var/lib/dhcpfix",
+    ])
+    .into_iter()
+    .filter(|p| {
+        let p = p.to_string_lossy();
+        p.contains("dhcpfix") && !p.contains("dhcpfix-test")
+    })
+    .collect()
 }
 
 fn dpkg_status(package: &str) -> String {
