@@ -23,11 +23,11 @@
 //! virtualenv with kubernetes-validate); without them those tests skip, and
 //! fail under CI=true.
 //!
-//! Today's agent has no `--netns`, `--pod-labels`, `/healthz` or `/readyz`.
-//! The tests ask the image's `dhcpfix run --help` whether it has `--netns`
-//! ([`contract_agent`]); until it does, the assertions that need the new
-//! agent are skipped with a line saying so, and the container runs without
-//! those two flags.
+//! The DaemonSet is written for the every-namespace agent (`--netns`,
+//! `/healthz`, `/readyz`). The tests ask the image's `dhcpfix run --help`
+//! whether it has `--netns` ([`contract_agent`]): an older image runs
+//! without `--netns all`, and the assertions that need the new agent are
+//! skipped with a line saying so.
 
 mod support;
 
@@ -484,7 +484,6 @@ fn daemonset_runs_the_agent_as_the_contract_says() {
             .any(|w| w == ["--config", "/etc/dhcpfix/dhcpfix.toml"]),
         "{args:?}"
     );
-    assert!(args.contains(&"--pod-labels"), "{args:?}");
     // The interface patterns live in dhcpfix.toml only.
     assert!(!args.contains(&"--iface"), "{args:?}");
     assert!(
@@ -505,7 +504,7 @@ fn daemonset_runs_the_agent_as_the_contract_says() {
     assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
     assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
     let caps = manifest_capabilities(&ds);
-    assert_eq!(caps, ["NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE"]);
+    assert_eq!(caps, ["NET_ADMIN", "NET_BROADCAST", "SYS_ADMIN", "SYS_PTRACE"]);
     for cap in &caps {
         assert!(
             text.contains(&format!("# - {cap}: ")),
@@ -1000,7 +999,7 @@ fn image_holds_the_static_binary_and_nothing_else() {
 }
 
 /// Whether the image's agent is the one the DaemonSet is written for
-/// (`--netns`, `--pod-labels`, `/healthz`, `/readyz`). Today's is not.
+/// (`--netns`, `/healthz`, `/readyz`, the `netns` and `pod` labels).
 fn contract_agent(image: &str) -> bool {
     let out = run_ok(
         podman()
@@ -1011,8 +1010,8 @@ fn contract_agent(image: &str) -> bool {
     let has = out.contains("--netns");
     if !has {
         eprintln!(
-            "note: this agent has no --netns: running it without --netns all and --pod-labels, and \
-             skipping the /healthz, /readyz, other-namespace and SYS_PTRACE assertions"
+            "note: this agent has no --netns: running it without --netns all, and \
+             skipping the /healthz, /readyz and other-namespace assertions"
         );
     }
     has
@@ -1028,19 +1027,36 @@ fn free_port() -> u16 {
 }
 
 /// `GET path` on 127.0.0.1:port: (status, body), or None if nothing answers.
+/// Reads Content-Length bytes of body rather than waiting for the close.
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Some((status, body))
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16384];
+    loop {
+        let n = s.read(&mut chunk).ok()?;
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse::<usize>().ok())?
+            });
+            if n == 0 || length.is_some_and(|len| body.len() >= len) {
+                let status = head.split_whitespace().nth(1)?.parse().ok()?;
+                return Some((status, body.to_owned()));
+            }
+        } else if n == 0 {
+            return None;
+        }
+    }
 }
 
 fn wait_for(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
@@ -1058,12 +1074,22 @@ struct Scene {
 }
 
 impl Scene {
-    /// Whether a link of `iface` is pinned on the test's bpffs (anywhere
-    /// below links/: the every-namespace agent may sort them by namespace).
+    /// Whether a link of `iface` (in the host's namespace) is pinned on the
+    /// test's bpffs: a file named after it, or after its ifindex, in a
+    /// `links` directory anywhere below the pin directory (the pin layout
+    /// differs between versions: links/NAME, abi-2/links/NETNS/IFINDEX).
     fn pinned(&self, iface: &str) -> bool {
-        file_list(&[&self.work.0.join("bpffs/dhcpfix/links").to_string_lossy()])
+        let ifindex = fs::read_to_string(format!("/sys/class/net/{iface}/ifindex"))
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default();
+        file_list(&[&self.work.0.join("bpffs/dhcpfix").to_string_lossy()])
             .iter()
-            .any(|p| p.file_name().is_some_and(|n| n == iface))
+            .filter(|p| p.components().any(|c| c.as_os_str() == "links"))
+            .filter(|p| p.is_file() || !p.is_dir())
+            .any(|p| {
+                p.file_name()
+                    .is_some_and(|n| n == iface || (!ifindex.is_empty() && n == ifindex.as_str()))
+            })
     }
 }
 
@@ -1149,8 +1175,8 @@ fn container_runs_with_the_daemonset_settings_and_stops_cleanly() {
         work,
     };
     // One end in the host namespace, the other in a named one (as CRI pins
-    // pods' under /run/netns), and, for the new agent, a dummy interface in
-    // a namespace only a process holds.
+    // pods' under /run/netns), and, for the new agent, an interface in a
+    // namespace only a process holds.
     run_ok(Command::new("ip").args(["netns", "add", &scene.netns]));
     run_ok(Command::new("ip").args([
         "link",
@@ -1167,7 +1193,11 @@ fn container_runs_with_the_daemonset_settings_and_stops_cleanly() {
     if contract {
         let sleeper = Command::new("unshare")
             .args(["--net", "sh", "-c"])
-            .arg(format!("ip link add {tag}p type dummy && exec sleep 120"))
+            // (No dummy devices on every kernel: a veth pair, the peer's
+            // name outside the pattern.)
+            .arg(format!(
+                "ip link add {tag}p type veth peer name q{tag} && exec sleep 120"
+            ))
             .spawn()
             .unwrap();
         scene.sleeper = Some(sleeper);
@@ -1187,7 +1217,6 @@ fn container_runs_with_the_daemonset_settings_and_stops_cleanly() {
         })
         .collect();
     if !contract {
-        args.retain(|a| a != "--pod-labels");
         if let Some(i) = args.iter().position(|a| a == "--netns") {
             args.drain(i..i + 2);
         }
@@ -1239,35 +1268,26 @@ fn container_runs_with_the_daemonset_settings_and_stops_cleanly() {
             .args(["clean", "--all"]),
     );
 
-    // Each capability is needed: one fewer, and it refuses to start (or,
-    // for SYS_PTRACE, cannot reach the namespace only a process holds).
+    // Each capability is needed: one fewer, and it refuses to start, naming
+    // what is missing (the kernel's reasons: the test below). An older
+    // agent, without --netns, needs neither NET_BROADCAST nor SYS_PTRACE.
     for missing in &caps {
-        let fewer: Vec<String> = caps.iter().filter(|c| *c != missing).cloned().collect();
-        if missing == "SYS_PTRACE" {
-            if !contract {
-                eprintln!("skipped (today's agent): SYS_PTRACE is only used by --netns all");
-                continue;
-            }
-            run_ok(&mut daemonset_run(&scene, &image, &fewer, &args, true));
-            assert!(wait_for(Duration::from_secs(20), || {
-                http_get(port, "/readyz").is_some_and(|(s, _)| s == 200)
-            }));
-            let page = http_get(port, "/metrics").map(|(_, b)| b).unwrap_or_default();
-            assert!(
-                page.contains(&format!("interface=\"{}\"", scene.host_if)),
-                "{page}"
-            );
-            assert!(
-                !page.contains(&format!("dhcpfix_packets_seen_total{{interface=\"{tag}p\"")),
-                "{page}"
-            );
-            run_ok(Command::new("podman").args(["rm", "-f", "-t", "10", &scene.container]));
+        if !contract && ["NET_BROADCAST", "SYS_PTRACE"].contains(&missing.as_str()) {
+            eprintln!("skipped (agent without --netns): {missing} is only needed by --netns");
             continue;
         }
+        let fewer: Vec<String> = caps.iter().filter(|c| *c != missing).cloned().collect();
         let out = run(&mut daemonset_run(&scene, &image, &fewer, &args, false));
         assert!(!out.status.success(), "ran without {missing}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("missing capability"), "without {missing}: {err}");
+        if contract {
+            assert!(
+                err.contains(&format!("CAP_{missing}")),
+                "without {missing}: {err}"
+            );
+        }
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
         assert!(!scene.pinned(&scene.host_if));
     }
 }
@@ -1285,14 +1305,15 @@ fn with_caps(caps: &[&str]) -> Command {
     c
 }
 
-/// Why the every-namespace agent needs SYS_ADMIN and SYS_PTRACE, measured
-/// with nsenter (the operations, without the agent): setns(2) into another
-/// network namespace needs CAP_SYS_ADMIN; opening /proc/PID/ns/net of a
+/// Why the every-namespace agent needs SYS_ADMIN, NET_BROADCAST and
+/// SYS_PTRACE, measured with nsenter and python (the operations, without the
+/// agent): setns(2) into another network namespace needs CAP_SYS_ADMIN;
+/// NETLINK_LISTEN_ALL_NSID needs CAP_NET_BROADCAST; opening /proc/PID/ns/net of a
 /// process of another user, or of one with capabilities the caller lacks,
 /// needs CAP_SYS_PTRACE (ptrace access mode read).
 #[test]
-fn entering_other_network_namespaces_needs_sys_admin_and_sys_ptrace() {
-    let test = "entering_other_network_namespaces_needs_sys_admin_and_sys_ptrace";
+fn covering_other_network_namespaces_needs_sys_admin_net_broadcast_and_sys_ptrace() {
+    let test = "covering_other_network_namespaces_needs_sys_admin_net_broadcast_and_sys_ptrace";
     if !support::privileged(test) || !need_tool(test, "setpriv") || !need_tool(test, "nsenter") {
         return;
     }
@@ -1320,6 +1341,26 @@ fn entering_other_network_namespaces_needs_sys_admin_and_sys_ptrace() {
         "{out:?}"
     );
     assert!(enter(&["net_admin", "sys_admin"], &pinned).status.success());
+
+    // One netlink socket hearing every namespace's link events
+    // (NETLINK_LISTEN_ALL_NSID = 8 at SOL_NETLINK = 270) needs
+    // NET_BROADCAST; SYS_ADMIN does not stand in for it.
+    let listen_all = |caps: &[&str]| {
+        run(with_caps(caps).args([
+            "python3",
+            "-c",
+            "import socket\n\
+             s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)\n\
+             s.setsockopt(270, 8, 1)",
+        ]))
+    };
+    let out = listen_all(&["net_admin", "sys_admin", "sys_ptrace"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("PermissionError"),
+        "{out:?}"
+    );
+    assert!(listen_all(&["net_admin", "net_broadcast"]).status.success());
 
     // Namespaces held by processes: one of root with every capability, one
     // of another user (as virt-launcher's qemu runs).
