@@ -92,7 +92,10 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.task {
-        Task::Setup => setup::all().map(|_| ()),
+        Task::Setup => {
+            setup::all()?;
+            setup::deploy().map(|_| ())
+        }
         Task::Build => {
             let env = setup::all()?;
             build_release(&env)
