@@ -1,9 +1,11 @@
-//! Developer tasks: `cargo xtask setup|build|test|lint|demo|bench|fuzz`.
+//! Developer tasks: `cargo xtask setup|build|test|lint|demo|bench|fuzz|image|deb|manifests`.
 //!
 //! The only place that knows how to get the eBPF toolchain (nightly
 //! `rust-src`, bpf-linker) and the lab's Debian packages onto a machine.
 //! Every step is idempotent, so each task runs set-up first.
 
+mod deploy;
+mod rules;
 mod setup;
 
 use std::{
@@ -28,11 +30,16 @@ enum Task {
     Setup,
     /// Set up, then build target/release/dhcpfix.
     Build,
-    /// Set up, check formatting and lints, run every test.
+    /// Set up, check formatting and lints, build the image and the .deb,
+    /// run every test (the deploy tests use that image and .deb).
     Test {
         /// Skip cargo fmt and clippy.
         #[arg(long)]
         no_lint: bool,
+        /// Skip building the image and the .deb (the deploy tests that need
+        /// them skip, or fail under CI=true).
+        #[arg(long)]
+        no_deploy: bool,
         /// Extra arguments for `cargo test` (after `--`).
         #[arg(last = true)]
         cargo_args: Vec<String>,
@@ -58,6 +65,19 @@ enum Task {
         /// Only this target (default: all; `cargo fuzz list` in fuzz/).
         target: Option<String>,
     },
+    /// Set up, build dhcpfix static (musl) and the container image
+    /// localhost/dhcpfix:dev and :<version> with podman.
+    Image,
+    /// Set up, build dhcpfix static (musl) and
+    /// target/debian/dhcpfix_<version>_amd64.deb with cargo-deb.
+    Deb,
+    /// Write deploy/kubernetes/prometheusrule.yaml from
+    /// deploy/prometheus/dhcpfix-rules.yml.
+    Manifests {
+        /// Only check that it is current.
+        #[arg(long)]
+        check: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -72,19 +92,42 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.task {
-        Task::Setup => setup::all().map(|_| ()),
+        Task::Setup => {
+            setup::all()?;
+            setup::deploy().map(|_| ())
+        }
         Task::Build => {
             let env = setup::all()?;
             build_release(&env)
         }
-        Task::Test { no_lint, cargo_args } => {
+        Task::Test {
+            no_lint,
+            no_deploy,
+            cargo_args,
+        } => {
             let env = setup::all()?;
             if !no_lint {
                 lint(&env)?;
             }
+            // The image and the .deb first (one static build for both),
+            // so the deploy tests use them instead of building their own.
+            let deploy_env = if no_deploy {
+                Vec::new()
+            } else {
+                let started = std::time::Instant::now();
+                let tools = setup::deploy()?;
+                let bin = deploy::musl_release(&env)?;
+                deploy::image(&bin)?;
+                let deb = deploy::deb(&tools, &bin)?;
+                println!(
+                    "cargo xtask test: deploy set-up, image and .deb took {:.1} s",
+                    started.elapsed().as_secs_f64()
+                );
+                deploy::test_env(&tools, &deb)
+            };
             let mut args = vec!["test", "--workspace", "--exclude", "dhcpfix-ebpf"];
             args.extend(cargo_args.iter().map(String::as_str));
-            cargo(&env, &args)
+            run_cmd(cargo_command(&env, &args).envs(deploy_env.iter().map(|(k, v)| (*k, v.as_str()))))
         }
         Task::Lint => {
             let env = setup::all()?;
@@ -98,6 +141,19 @@ fn run(cli: Cli) -> Result<()> {
         }
         Task::Bench { bench_args } => bench(&bench_args),
         Task::Fuzz { seconds, target } => fuzz(seconds, target.as_deref()),
+        Task::Image => {
+            let env = setup::all()?;
+            setup::deploy()?;
+            let bin = deploy::musl_release(&env)?;
+            deploy::image(&bin).map(|_| ())
+        }
+        Task::Deb => {
+            let env = setup::all()?;
+            let tools = setup::deploy()?;
+            let bin = deploy::musl_release(&env)?;
+            deploy::deb(&tools, &bin).map(|_| ())
+        }
+        Task::Manifests { check } => deploy::manifests(check),
     }
 }
 
@@ -253,13 +309,15 @@ pub fn workspace_root() -> PathBuf {
 }
 
 fn cargo(env: &setup::Env, args: &[&str]) -> Result<()> {
+    run_cmd(&mut cargo_command(env, args))
+}
+
+/// `cargo ARGS` at the workspace root with the set-up's environment.
+fn cargo_command(env: &setup::Env, args: &[&str]) -> Command {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    run_cmd(
-        Command::new(cargo)
-            .args(args)
-            .current_dir(workspace_root())
-            .envs(env.vars()),
-    )
+    let mut cmd = Command::new(cargo);
+    cmd.args(args).current_dir(workspace_root()).envs(env.vars());
+    cmd
 }
 
 /// Runs `cmd`, inheriting stdio; fails on a non-zero exit.

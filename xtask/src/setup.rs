@@ -69,6 +69,17 @@ const GUEST_KERNEL_PARTS: &[&str] = &[
 /// apt-get waits this long for the dpkg lock (a shared machine may be
 /// installing something else).
 const APT_LOCK_TIMEOUT: &str = "DPkg::Lock::Timeout=600";
+/// Debian packages for `cargo xtask image|deb` and the deploy tests: podman
+/// (images, offline: `FROM scratch` needs no registry) and runc (crun
+/// refuses this VM's cgroup layout), promtool (package prometheus: on a
+/// machine that runs systemd its postinst also starts a Prometheus server,
+/// which nothing here uses), strip (binutils).
+const DEPLOY_PACKAGES: &[(&str, &str)] = &[
+    ("podman", "podman"),
+    ("runc", "runc"),
+    ("prometheus", "promtool"),
+    ("binutils", "strip"),
+];
 
 /// Environment for cargo and the tools: PATH with bpf-linker in front.
 pub struct Env {
@@ -108,8 +119,12 @@ fn have(cmd: &str) -> bool {
 }
 
 fn packages() -> Result<()> {
+    install_packages(PACKAGES)
+}
+
+fn install_packages(packages: &[(&str, &str)]) -> Result<()> {
     let mut missing: Vec<&str> = Vec::new();
-    for (pkg, cmd) in PACKAGES {
+    for (pkg, cmd) in packages {
         if !have(cmd) && !missing.contains(pkg) {
             missing.push(pkg);
         }
@@ -404,4 +419,105 @@ fn bpf_linker() -> Result<PathBuf> {
             .current_dir(Path::new("/")),
     )?;
     Ok(bin_dir)
+}
+
+const CARGO_DEB_VERSION: &str = "3.8.0";
+/// The Python tools' pins (kubernetes-validate and friends).
+const PYTHON_REQUIREMENTS: &str = "deploy/python-requirements.txt";
+
+/// Paths of the tools `cargo xtask image|deb` and the deploy tests use.
+pub struct DeployTools {
+    /// The `cargo-deb` binary.
+    pub cargo_deb: PathBuf,
+    /// The virtualenv's python (kubernetes-validate, the CRD models, PyYAML).
+    pub python: PathBuf,
+}
+
+/// Installs what packaging and the deploy tests need (idempotent): the
+/// Debian packages above, the musl target, cargo-deb and the Python tools,
+/// each cached under ~/.cache/dhcpfix.
+pub fn deploy() -> Result<DeployTools> {
+    install_packages(DEPLOY_PACKAGES)?;
+    musl_target()?;
+    Ok(DeployTools {
+        cargo_deb: cargo_deb()?,
+        python: python_tools()?,
+    })
+}
+
+pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
+
+fn musl_target() -> Result<()> {
+    let out = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .current_dir(crate::workspace_root())
+        .output()
+        .context("running rustup")?;
+    if String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.trim() == MUSL_TARGET)
+    {
+        return Ok(());
+    }
+    run_cmd(
+        Command::new("rustup")
+            .args(["target", "add", MUSL_TARGET])
+            .current_dir(crate::workspace_root()),
+    )
+}
+
+/// cargo-deb, pinned, built once into the cache.
+fn cargo_deb() -> Result<PathBuf> {
+    let root = cache_dir().join(format!("cargo-deb-{CARGO_DEB_VERSION}"));
+    let bin = root.join("bin/cargo-deb");
+    if bin.is_file() {
+        return Ok(bin);
+    }
+    eprintln!("building cargo-deb {CARGO_DEB_VERSION} (about 3 minutes, once)");
+    run_cmd(
+        Command::new("cargo")
+            .args(["install", "--locked", &format!("cargo-deb@{CARGO_DEB_VERSION}")])
+            .arg("--root")
+            .arg(&root)
+            .current_dir(Path::new("/")),
+    )?;
+    Ok(bin)
+}
+
+/// FNV-1a, to name the virtualenv after the requirements it holds.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// A virtualenv with deploy/python-requirements.txt, exactly (--no-deps:
+/// the file pins every package). A new set of pins means a new virtualenv;
+/// a half-made one (no marker) is made again.
+fn python_tools() -> Result<PathBuf> {
+    let req = crate::workspace_root().join(PYTHON_REQUIREMENTS);
+    let text = fs::read(&req).with_context(|| format!("reading {}", req.display()))?;
+    let venv = cache_dir().join(format!("deploy-venv-{:016x}", fnv1a(&text)));
+    let python = venv.join("bin/python");
+    let marker = venv.join(".dhcpfix-installed");
+    if marker.is_file() && python.is_file() {
+        return Ok(python);
+    }
+    let _ = fs::remove_dir_all(&venv);
+    run_cmd(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    run_cmd(
+        Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--no-deps",
+                "-r",
+            ])
+            .arg(&req),
+    )?;
+    fs::write(&marker, &text)?;
+    Ok(python)
 }

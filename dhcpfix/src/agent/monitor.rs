@@ -137,7 +137,8 @@ fn recv_with_nsid(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Opti
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&control);
+    // (size_t with glibc, socklen_t with musl, the container image's build.)
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
     // SAFETY: `msg` describes writable buffers that outlive the call.
     let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT) };
     if n < 0 {

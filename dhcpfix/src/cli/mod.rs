@@ -11,6 +11,7 @@ mod clean;
 mod demo;
 mod detach;
 mod doctor;
+mod generate;
 mod layout_args;
 mod libvirt_hook;
 mod netns_arg;
@@ -60,6 +61,9 @@ pub enum Command {
     /// stdin, libvirt's arguments after `--`. Always exits 0, prints nothing.
     #[command(disable_help_flag = true, disable_version_flag = true)]
     LibvirtHook(libvirt_hook::Args),
+    /// Man pages and shell completions, for packagers.
+    #[command(hide = true)]
+    Generate(generate::Args),
 }
 
 impl Cli {
@@ -86,5 +90,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Clean(args) => clean::run(&cli.pin_dir, args),
         Command::Doctor(args) => doctor::run(&cli.pin_dir, args),
         Command::LibvirtHook(args) => libvirt_hook::run(&cli.pin_dir, args),
+        Command::Generate(args) => generate::run(args),
     }
 }

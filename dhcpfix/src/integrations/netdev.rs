@@ -281,7 +281,9 @@ pub fn features(iface: &str) -> Result<u64, NetdevError> {
     // SAFETY: `ifr` is a valid ifreq whose name is NUL-terminated (checked
     // length < IF_NAMESIZE) and whose data points at a live ethtool_gfeatures
     // with `size` blocks; the kernel writes only within those.
-    let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCETHTOOL, &mut ifr) };
+    // (ioctl's request type is c_ulong with glibc and c_int with musl, the
+    // static build for the container image; 0x8946 fits both.)
+    let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCETHTOOL as libc::Ioctl, &mut ifr) };
     if rc != 0 {
         return Err(err(io::Error::last_os_error()));
     }
