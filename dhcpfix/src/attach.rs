@@ -292,7 +292,7 @@ pub fn attach(pins: &PinDir, iface: &str, opts: &AttachOptions) -> Result<Attach
     }
     let ifindex = sys::ifindex(iface).ok_or_else(|| AttachError::NoInterface(iface.into()))?;
     // macvtap/ipvtap: measured in docs/macvtap.md.
-    if let Ok(Some(link)) = crate::integrations::netdev::link(ifindex) {
+    if let Ok(Some(link)) = crate::netdev::link(ifindex) {
         if link.is_rx_handler_tap() {
             return Err(AttachError::ReceivePathTap {
                 iface: iface.into(),

@@ -17,6 +17,7 @@ pub mod integrations;
 pub mod kernel_layout;
 pub mod lab;
 pub mod metrics;
+pub mod netdev;
 pub mod program;
 pub mod sys;
 pub mod testrun;

@@ -15,9 +15,7 @@
 pub mod cleanup;
 pub mod config;
 pub mod events;
-pub mod netlink;
 pub mod pattern;
-pub mod privileges;
 pub mod reconcile;
 
 use std::{
@@ -34,12 +32,15 @@ use crate::{
     attach::AttachError,
     bpffs::{BpffsError, PinDir},
     metrics::{self, MetricsError},
+    netdev::{
+        caps as privileges,
+        rtnetlink::{self as netlink, LinkEvent, LinkMonitor},
+    },
     program::{self, LoadError},
     sys,
 };
 use config::{MetricsAddr, Settings};
 use events::EventStream;
-use netlink::{LinkEvent, LinkMonitor};
 use reconcile::Reconciler;
 
 /// Errors of the agent and of `clean`. One line each.

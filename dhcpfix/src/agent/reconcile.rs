@@ -8,10 +8,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::{cleanup, netlink::Link, pattern::Patterns, AgentError};
+use super::{cleanup, pattern::Patterns, AgentError};
 use crate::{
     attach::{self, AttachOptions, Attached, Method},
     bpffs::PinDir,
+    netdev::rtnetlink::Link,
 };
 
 /// The agent's view of its interfaces.

@@ -21,10 +21,9 @@ use crate::{
     bpffs::PinDir,
     integrations::{
         libvirt::{self, Domain, Plan, MAX_XML_BYTES},
-        netdev,
         syslog::{Reporter, Severity},
     },
-    sys,
+    netdev, sys,
 };
 
 /// Most bytes read (and thrown away) from stdin for operations the hook

@@ -15,11 +15,11 @@ use std::{
 
 use serde::Serialize;
 
-use super::netdev::{self, Link, NetdevError};
 use crate::{
     attach::{self, Attachment, Method, Mode},
     bpffs::{self, PinDir},
     kernel_layout,
+    netdev::{self, Link, NetdevError},
 };
 
 /// How much an item needs the operator.

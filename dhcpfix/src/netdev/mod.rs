@@ -3,6 +3,9 @@
 //! another namespace): link kind, bridge master, MAC and IPv4 addresses
 //! (rtnetlink), and the active checksum features (ethtool ioctl).
 
+pub mod caps;
+pub mod rtnetlink;
+
 use std::{
     io,
     net::Ipv4Addr,

@@ -13,7 +13,7 @@ use netlink_packet_route::{
 };
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
-use super::AgentError;
+use crate::agent::AgentError;
 
 /// Receive buffer for one datagram; the kernel sends at most a page or
 /// 8 KiB of messages per datagram.

@@ -2,7 +2,7 @@
 //! unit with one capability too few says which one, instead of a verifier
 //! or errno message later.
 
-use super::AgentError;
+use crate::agent::AgentError;
 
 const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;
