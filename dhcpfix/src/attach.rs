@@ -24,6 +24,7 @@ use serde::Serialize;
 
 use crate::{
     bpffs::{self, BpffsError, PinDir},
+    netdev,
     program::{self, LayoutSource, LoadError},
     sys,
 };
@@ -290,9 +291,9 @@ pub fn attach(pins: &PinDir, iface: &str, opts: &AttachOptions) -> Result<Attach
     if opts.ports.len() > MAX_PORTS {
         return Err(AttachError::TooManyPorts(opts.ports.len()));
     }
-    let ifindex = sys::ifindex(iface).ok_or_else(|| AttachError::NoInterface(iface.into()))?;
+    let ifindex = netdev::ifindex(iface).ok_or_else(|| AttachError::NoInterface(iface.into()))?;
     // macvtap/ipvtap: measured in docs/macvtap.md.
-    if let Ok(Some(link)) = crate::netdev::link(ifindex) {
+    if let Ok(Some(link)) = netdev::link(ifindex) {
         if link.is_rx_handler_tap() {
             return Err(AttachError::ReceivePathTap {
                 iface: iface.into(),
@@ -435,7 +436,7 @@ pub fn detach(pins: &PinDir, iface: &str) -> Result<Detached, AttachError> {
         remove_pin(pins, iface)?;
         removed = true;
     }
-    if let Some(ifindex) = sys::ifindex(iface) {
+    if let Some(ifindex) = netdev::ifindex(iface) {
         let netlink = program::config_map(pins)
             .ok()
             .and_then(|m| m.get(&ifindex, 0).ok())
@@ -470,7 +471,7 @@ fn collect_garbage(pins: &PinDir) {
     let gone: Vec<u32> = config
         .keys()
         .flatten()
-        .filter(|ifindex| sys::ifname(*ifindex).is_none())
+        .filter(|ifindex| netdev::ifname(*ifindex).is_none())
         .collect();
     for ifindex in gone {
         forget_interface(pins, ifindex);
@@ -522,7 +523,7 @@ pub fn list(pins: &PinDir) -> Result<Vec<Attachment>, AttachError> {
             if cfg.flags & FLAG_NETLINK == 0 {
                 continue;
             }
-            let name = sys::ifname(ifindex);
+            let name = netdev::ifname(ifindex);
             out.push(Attachment {
                 attached: name.is_some(),
                 name: name.unwrap_or_else(|| format!("if{ifindex}")),

@@ -373,6 +373,18 @@ pub fn resolve_from(btf_path: Option<&Path>) -> Result<KernelLayout, LayoutError
     resolve(&Btf::from_file(path)?)
 }
 
+/// `NETIF_F_IP_CSUM` and `NETIF_F_HW_CSUM` (bits 1 and 3 of enum
+/// netdev_features, unchanged since Linux 2.6), for when BTF is unavailable.
+pub const FALLBACK_CSUM_FEATURES: u64 = (1 << 1) | (1 << 3);
+
+/// The checksum feature bits the classifier tests, from the running
+/// kernel's BTF, or the well-known bits when BTF is unavailable.
+pub fn csum_feature_mask() -> u64 {
+    resolve_from(None)
+        .map(|l| l.csum_features)
+        .unwrap_or(FALLBACK_CSUM_FEATURES)
+}
+
 /// An operator-supplied layout, for kernels without usable BTF:
 /// `skb_dev=16,ip_summed=128:5,dev_features=184,csum_bits=1+3`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -283,7 +283,7 @@ fn macvtap_is_refused_for_the_reasons_measured() {
     }
     let net = Net::new();
     let mac = link_mac(&net.host, "macvtap0");
-    let csum_mask = dhcpfix::netdev::csum_feature_mask();
+    let csum_mask = dhcpfix::kernel_layout::csum_feature_mask();
 
     // 1. The bug exists for macvtap guests too: with the guest's checksum
     //    offload on, a DHCP-like reply from the host arrives unfinished.

@@ -14,7 +14,7 @@ use super::AgentError;
 use crate::{
     attach::{self, PinnedLinkState},
     bpffs::PinDir,
-    program, sys,
+    netdev, program,
 };
 
 /// What [`remove_dead`] removed.
@@ -32,7 +32,7 @@ fn is_dead(pins: &PinDir, name: &str) -> Result<bool, AgentError> {
         PinnedLinkState::None => false,
         PinnedLinkState::Dead => true,
         // Its device can be unregistering right now: trust the name table.
-        PinnedLinkState::Live(ifindex) => sys::ifname(ifindex).is_none(),
+        PinnedLinkState::Live(ifindex) => netdev::ifname(ifindex).is_none(),
     })
 }
 
@@ -84,7 +84,7 @@ pub fn forget_deleted(pins: &PinDir, name: &str, ifindex: u32) -> Result<bool, A
     if dead {
         unlink(&pins.link(name))?;
     }
-    if sys::ifname(ifindex).is_none() {
+    if netdev::ifname(ifindex).is_none() {
         if let Ok(mut config) = program::config_map(pins) {
             let _ = config.remove(&ifindex);
         }
@@ -130,7 +130,7 @@ fn remove_stale_entries_locked(pins: &PinDir) -> Result<usize, AgentError> {
     let mut stale = Vec::new();
     for ifindex in config.keys().flatten() {
         let netlink = config.get(&ifindex, 0).is_ok_and(|c| c.flags & FLAG_NETLINK != 0);
-        if sys::ifname(ifindex).is_some() && (netlink || linked.contains(&ifindex)) {
+        if netdev::ifname(ifindex).is_some() && (netlink || linked.contains(&ifindex)) {
             kept.insert(ifindex);
         } else {
             stale.push(ifindex);

@@ -30,14 +30,15 @@ use std::{
 
 use crate::{
     attach::AttachError,
+    attach::Method,
     bpffs::{BpffsError, PinDir},
     metrics::{self, MetricsError},
     netdev::{
-        caps as privileges,
-        rtnetlink::{self as netlink, LinkEvent, LinkMonitor},
+        self,
+        caps::{self, CapsError, Operation},
+        LinkEvent, LinkMonitor, NetlinkError,
     },
     program::{self, LoadError},
-    sys,
 };
 use config::{MetricsAddr, Settings};
 use events::EventStream;
@@ -60,18 +61,10 @@ pub enum AgentError {
     Config { path: PathBuf, reason: String },
     #[error("{0}")]
     Settings(String),
-    #[error("missing capability {0}: dhcpfix run needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (run as root, or see contrib/systemd/dhcpfix.service)")]
-    MissingCapabilities(String),
-    #[error("checking capabilities: {reason}")]
-    Capabilities { reason: String },
-    #[error("{op}: {source}")]
-    Netlink {
-        op: &'static str,
-        #[source]
-        source: io::Error,
-    },
-    #[error("decoding an rtnetlink message: {reason}")]
-    NetlinkDecode { reason: String },
+    #[error(transparent)]
+    Capabilities(#[from] CapsError),
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
     #[error("{op}: {source}")]
     Sys {
         op: &'static str,
@@ -197,13 +190,16 @@ fn recover_pin_dir(pins: &PinDir, layout: &crate::program::LayoutSource) -> Resu
 }
 
 fn full_pass(reconciler: &mut Reconciler) -> Result<(), AgentError> {
-    let links = netlink::list_links()?;
+    let links = netdev::links()?;
     reconciler.full(&links)
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub fn run(pin_dir: PathBuf, settings: Settings) -> Result<(), AgentError> {
-    privileges::check()?;
+    caps::require(&[
+        Operation::Load,
+        Operation::attach(settings.attach.method == Method::Netlink),
+    ])?;
     let mut signals = Signals::install()?;
     // Bind first: a port in use should stop the agent before it changes
     // anything.
@@ -287,7 +283,7 @@ pub fn run(pin_dir: PathBuf, settings: Settings) -> Result<(), AgentError> {
                 reconciler
                     .name_of(ifindex)
                     .map(str::to_owned)
-                    .or_else(|| sys::ifname(ifindex))
+                    .or_else(|| netdev::ifname(ifindex))
                     .unwrap_or_else(|| format!("if{ifindex}"))
             });
         }
@@ -304,7 +300,7 @@ pub fn run(pin_dir: PathBuf, settings: Settings) -> Result<(), AgentError> {
     }
 
     if let Some(stream) = events.as_mut() {
-        stream.drain(|ifindex| sys::ifname(ifindex).unwrap_or_else(|| format!("if{ifindex}")));
+        stream.drain(|ifindex| netdev::ifname(ifindex).unwrap_or_else(|| format!("if{ifindex}")));
     }
     if settings.detach_on_exit {
         log::info!("stopping: detaching (--detach-on-exit)");

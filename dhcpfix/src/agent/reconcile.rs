@@ -12,7 +12,7 @@ use super::{cleanup, pattern::Patterns, AgentError};
 use crate::{
     attach::{self, AttachOptions, Attached, Method},
     bpffs::PinDir,
-    netdev::rtnetlink::Link,
+    netdev::{self, Link},
 };
 
 /// The agent's view of its interfaces.
@@ -70,6 +70,7 @@ impl Reconciler {
                     let link = Link {
                         ifindex: a.ifindex,
                         name: (*now).to_owned(),
+                        ..Default::default()
                     };
                     if self.follow_rename(&a.name, &link) {
                         attached.insert(link.name, link.ifindex);
@@ -174,7 +175,7 @@ impl Reconciler {
             Err(attach::AttachError::NoInterface(_)) => {}
             // Deleted (or re-created) while we attached: not a failure; the
             // events that follow cover the new interface.
-            Err(e) if crate::sys::ifname(link.ifindex).as_deref() != Some(link.name.as_str()) => {
+            Err(e) if netdev::ifname(link.ifindex).as_deref() != Some(link.name.as_str()) => {
                 log::debug!("{}: gone while attaching ({e})", link.name);
             }
             Err(e) => {

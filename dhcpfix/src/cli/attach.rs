@@ -40,7 +40,7 @@ pub fn run(pin_dir: &Path, args: Args) -> anyhow::Result<()> {
         if !crate::bpffs::valid_ifname(iface) {
             bail!("{iface:?} is not a valid interface name");
         }
-        if crate::sys::ifindex(iface).is_none() {
+        if crate::netdev::ifindex(iface).is_none() {
             bail!("interface {iface:?} not found in this network namespace; nothing was attached");
         }
     }

@@ -23,7 +23,7 @@ use crate::{
         libvirt::{self, Domain, Plan, MAX_XML_BYTES},
         syslog::{Reporter, Severity},
     },
-    netdev, sys,
+    netdev,
 };
 
 /// Most bytes read (and thrown away) from stdin for operations the hook
@@ -164,7 +164,7 @@ fn detach_all(pin_dir: &Path, domain: &Domain, say: &dyn Fn(Severity, String)) {
         // The tap normally vanished with QEMU. If a device of that name
         // exists, it may be a persistent tap, or the name may already belong
         // to another guest: only the MAC tells.
-        if let (Some(index), Some(guest_mac)) = (sys::ifindex(name), &iface.mac) {
+        if let (Some(index), Some(guest_mac)) = (netdev::ifindex(name), &iface.mac) {
             if let Ok(Some(link)) = netdev::link(index) {
                 if !libvirt::tap_mac_matches(&link.mac, guest_mac) {
                     say(

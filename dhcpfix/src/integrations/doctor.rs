@@ -19,7 +19,11 @@ use crate::{
     attach::{self, Attachment, Method, Mode},
     bpffs::{self, PinDir},
     kernel_layout,
-    netdev::{self, Link, NetdevError},
+    netdev::{
+        self,
+        caps::{Capabilities, Operation},
+        Link, NetlinkError,
+    },
 };
 
 /// How much an item needs the operator.
@@ -179,8 +183,8 @@ pub struct Report {
 /// Errors that stop the doctor from reporting at all.
 #[derive(Debug, thiserror::Error)]
 pub enum DoctorError {
-    #[error("listing network devices: {0}")]
-    Links(#[from] NetdevError),
+    #[error(transparent)]
+    Links(#[from] NetlinkError),
 }
 
 /// What to examine.
@@ -193,8 +197,8 @@ pub struct Options {
 
 /// Examines the host.
 pub fn examine(opts: &Options) -> Result<Report, DoctorError> {
-    let links = netdev::links()?;
-    let by_index: BTreeMap<u32, &Link> = links.iter().map(|l| (l.index, l)).collect();
+    let links = netdev::links_with_addresses()?;
+    let by_index: BTreeMap<u32, &Link> = links.iter().map(|l| (l.ifindex, l)).collect();
     let mut notes = Vec::new();
 
     let (mut kernel, csum_mask) = kernel_checks(opts);
@@ -264,7 +268,7 @@ pub fn examine(opts: &Options) -> Result<Report, DoctorError> {
             .collect();
         let attachment = attachments
             .iter()
-            .find(|a| a.name == tap.name && a.attached && a.ifindex == tap.index);
+            .find(|a| a.name == tap.name && a.attached && a.ifindex == tap.ifindex);
         let fixes: Vec<&OtherFix> = other_fixes
             .iter()
             .filter(|f| fix_applies(f, &tap.name, bridge.as_deref()))
@@ -288,7 +292,7 @@ pub fn examine(opts: &Options) -> Result<Report, DoctorError> {
         }
         interfaces.push(TapReport {
             name: tap.name.clone(),
-            ifindex: tap.index,
+            ifindex: tap.ifindex,
             kind: tap.kind.clone().unwrap_or_default(),
             tx_checksum_offload: offload,
             bridge,
@@ -446,7 +450,7 @@ fn kernel_checks(opts: &Options) -> (Vec<Check>, u64) {
         }
         Err(e) => {
             checks.push(Check::new("kernel BTF", Level::Action, e.to_string()));
-            netdev::FALLBACK_CSUM_FEATURES
+            kernel_layout::FALLBACK_CSUM_FEATURES
         }
     };
     let hook = match aya::util::KernelVersion::current() {
@@ -465,28 +469,14 @@ fn kernel_checks(opts: &Options) -> (Vec<Check>, u64) {
         ),
     };
     checks.push(hook);
-    let caps = effective_caps();
-    let has = |bit: u32| caps.is_some_and(|c| c & (1u64 << bit) != 0);
-    // CAP_NET_ADMIN 12, CAP_SYS_ADMIN 21, CAP_PERFMON 38, CAP_BPF 39.
-    let privileged = has(21) || (has(12) && has(38) && has(39));
-    checks.push(if privileged {
-        Check::new("privileges", Level::Ok, "enough to load and attach dhcpfix")
-    } else {
-        Check::new(
-            "privileges",
-            Level::Warn,
-            "not root: attach needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (and CAP_SYS_ADMIN to \
-             mount bpffs); what this report says about attachments may be incomplete",
-        )
+    checks.push(match Capabilities::current() {
+        Ok(caps) => match caps.check(&[Operation::Load, Operation::attach(false)]) {
+            Ok(()) => Check::new("privileges", Level::Ok, "enough to load and attach dhcpfix"),
+            Err(missing) => Check::new("privileges", Level::Warn, missing.to_string()),
+        },
+        Err(e) => Check::new("privileges", Level::Warn, e.to_string()),
     });
     (checks, mask)
-}
-
-/// `CapEff` of this process.
-fn effective_caps() -> Option<u64> {
-    let status = fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("CapEff:"))?;
-    u64::from_str_radix(line.trim_start_matches("CapEff:").trim(), 16).ok()
 }
 
 fn pin_dir_check(pin_dir: &Path) -> Check {
@@ -503,7 +493,7 @@ fn pin_dir_check(pin_dir: &Path) -> Check {
             ),
         );
     }
-    let can_mount = effective_caps().is_some_and(|c| c & (1 << 21) != 0);
+    let can_mount = Capabilities::current().is_ok_and(|c| c.missing(&[Operation::MountBpffs]).is_empty());
     if can_mount {
         Check::new(
             item,
@@ -702,10 +692,17 @@ fn dhcp_servers(links: &[Link], notes: &mut Vec<Check>) -> Vec<DhcpServer> {
     if sockets.is_empty() {
         return Vec::new();
     }
-    let bound = sock_diag_bound_devices(67).unwrap_or_default();
+    // The device a socket is bound to (as dnsmasq binds it), by inode; best
+    // effort (a kernel without udp_diag has none to say).
+    let bound: BTreeMap<u64, u32> = netdev::sock_diag::udp4_sockets()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|s| s.port == 67)
+        .filter_map(|s| Some((s.inode, s.bound_ifindex?)))
+        .collect();
     let inodes: BTreeSet<u64> = sockets.iter().map(|s| s.1).collect();
     let owners = socket_owners(&inodes);
-    let name_of = |index: u32| links.iter().find(|l| l.index == index).map(|l| l.name.clone());
+    let name_of = |index: u32| links.iter().find(|l| l.ifindex == index).map(|l| l.name.clone());
     sockets
         .into_iter()
         .map(|(address, inode)| {
@@ -798,74 +795,6 @@ fn socket_owners(inodes: &BTreeSet<u64>) -> BTreeMap<u64, Vec<String>> {
     owners
 }
 
-/// `SOCK_DIAG_BY_FAMILY`.
-const SOCK_DIAG_BY_FAMILY: u16 = 20;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-
-/// inode -> ifindex of the UDP sockets on `port` bound to a device
-/// (`SO_BINDTODEVICE`, which `/proc/net/udp` does not show), via
-/// NETLINK_SOCK_DIAG (`ss` does the same).
-fn sock_diag_bound_devices(port: u16) -> std::io::Result<BTreeMap<u64, u32>> {
-    use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
-    let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
-    socket.bind_auto()?;
-    socket.connect(&SocketAddr::new(0, 0))?;
-    // nlmsghdr + struct inet_diag_req_v2 (family, protocol, ext, pad,
-    // states, and a zeroed 48-byte inet_diag_sockid).
-    let mut req = Vec::with_capacity(72);
-    req.extend_from_slice(&72u32.to_ne_bytes());
-    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    let flags = netlink_packet_core::NLM_F_REQUEST | netlink_packet_core::NLM_F_DUMP;
-    req.extend_from_slice(&flags.to_ne_bytes());
-    req.extend_from_slice(&1u32.to_ne_bytes());
-    req.extend_from_slice(&0u32.to_ne_bytes());
-    req.extend_from_slice(&[libc::AF_INET as u8, libc::IPPROTO_UDP as u8, 0, 0]);
-    req.extend_from_slice(&u32::MAX.to_ne_bytes());
-    req.extend_from_slice(&[0u8; 48]);
-    socket.send(&req, 0)?;
-
-    let mut out = BTreeMap::new();
-    loop {
-        let (data, _) = socket.recv_from_full()?;
-        if data.is_empty() {
-            return Ok(out);
-        }
-        let mut at = 0;
-        while at + 16 <= data.len() {
-            let word = |o: usize| {
-                data.get(o..o + 4)
-                    .map_or(0, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-            };
-            let len = word(at) as usize;
-            let kind = u16::from_ne_bytes([data[at + 4], data[at + 5]]);
-            if len < 16 || at + len > data.len() {
-                return Ok(out);
-            }
-            match kind {
-                NLMSG_DONE => return Ok(out),
-                NLMSG_ERROR => {
-                    let errno = word(at + 16) as i32;
-                    return Err(std::io::Error::from_raw_os_error(-errno));
-                }
-                SOCK_DIAG_BY_FAMILY if len >= 16 + 72 => {
-                    // struct inet_diag_msg: id.sport (big endian) at 4,
-                    // id.if at 40, inode at 68.
-                    let body = at + 16;
-                    let sport = u16::from_be_bytes([data[body + 4], data[body + 5]]);
-                    let ifindex = word(body + 40);
-                    let inode = u64::from(word(body + 68));
-                    if sport == port && ifindex != 0 {
-                        out.insert(inode, ifindex);
-                    }
-                }
-                _ => {}
-            }
-            at += (len + 3) & !3;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -886,7 +815,7 @@ mod tests {
     #[test]
     fn verdicts() {
         let tap = Link {
-            index: 5,
+            ifindex: 5,
             name: "vnet5".into(),
             kind: Some("tun".into()),
             ethernet: true,

@@ -1,96 +1,164 @@
-//! The interfaces of this network namespace, and their comings and goings,
-//! from rtnetlink (`RTM_GETLINK` dumps, `RTMGRP_LINK` events).
+//! rtnetlink (`NETLINK_ROUTE`, on netlink-packet-route): one link
+//! (`RTM_GETLINK`), every link (`RTM_GETLINK` dump), the IPv4 addresses
+//! (`RTM_GETADDR` dump), and the link event monitor (`RTMGRP_LINK`).
 
 use std::{
     io,
+    net::{IpAddr, Ipv4Addr},
     os::fd::{AsFd, BorrowedFd},
 };
 
-use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_packet_route::{
-    link::{LinkAttribute, LinkMessage},
-    RouteNetlinkMessage,
+    address::{AddressAttribute, AddressMessage},
+    link::LinkMessage,
+    AddressFamily, RouteNetlinkMessage,
 };
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
-use crate::agent::AgentError;
+use super::{
+    netlink::{self, NetlinkError, Part},
+    Link,
+};
 
-/// Receive buffer for one datagram; the kernel sends at most a page or
-/// 8 KiB of messages per datagram.
-const RECV_BUF: usize = 64 * 1024;
 /// Socket receive queue asked for (SO_RCVBUF, capped by net.core.rmem_max):
 /// room for a burst of events, such as a host starting many guests at once.
-const SOCKET_RCVBUF: usize = 4 << 20;
+const MONITOR_RCVBUF: usize = 4 << 20;
+/// The monitor's requests, as named in its errors.
+const MONITOR: &str = "rtnetlink RTMGRP_LINK monitor";
 
-/// One interface.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Link {
-    pub ifindex: u32,
-    pub name: String,
+/// The device with ifindex `index`, or `None` if there is none.
+pub fn link(index: u32) -> Result<Option<Link>, NetlinkError> {
+    let mut msg = LinkMessage::default();
+    msg.header.index = index;
+    match netlink::request(
+        NETLINK_ROUTE,
+        RouteNetlinkMessage::GetLink(msg),
+        false,
+        "rtnetlink RTM_GETLINK",
+    ) {
+        Ok(replies) => Ok(replies.into_iter().find_map(|m| match m {
+            RouteNetlinkMessage::NewLink(l) => Some(Link::from_message(l)),
+            _ => None,
+        })),
+        Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
-/// What happened to an interface.
+/// Every device of this network namespace, by ifindex (without addresses).
+pub fn links() -> Result<Vec<Link>, NetlinkError> {
+    let mut links: Vec<Link> = netlink::request(
+        NETLINK_ROUTE,
+        RouteNetlinkMessage::GetLink(LinkMessage::default()),
+        true,
+        "rtnetlink RTM_GETLINK dump",
+    )?
+    .into_iter()
+    .filter_map(|m| match m {
+        RouteNetlinkMessage::NewLink(l) => Some(Link::from_message(l)),
+        _ => None,
+    })
+    .collect();
+    links.sort_by_key(|l| l.ifindex);
+    Ok(links)
+}
+
+/// Every IPv4 address of this network namespace: `(ifindex, address)`.
+pub fn ipv4_addresses() -> Result<Vec<(u32, Ipv4Addr)>, NetlinkError> {
+    let mut query = AddressMessage::default();
+    query.header.family = AddressFamily::Inet;
+    let mut out = Vec::new();
+    for reply in netlink::request(
+        NETLINK_ROUTE,
+        RouteNetlinkMessage::GetAddress(query),
+        true,
+        "rtnetlink RTM_GETADDR dump",
+    )? {
+        let RouteNetlinkMessage::NewAddress(addr) = reply else {
+            continue;
+        };
+        for attr in addr.attributes {
+            if let AddressAttribute::Local(IpAddr::V4(ip)) | AddressAttribute::Address(IpAddr::V4(ip)) = attr
+            {
+                if !out.contains(&(addr.header.index, ip)) {
+                    out.push((addr.header.index, ip));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// [`links`], each with its IPv4 addresses.
+pub fn links_with_addresses() -> Result<Vec<Link>, NetlinkError> {
+    let mut links = links()?;
+    for (index, ip) in ipv4_addresses()? {
+        if let Some(link) = links.iter_mut().find(|l| l.ifindex == index) {
+            link.ipv4.push(ip);
+        }
+    }
+    Ok(links)
+}
+
+/// What happened to a device.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LinkEvent {
     /// `RTM_NEWLINK`: created, or changed (flags, master, name).
     Changed(Link),
     /// `RTM_DELLINK`: deleted.
     Deleted(Link),
-    /// The kernel dropped events (`ENOBUFS`): re-read everything.
+    /// The kernel dropped events (`ENOBUFS`), or one did not decode:
+    /// re-read everything.
     Lost,
 }
 
-fn err(op: &'static str) -> impl FnOnce(io::Error) -> AgentError {
-    move |source| AgentError::Netlink { op, source }
-}
-
-/// A socket subscribed to link events.
+/// A socket subscribed to link events (`RTMGRP_LINK`), non-blocking, for
+/// poll(2).
 pub struct LinkMonitor {
     socket: Socket,
     buf: Vec<u8>,
 }
 
 impl LinkMonitor {
-    /// Subscribes to `RTMGRP_LINK`. Open it before listing the interfaces,
-    /// so that nothing falls between the list and the first event.
-    pub fn open() -> Result<Self, AgentError> {
+    /// Subscribes. Open it before listing the devices, so that nothing
+    /// falls between the list and the first event.
+    pub fn open() -> Result<Self, NetlinkError> {
+        let err = |call| {
+            move |error| NetlinkError::Socket {
+                request: MONITOR,
+                call,
+                error,
+            }
+        };
         let mut socket = Socket::new(NETLINK_ROUTE).map_err(err("socket(AF_NETLINK, NETLINK_ROUTE)"))?;
         socket
             .bind(&SocketAddr::new(0, libc::RTMGRP_LINK as u32))
             .map_err(err("bind(RTMGRP_LINK)"))?;
-        if let Err(e) = socket.set_rx_buf_sz(SOCKET_RCVBUF) {
+        if let Err(e) = socket.set_rx_buf_sz(MONITOR_RCVBUF) {
             log::debug!("setsockopt(SO_RCVBUF) on the netlink socket: {e}");
         }
-        socket
-            .set_non_blocking(true)
-            .map_err(err("fcntl(O_NONBLOCK) on the netlink socket"))?;
+        socket.set_non_blocking(true).map_err(err("fcntl(O_NONBLOCK)"))?;
         Ok(Self {
             socket,
-            buf: Vec::with_capacity(RECV_BUF),
+            buf: Vec::new(),
         })
     }
 
     /// Every event queued so far, in order; empty when there is none.
-    pub fn drain(&mut self) -> Result<Vec<LinkEvent>, AgentError> {
+    pub fn drain(&mut self) -> Result<Vec<LinkEvent>, NetlinkError> {
         let mut events = Vec::new();
         loop {
-            self.buf.clear();
-            match self.socket.recv(&mut self.buf, 0) {
-                Ok(_) => {
-                    if decode(&self.buf, |msg| {
-                        if let Some(event) = event_of(msg) {
-                            events.push(event);
-                        }
-                    })
-                    .is_err()
-                    {
-                        events.push(LinkEvent::Lost);
-                    }
-                }
+            match netlink::recv_datagram(&self.socket, &mut self.buf) {
+                Ok(()) => decode_events(&self.buf, &mut events),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(events),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => events.push(LinkEvent::Lost),
-                Err(e) => return Err(err("recv on the netlink socket")(e)),
+                Err(error) => {
+                    return Err(NetlinkError::Request {
+                        request: MONITOR,
+                        error,
+                    })
+                }
             }
         }
     }
@@ -102,124 +170,114 @@ impl AsFd for LinkMonitor {
     }
 }
 
-fn link_of(msg: &LinkMessage) -> Option<Link> {
-    msg.attributes.iter().find_map(|a| match a {
-        LinkAttribute::IfName(name) => Some(Link {
-            ifindex: msg.header.index,
-            name: name.clone(),
-        }),
-        _ => None,
-    })
+/// The events in one datagram of the monitor; [`LinkEvent::Lost`] if part
+/// of it does not decode.
+fn decode_events(datagram: &[u8], events: &mut Vec<LinkEvent>) {
+    let decoded = netlink::decode(datagram, |part| {
+        if let Part::Message(msg) = part {
+            events.extend(event_of(msg));
+        }
+    });
+    if decoded.is_err() {
+        events.push(LinkEvent::Lost);
+    }
 }
 
 fn event_of(msg: RouteNetlinkMessage) -> Option<LinkEvent> {
-    match msg {
-        RouteNetlinkMessage::NewLink(m) => link_of(&m).map(LinkEvent::Changed),
-        RouteNetlinkMessage::DelLink(m) => link_of(&m).map(LinkEvent::Deleted),
-        _ => None,
+    let (deleted, msg) = match msg {
+        RouteNetlinkMessage::NewLink(m) => (false, m),
+        RouteNetlinkMessage::DelLink(m) => (true, m),
+        _ => return None,
+    };
+    let link = Link::from_message(msg);
+    if link.name.is_empty() {
+        return None;
     }
-}
-
-/// Calls `each` for every route message in one datagram. `Ok(true)` once
-/// the end of a dump (`NLMSG_DONE`) was seen.
-fn decode(mut bytes: &[u8], mut each: impl FnMut(RouteNetlinkMessage)) -> Result<bool, String> {
-    while !bytes.is_empty() {
-        let msg: NetlinkMessage<RouteNetlinkMessage> =
-            NetlinkMessage::deserialize(bytes).map_err(|e| e.to_string())?;
-        let len = msg.header.length as usize;
-        match msg.payload {
-            NetlinkPayload::InnerMessage(inner) => each(inner),
-            NetlinkPayload::Done(_) => return Ok(true),
-            NetlinkPayload::Error(e) if e.code.is_some() => return Err(e.to_io().to_string()),
-            _ => {}
-        }
-        if len == 0 || len > bytes.len() {
-            break;
-        }
-        // Messages are 4-byte aligned (NLMSG_ALIGN).
-        bytes = &bytes[len.next_multiple_of(4).min(bytes.len())..];
-    }
-    Ok(false)
-}
-
-/// Every interface of this network namespace (`RTM_GETLINK` dump).
-pub fn list_links() -> Result<Vec<Link>, AgentError> {
-    let mut socket = Socket::new(NETLINK_ROUTE).map_err(err("socket(AF_NETLINK, NETLINK_ROUTE)"))?;
-    socket.bind_auto().map_err(err("bind on a netlink socket"))?;
-    socket
-        .connect(&SocketAddr::new(0, 0))
-        .map_err(err("connect on a netlink socket"))?;
-    let mut request = NetlinkMessage::new(
-        NetlinkHeader::default(),
-        NetlinkPayload::from(RouteNetlinkMessage::GetLink(LinkMessage::default())),
-    );
-    request.header.flags = NLM_F_DUMP | NLM_F_REQUEST;
-    request.header.sequence_number = 1;
-    request.finalize();
-    let mut out = vec![0; request.buffer_len()];
-    request.serialize(&mut out);
-    socket.send(&out, 0).map_err(err("send(RTM_GETLINK)"))?;
-
-    let mut links = Vec::new();
-    let mut buf = Vec::with_capacity(RECV_BUF);
-    loop {
-        buf.clear();
-        match socket.recv(&mut buf, 0) {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(err("recv(RTM_GETLINK)")(e)),
-        }
-        let done = decode(&buf, |msg| {
-            if let RouteNetlinkMessage::NewLink(m) = msg {
-                links.extend(link_of(&m));
-            }
-        })
-        .map_err(|reason| AgentError::NetlinkDecode { reason })?;
-        if done {
-            return Ok(links);
-        }
-    }
+    Some(if deleted {
+        LinkEvent::Deleted(link)
+    } else {
+        LinkEvent::Changed(link)
+    })
 }
 
 #[cfg(test)]
 mod tests {
+    use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload};
+    use netlink_packet_route::link::LinkAttribute;
+
     use super::*;
 
     #[test]
     fn lists_loopback() {
         // Every network namespace has `lo`, ifindex 1; no privileges needed.
-        let links = list_links().unwrap();
-        assert!(links.contains(&Link {
-            ifindex: 1,
-            name: "lo".into()
-        }));
+        let links = links().unwrap();
+        let lo = links.iter().find(|l| l.ifindex == 1).expect("lo");
+        assert_eq!(lo.name, "lo");
+        assert!(!lo.ethernet);
+        assert_eq!(link(1).unwrap().as_ref(), Some(lo));
+        assert_eq!(link(i32::MAX as u32).unwrap(), None);
+        let with_addresses = links_with_addresses().unwrap();
+        let lo = with_addresses.iter().find(|l| l.ifindex == 1).unwrap();
+        // The sandbox may leave lo down, without its address; when it has
+        // one, it is 127.0.0.1.
+        assert!(lo.ipv4.iter().all(|ip| ip.is_loopback()), "{:?}", lo.ipv4);
     }
 
-    #[test]
-    fn decodes_new_and_deleted_links() {
-        let mut msg = LinkMessage::default();
-        msg.header.index = 42;
-        msg.attributes.push(LinkAttribute::IfName("vnet9".into()));
+    /// The bytes the kernel would send for `msgs`, one datagram.
+    fn datagram(msgs: Vec<RouteNetlinkMessage>) -> Vec<u8> {
         let mut bytes = Vec::new();
-        for payload in [
-            RouteNetlinkMessage::NewLink(msg.clone()),
-            RouteNetlinkMessage::DelLink(msg),
-        ] {
+        for payload in msgs {
             let mut m = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(payload));
             m.finalize();
             let mut b = vec![0; m.buffer_len()];
             m.serialize(&mut b);
             bytes.extend(b);
         }
+        bytes
+    }
+
+    fn link_message(family: AddressFamily) -> LinkMessage {
+        let mut msg = LinkMessage::default();
+        msg.header.index = 42;
+        msg.header.interface_family = family;
+        msg.attributes.push(LinkAttribute::IfName("vnet9".into()));
+        msg.attributes.push(LinkAttribute::Controller(7));
+        msg
+    }
+
+    #[test]
+    fn decodes_new_and_deleted_links() {
+        let msg = link_message(AddressFamily::Unspec);
+        let bytes = datagram(vec![
+            RouteNetlinkMessage::NewLink(msg.clone()),
+            RouteNetlinkMessage::DelLink(msg),
+        ]);
         let mut events = Vec::new();
-        assert_eq!(decode(&bytes, |m| events.extend(event_of(m))), Ok(false));
+        decode_events(&bytes, &mut events);
         let link = Link {
             ifindex: 42,
             name: "vnet9".into(),
+            master: Some(7),
+            ..Default::default()
         };
         assert_eq!(
             events,
             [LinkEvent::Changed(link.clone()), LinkEvent::Deleted(link)]
         );
+    }
+
+    #[test]
+    fn garbage_is_a_lost_event_not_a_panic() {
+        let good = datagram(vec![RouteNetlinkMessage::DelLink(link_message(
+            AddressFamily::Unspec,
+        ))]);
+        for cut in 1..good.len() {
+            let mut events = Vec::new();
+            decode_events(&good[..cut], &mut events);
+            assert!(events.iter().all(|e| *e == LinkEvent::Lost), "{cut}: {events:?}");
+        }
+        let mut events = Vec::new();
+        decode_events(&[0xff; 64], &mut events);
+        assert_eq!(events, [LinkEvent::Lost]);
     }
 }
