@@ -189,6 +189,12 @@ fn event_of(msg: RouteNetlinkMessage) -> Option<LinkEvent> {
         RouteNetlinkMessage::DelLink(m) => (true, m),
         _ => return None,
     };
+    // The bridge's messages about its ports (family AF_BRIDGE) describe the
+    // port, not the device: a port leaving its bridge (`ip link set X
+    // nomaster`) comes as an AF_BRIDGE RTM_DELLINK while X lives on.
+    if msg.header.interface_family == AddressFamily::Bridge {
+        return None;
+    }
     let link = Link::from_message(msg);
     if link.name.is_empty() {
         return None;
@@ -264,6 +270,20 @@ mod tests {
             events,
             [LinkEvent::Changed(link.clone()), LinkEvent::Deleted(link)]
         );
+    }
+
+    /// Defect 14: `ip link set vnet9 nomaster` makes the bridge send an
+    /// AF_BRIDGE RTM_DELLINK for its port; the device is not deleted.
+    #[test]
+    fn bridge_port_messages_are_not_link_events() {
+        let port = link_message(AddressFamily::Bridge);
+        let bytes = datagram(vec![
+            RouteNetlinkMessage::DelLink(port.clone()),
+            RouteNetlinkMessage::NewLink(port),
+        ]);
+        let mut events = Vec::new();
+        decode_events(&bytes, &mut events);
+        assert_eq!(events, []);
     }
 
     #[test]
