@@ -396,7 +396,10 @@ fn tap_leaving_its_bridge_stays_attached() {
 
     let (status, _, log) = agent.stop(libc::SIGTERM);
     assert!(status.success(), "{status}");
-    assert!(log.contains("vnet0 was renamed to vnet5; its attachment follows"), "{log}");
+    assert!(
+        log.contains("vnet0 was renamed to vnet5; its attachment follows"),
+        "{log}"
+    );
     assert!(!log.contains("detached vnet0"), "{log}");
     lab.destroy().unwrap();
 }
