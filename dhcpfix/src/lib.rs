@@ -13,6 +13,7 @@ pub mod attach;
 pub mod bpffs;
 pub mod cli;
 pub mod counters;
+pub mod doctor;
 pub mod integrations;
 pub mod kernel_layout;
 pub mod lab;

@@ -8,7 +8,7 @@ use std::{
 };
 
 use super::output;
-use crate::integrations::doctor::{self, Check, Level, Options, Report};
+use crate::doctor::{self, Check, Level, Options, Report};
 
 /// Exit status when an item needs action.
 pub const EXIT_ACTION: i32 = 2;
