@@ -72,8 +72,8 @@ fn print_tables(report: &Report) {
                         .as_ref()
                         .map_or("-".into(), |d| d.mode.map_or("?".into(), |m| m.to_string())),
                     t.verdict.to_string(),
-                    t.level.to_string(),
-                    t.detail.clone(),
+                    t.verdict.level().to_string(),
+                    t.verdict.detail(),
                 ]
             })
             .collect();
@@ -128,7 +128,7 @@ fn print_tables(report: &Report) {
         let rows = report
             .other_fixes
             .iter()
-            .map(|f| vec![f.kind.to_owned(), f.applies_to.clone(), f.rule.clone()])
+            .map(|f| vec![f.kind.to_string(), f.applies_to.clone(), f.rule.clone()])
             .collect();
         println!("Other checksum fixes");
         println!("{}\n", output::table(&["kind", "applies to", "rule"], rows, 99));
