@@ -11,7 +11,6 @@
 pub mod agent;
 pub mod attach;
 pub mod bpffs;
-pub mod cli;
 pub mod counters;
 pub mod doctor;
 pub mod integrations;

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::bail;
 
-use crate::{
+use dhcpfix::{
     attach::{self, AttachOptions, Attached, Method, Mode},
     bpffs::PinDir,
 };
@@ -37,10 +37,10 @@ pub fn run(pin_dir: &Path, args: Args) -> anyhow::Result<()> {
     };
     // Check every name before touching anything: all or nothing.
     for iface in &args.interfaces {
-        if !crate::bpffs::valid_ifname(iface) {
+        if !dhcpfix::bpffs::valid_ifname(iface) {
             bail!("{iface:?} is not a valid interface name");
         }
-        if crate::netdev::ifindex(iface).is_none() {
+        if dhcpfix::netdev::ifindex(iface).is_none() {
             bail!("interface {iface:?} not found in this network namespace; nothing was attached");
         }
     }

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use crate::{agent::cleanup, bpffs::PinDir};
+use dhcpfix::{agent::cleanup, bpffs::PinDir};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use crate::{
+use dhcpfix::{
     attach::{self, Detached},
     bpffs::PinDir,
 };

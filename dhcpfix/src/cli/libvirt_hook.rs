@@ -16,7 +16,7 @@ use std::{
     path::Path,
 };
 
-use crate::{
+use dhcpfix::{
     attach::{self, AttachError, AttachOptions, Attached, Detached, Mode},
     bpffs::PinDir,
     integrations::{
@@ -187,13 +187,14 @@ fn detach_all(pin_dir: &Path, domain: &Domain, say: &dyn Fn(Severity, String)) {
     }
 }
 
-/// Errors reading the domain XML.
+/// Errors reading the domain XML. One line each, cause included (no
+/// `source()`, so a chain never prints it twice).
 #[derive(Debug, thiserror::Error)]
 enum StdinError {
     #[error("no domain XML: stdin is a terminal (libvirt passes the XML on stdin)")]
     Terminal,
     #[error("reading the domain XML from stdin (read(2)): {0}")]
-    Read(#[source] io::Error),
+    Read(io::Error),
     #[error("the domain XML on stdin is larger than {} MiB; giving up", MAX_XML_BYTES >> 20)]
     TooLarge,
 }

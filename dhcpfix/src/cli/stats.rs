@@ -5,7 +5,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::output;
-use crate::{
+use dhcpfix::{
     bpffs::PinDir,
     counters::{self, InterfaceStats},
 };
@@ -52,7 +52,7 @@ pub fn run(pin_dir: &Path, args: Args) -> anyhow::Result<()> {
         return output::json(&stats);
     }
     if args.format == Format::Prometheus {
-        print!("{}", crate::metrics::encode(&stats.interfaces)?);
+        print!("{}", dhcpfix::metrics::encode(&stats.interfaces)?);
         return Ok(());
     }
     if stats.interfaces.is_empty() {

@@ -5,7 +5,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::output;
-use crate::{
+use dhcpfix::{
     attach::{self, Attachment},
     bpffs::PinDir,
 };

@@ -9,7 +9,7 @@ use std::{
 };
 
 use super::output;
-use crate::{
+use dhcpfix::{
     bpffs::PinDir,
     counters::{self, InterfaceStats},
 };
@@ -121,8 +121,8 @@ pub fn run(pin_dir: &Path, args: Args) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attach::{Attachment, Method, Mode};
-    use crate::counters::Totals;
+    use dhcpfix::attach::{Attachment, Method, Mode};
+    use dhcpfix::counters::Totals;
 
     fn stats(name: &str, ifindex: u32, seen: u64, filled: u64) -> InterfaceStats {
         InterfaceStats {
