@@ -29,8 +29,7 @@ use std::{
 };
 
 use crate::{
-    attach::AttachError,
-    attach::Method,
+    attach::{AttachError, Method},
     bpffs::{BpffsError, PinDir},
     metrics::{self, MetricsError},
     netdev::{
