@@ -243,9 +243,9 @@ pub enum CapsError {
     Status { error: io::Error },
     #[error("checking capabilities: no readable CapEff line in /proc/self/status")]
     NoCapEff,
+    // "missing capability A, B": the words scripts and tests look for.
     #[error(
-        "missing capabilit{} {}: {} (run as root, or see contrib/systemd/dhcpfix.service)",
-        if missing.len() == 1 { "y" } else { "ies" },
+        "missing capability {}: {} (run as root, or see contrib/systemd/dhcpfix.service)",
         join(missing),
         ops.iter().map(|op| op.needs()).collect::<Vec<_>>().join("; ")
     )]
@@ -344,7 +344,7 @@ mod tests {
         let err = Capabilities::default().check(&[Load]).unwrap_err();
         assert!(
             err.to_string()
-                .starts_with("missing capabilities CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON: loading"),
+                .starts_with("missing capability CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON: loading"),
             "{err}"
         );
     }
