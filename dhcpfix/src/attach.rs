@@ -27,7 +27,8 @@ use dhcpfix_common::{
 use serde::Serialize;
 
 use crate::{
-    integrations::{libvirt, netdev},
+    integrations::libvirt,
+    netdev,
     netns::{Netns, NetnsError, NetnsInfo},
     pins::{
         self,
@@ -37,7 +38,6 @@ use crate::{
         PinDir, PinsError,
     },
     program::{self, LayoutSource, LoadError},
-    sys,
 };
 
 /// Errors while attaching or detaching.
@@ -193,7 +193,7 @@ fn resolve_method(method: Method) -> Method {
 fn netlink_probe(here: u64) -> impl Fn(&IfaceKey, &IfaceConfig) -> Option<bool> {
     move |key, cfg| {
         (key.netns == here)
-            .then(|| sys::ifname(key.ifindex).is_some_and(|n| n.as_bytes() == cfg.name_bytes()))
+            .then(|| netdev::ifname(key.ifindex).is_some_and(|n| n.as_bytes() == cfg.name_bytes()))
     }
 }
 
@@ -227,7 +227,7 @@ fn attach_here(
         iface: iface.into(),
         netns: netns_shown.into(),
     };
-    let ifindex = sys::ifindex(iface).ok_or_else(no_interface)?;
+    let ifindex = netdev::ifindex(iface).ok_or_else(no_interface)?;
     let link = netdev::link(ifindex).ok().flatten();
     // macvtap/ipvtap: measured in docs/macvtap.md.
     if let Some(l) = link.as_ref().filter(|l| l.is_rx_handler_tap()) {
@@ -404,7 +404,7 @@ fn detach_here(
     }
     let _lock = pins.lock(lock_timeout)?;
     let mut maps = Maps::open(pins)?;
-    let now = sys::ifindex(iface).map(|i| IfaceKey::new(cookie, i));
+    let now = netdev::ifindex(iface).map(|i| IfaceKey::new(cookie, i));
     let mut removed = false;
     if let Some(key) = now {
         if maps.config(&key).is_some_and(|c| c.flags & FLAG_NETLINK != 0) {
@@ -499,7 +499,7 @@ pub fn remove_dead(
     let mut maps = Maps::open(pins)?;
     let probe = |key: &IfaceKey, cfg: &IfaceConfig| {
         let ns = namespaces.iter().find(|n| n.cookie() == key.netns)?;
-        ns.run(|| sys::ifname(key.ifindex).is_some_and(|n| n.as_bytes() == cfg.name_bytes()))
+        ns.run(|| netdev::ifname(key.ifindex).is_some_and(|n| n.as_bytes() == cfg.name_bytes()))
             .ok()
     };
     Ok(gc::dead_where(pins, &mut maps, &probe, |key, _| {
@@ -589,7 +589,7 @@ pub fn list(pins: &PinDir, namespaces: &[Netns]) -> Result<Vec<Attachment>, Atta
         let attached = match link {
             Some(state) => state == LinkState::Live,
             None => ns
-                .and_then(|ns| ns.run(|| sys::ifname(key.ifindex) == Some(name.clone())).ok())
+                .and_then(|ns| ns.run(|| netdev::ifname(key.ifindex) == Some(name.clone())).ok())
                 .unwrap_or(true),
         };
         out.push(Attachment {

@@ -15,15 +15,12 @@ use dhcpfix_common::layout::{KernelLayout, LAYOUT_HAS_CSUM_START, LAYOUT_VALID};
 /// Where the running kernel publishes its BTF.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
-/// Errors while resolving the kernel layout.
+/// Errors while resolving the kernel layout. One line each, cause
+/// included (no `source()`, so a chain never prints it twice).
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
-    #[error("reading kernel BTF {path}: {source}; the kernel needs CONFIG_DEBUG_INFO_BTF (Linux >= 5.4), or pass --btf FILE or --kernel-layout SPEC")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("reading kernel BTF {path}: {error}; the kernel needs CONFIG_DEBUG_INFO_BTF (Linux >= 5.4), or pass --btf FILE or --kernel-layout SPEC")]
+    Read { path: String, error: std::io::Error },
     #[error("kernel BTF is malformed: {0}")]
     Malformed(&'static str),
     #[error("kernel BTF has no struct {0}; pass --kernel-layout SPEC to override")]
@@ -105,9 +102,9 @@ fn u32_at(data: &[u8], at: usize) -> Option<u32> {
 impl Btf {
     /// Reads and parses a BTF file.
     pub fn from_file(path: &Path) -> Result<Self, LayoutError> {
-        let data = fs::read(path).map_err(|source| LayoutError::Read {
+        let data = fs::read(path).map_err(|error| LayoutError::Read {
             path: path.display().to_string(),
-            source,
+            error,
         })?;
         Self::parse(data)
     }
@@ -380,6 +377,18 @@ pub fn resolve(btf: &Btf) -> Result<KernelLayout, LayoutError> {
 pub fn resolve_from(btf_path: Option<&Path>) -> Result<KernelLayout, LayoutError> {
     let path = btf_path.unwrap_or(Path::new(VMLINUX_BTF));
     resolve(&Btf::from_file(path)?)
+}
+
+/// `NETIF_F_IP_CSUM` and `NETIF_F_HW_CSUM` (bits 1 and 3 of enum
+/// netdev_features, unchanged since Linux 2.6), for when BTF is unavailable.
+pub const FALLBACK_CSUM_FEATURES: u64 = (1 << 1) | (1 << 3);
+
+/// The checksum feature bits the classifier tests, from the running
+/// kernel's BTF, or the well-known bits when BTF is unavailable.
+pub fn csum_feature_mask() -> u64 {
+    resolve_from(None)
+        .map(|l| l.csum_features)
+        .unwrap_or(FALLBACK_CSUM_FEATURES)
 }
 
 /// An operator-supplied layout, for kernels without usable BTF:

@@ -1,21 +1,30 @@
 //! dhcpfix: completes the UDP checksum of DHCP packets on KVM guests' taps.
 //!
-//! The library behind the `dhcpfix` command: resolving the kernel layout
-//! from BTF ([`kernel_layout`]), the pin directory ([`pins`]), loading the
-//! classifier once ([`program`]), attaching it per interface ([`attach`]),
-//! reading counters ([`counters`]), running it under `BPF_PROG_TEST_RUN`
-//! ([`testrun`]) and the network-namespace lab behind `dhcpfix demo` and
-//! the end-to-end tests ([`lab`]). [`integrations`] fits it into libvirt
-//! (domain XML for the hook) and holds the checks behind `dhcpfix doctor`.
+//! The library behind the `dhcpfix` command (whose command line, `cli/`,
+//! is the binary's own). From the bottom up:
+//!
+//! - [`netdev`]: what the kernel says about devices (rtnetlink, link
+//!   events, ethtool, sock_diag, `if_nametoindex`) and the capabilities
+//!   dhcpfix needs; [`netns`]: naming, entering and finding network
+//!   namespaces; [`sys`]: the `bpf(2)` commands aya lacks;
+//! - [`kernel_layout`] (offsets from BTF), [`pins`] (the pin directory: the
+//!   one owner of pins, links and map entries), [`program`] (loading the
+//!   classifier once);
+//! - [`attach`] (per interface and namespace), [`counters`], [`metrics`];
+//! - [`agent`] (`dhcpfix run`), [`doctor`] (probes, fixes, rules, report),
+//!   [`integrations`] (libvirt's domain XML, syslog for hooks);
+//! - [`testrun`] (`BPF_PROG_TEST_RUN`) and [`lab`], the network-namespace
+//!   lab behind `dhcpfix demo` and the end-to-end tests.
 
 pub mod agent;
 pub mod attach;
-pub mod cli;
 pub mod counters;
+pub mod doctor;
 pub mod integrations;
 pub mod kernel_layout;
 pub mod lab;
 pub mod metrics;
+pub mod netdev;
 pub mod netns;
 pub mod pins;
 pub mod program;

@@ -192,26 +192,10 @@ pub fn map_info(fd: &OwnedFd) -> io::Result<MapInfo> {
     })
 }
 
-/// `if_nametoindex(3)`: the ifindex of `name` in this network namespace.
-pub fn ifindex(name: &str) -> Option<u32> {
-    let name = CString::new(name).ok()?;
-    // SAFETY: `name` is a valid NUL-terminated string.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    (index != 0).then_some(index)
-}
-
-/// `if_indextoname(3)`: the current name of interface `index`.
-pub fn ifname(index: u32) -> Option<String> {
-    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
-    // SAFETY: `buf` has IF_NAMESIZE bytes, as the function requires.
-    let ret = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
-    if ret.is_null() {
-        return None;
-    }
-    // SAFETY: on success the buffer holds a NUL-terminated name.
-    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
-    Some(name.to_string_lossy().into_owned())
-}
+/// Moved to [`crate::netdev`], the device layer; re-exported for the
+/// benchmarks (bench/), which still call them here.
+#[doc(hidden)]
+pub use crate::netdev::{ifindex, ifname};
 
 #[cfg(test)]
 mod tests {

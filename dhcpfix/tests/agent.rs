@@ -362,6 +362,48 @@ fn agent_restart_keeps_attachment_and_counters_and_forgets_deleted_taps() {
     lab.destroy().unwrap();
 }
 
+/// Defect 14: a tap leaving its bridge (`ip link set vnet0 nomaster`) makes
+/// the bridge send an AF_BRIDGE RTM_DELLINK for its port. The tap lives on,
+/// and so does its attachment: no "detached" line, the same link, still
+/// followed (a rename afterwards moves its pin).
+#[test]
+fn tap_leaving_its_bridge_stays_attached() {
+    if !privileged("tap_leaving_its_bridge_stays_attached") {
+        return;
+    }
+    let lab = lab(Offload::On);
+    let pins = lab.pin_dir();
+    let mut agent = Agent::start(&lab, &pins, &["--iface", "vnet*", "--metrics-addr", "none"]);
+    agent.wait_running();
+    let id = link_id(&pins, "vnet0").expect("vnet0 attached at start");
+
+    ip(&lab, &["link", "set", "vnet0", "nomaster"]);
+    ip(&lab, &["link", "set", "vnet0", "master", lab::BRIDGE]);
+    ip(&lab, &["link", "set", "vnet0", "nomaster"]);
+    // Time for the agent to act on the events, wrongly or not.
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(link_id(&pins, "vnet0"), Some(id), "{}", agent.log());
+    assert_eq!(tcx_programs(&lab, "vnet0"), ["dhcpfix"]);
+    assert!(!agent.log().contains("detached vnet0"), "{}", agent.log());
+
+    // Still the agent's: renamed, its pin follows.
+    ip(&lab, &["link", "set", "dev", "vnet0", "name", "vnet5"]);
+    let followed = wait_until(Duration::from_secs(2), || {
+        link_pin(&pins, "vnet5").exists() && !link_pin(&pins, "vnet0").exists()
+    });
+    assert!(followed.is_some(), "{}", agent.log());
+    assert_eq!(link_id(&pins, "vnet5"), Some(id));
+
+    let (status, _, log) = agent.stop(libc::SIGTERM);
+    assert!(status.success(), "{status}");
+    assert!(
+        log.contains("vnet0 was renamed to vnet5; its attachment follows"),
+        "{log}"
+    );
+    assert!(!log.contains("detached vnet0"), "{log}");
+    lab.destroy().unwrap();
+}
+
 #[test]
 fn clean_removes_dead_pins_and_clean_all_removes_everything() {
     if !privileged("clean_removes_dead_pins_and_clean_all_removes_everything") {

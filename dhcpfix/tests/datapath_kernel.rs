@@ -405,7 +405,7 @@ fn packet_socket(ifname: &str) -> OwnedFd {
         )
     };
     assert_eq!(rc, 0, "PACKET_VNET_HDR: {}", io::Error::last_os_error());
-    let ifindex = dhcpfix::sys::ifindex(ifname).expect("injection interface");
+    let ifindex = dhcpfix::netdev::ifindex(ifname).expect("injection interface");
     // SAFETY: an all-zero sockaddr_ll is valid; fields are set below.
     let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     addr.sll_family = libc::AF_PACKET as u16;

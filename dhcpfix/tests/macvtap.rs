@@ -283,7 +283,7 @@ fn macvtap_is_refused_for_the_reasons_measured() {
     }
     let net = Net::new();
     let mac = link_mac(&net.host, "macvtap0");
-    let csum_mask = dhcpfix::integrations::netdev::csum_feature_mask();
+    let csum_mask = dhcpfix::kernel_layout::csum_feature_mask();
 
     // 1. The bug exists for macvtap guests too: with the guest's checksum
     //    offload on, a DHCP-like reply from the host arrives unfinished.
@@ -305,7 +305,7 @@ fn macvtap_is_refused_for_the_reasons_measured() {
     // 3. macvtap0 advertises checksum offload whatever the guest negotiated,
     //    so the classifier's offload test cannot tell a firmware-phase guest
     //    (which a fill would break) from one that needs the fill.
-    let with_offload = in_netns(&net.host, || dhcpfix::integrations::netdev::features("macvtap0")).unwrap();
+    let with_offload = in_netns(&net.host, || dhcpfix::netdev::features("macvtap0")).unwrap();
     // Control: what the guest sends does leave through macvtap0's transmit
     // path, and the socket sees it as PACKET_OUTGOING.
     let sent = in_netns(&net.host, || {
@@ -324,7 +324,7 @@ fn macvtap_is_refused_for_the_reasons_measured() {
     );
     drop(guest);
     let mut guest = open_guest(0);
-    let without = in_netns(&net.host, || dhcpfix::integrations::netdev::features("macvtap0")).unwrap();
+    let without = in_netns(&net.host, || dhcpfix::netdev::features("macvtap0")).unwrap();
     assert_ne!(with_offload & csum_mask, 0);
     assert_ne!(
         without & csum_mask,

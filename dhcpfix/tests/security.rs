@@ -1,7 +1,8 @@
 //! Security: what dhcpfix creates is root's alone, the metrics listen on
 //! loopback unless told otherwise, and interface names (which may hold any
 //! byte but '/', ':' and white space) never reach a shell or a path outside
-//! the pin directory.
+//! the pin directory; and the capabilities dhcpfix needs are the ones
+//! its model says (measured).
 
 mod sandbox;
 mod support;
@@ -16,6 +17,7 @@ use std::{
     time::Duration,
 };
 
+use dhcpfix::netdev::caps::{Capabilities, Capability, Operation};
 use sandbox::{assert_one_line, pinned_link_ifindex, wait_until, Agent, Sandbox};
 use support::privileged;
 
@@ -308,4 +310,174 @@ fn tree(dir: &Path) -> Vec<PathBuf> {
     }
     out.sort();
     out
+}
+
+/// `setpriv` arguments that leave a root process exactly `caps` (its
+/// permitted and effective sets after exec are its bounding set).
+fn only_caps(caps: &[Capability]) -> Vec<String> {
+    let set: String = caps
+        .iter()
+        .map(|c| format!(",+{}", c.name().to_lowercase().trim_start_matches("cap_")))
+        .collect();
+    [
+        "--inh-caps=-all",
+        "--ambient-caps=-all",
+        &format!("--bounding-set=-all{set}"),
+        "--",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// The measurement behind netdev::caps (its module docs): `dhcpfix attach`
+/// as root with only some capabilities, from nothing loaded (and with the
+/// program loaded, netlink, and mounting bpffs), against what the model
+/// says; and the agent's start-up check agreeing with it.
+#[test]
+fn capability_sets_match_the_model() {
+    if !privileged("capability_sets_match_the_model") {
+        return;
+    }
+    use Capability::*;
+    let sb = Sandbox::new();
+    sb.add_tap("vnet0");
+    let mut n = 0;
+    // `dhcpfix attach [--method M] vnet0` with `caps` into a fresh pin
+    // directory: on a bpffs mounted beforehand unless `mount`, after root
+    // loaded the program there if `preload`. Returns whether it attached,
+    // after checking the kernel agrees; vnet0 is clean again afterwards.
+    let mut attach = |caps: &[Capability], method: &str, preload: bool, mount: bool| -> bool {
+        n += 1;
+        let bpffs = sb.dir.join(format!("caps-{n}"));
+        let pins = if mount {
+            sb.dir.join(format!("caps-{n}-unmounted"))
+        } else {
+            support::mount_bpffs(&bpffs);
+            bpffs.join("dhcpfix")
+        };
+        if preload {
+            sb.dhcpfix_ok(&pins, &["attach", "vnet0"]);
+            sb.dhcpfix_ok(&pins, &["detach", "vnet0"]);
+            assert!(sb.wait_programs("vnet0", &[], Duration::from_secs(2)).is_empty());
+        }
+        let out = sb
+            .command("setpriv")
+            .args(only_caps(caps))
+            .arg(sandbox::BIN)
+            .arg("--pin-dir")
+            .arg(&pins)
+            .args(["attach", "--method", method, "vnet0"])
+            .output()
+            .unwrap();
+        let ok = out.status.success();
+        let what = format!(
+            "{caps:?} {method} preload={preload} mount={mount}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!("{what}");
+        if !ok {
+            assert_one_line(&out.stderr);
+        }
+        let tc = sb
+            .command("tc")
+            .args(["filter", "show", "dev", "vnet0", "egress"])
+            .output()
+            .unwrap();
+        let filter = String::from_utf8_lossy(&tc.stdout).contains("dhcpfix");
+        let tcx = sb.tcx_programs("vnet0").unwrap();
+        match (ok, method) {
+            (true, "tcx") => assert_eq!(tcx, ["dhcpfix"], "{what}"),
+            (true, _) => assert!(filter && tcx.is_empty(), "{what}"),
+            (false, _) => assert!(!filter && tcx.is_empty(), "{what}"),
+        }
+        // Clean for the next case: a new tap (a filter goes with the old).
+        sb.del_link("vnet0");
+        sb.add_tap("vnet0");
+        ok
+    };
+    let model = |caps: &[Capability], ops: &[Operation]| Capabilities::of(caps).missing(ops).is_empty();
+
+    // Cold: loading and a tcx link.
+    for (caps, measured) in [
+        (&[][..], false),
+        (&[Bpf], false),
+        (&[NetAdmin], false),
+        (&[Perfmon], false),
+        (&[Bpf, NetAdmin], false),
+        (&[Bpf, Perfmon], false),
+        (&[NetAdmin, Perfmon], false),
+        (&[Bpf, NetAdmin, Perfmon], true),
+        (&[SysAdmin], true),
+        (&[SysAdmin, Bpf], true),
+        (&[SysAdmin, NetAdmin], true),
+    ] {
+        assert_eq!(attach(caps, "tcx", false, false), measured, "{caps:?}");
+        assert_eq!(
+            model(caps, &[Operation::Load, Operation::AttachTcx]),
+            measured,
+            "{caps:?}"
+        );
+    }
+    // The program loaded already: a tcx link needs nothing.
+    for caps in [&[][..], &[Bpf], &[NetAdmin], &[Perfmon]] {
+        assert!(attach(caps, "tcx", true, false), "{caps:?}");
+        assert!(model(caps, &[Operation::AttachTcx]), "{caps:?}");
+    }
+    // netlink: CAP_NET_ADMIN itself; CAP_SYS_ADMIN does not stand in.
+    for (caps, measured) in [
+        (&[SysAdmin][..], false),
+        (&[SysAdmin, NetAdmin], true),
+        (&[Bpf, NetAdmin, Perfmon], true),
+    ] {
+        assert_eq!(attach(caps, "netlink", false, false), measured, "{caps:?}");
+        assert_eq!(
+            model(caps, &[Operation::Load, Operation::AttachNetlink]),
+            measured,
+            "{caps:?}"
+        );
+    }
+    assert!(!attach(&[], "netlink", true, false));
+    assert!(attach(&[NetAdmin], "netlink", true, false));
+    // No bpffs at the pin directory: attach mounts one, with CAP_SYS_ADMIN.
+    for (caps, measured) in [(&[Bpf, NetAdmin, Perfmon][..], false), (&[SysAdmin], true)] {
+        assert_eq!(attach(caps, "tcx", false, true), measured, "{caps:?}");
+        let ops = [Operation::Load, Operation::AttachTcx, Operation::MountBpffs];
+        assert_eq!(model(caps, &ops), measured, "{caps:?}");
+    }
+
+    // The agent checks the same model before it starts: CAP_SYS_ADMIN
+    // alone runs it (tcx), and is refused with --method netlink.
+    let bpffs = sb.dir.join("caps-agent");
+    support::mount_bpffs(&bpffs);
+    let pins = bpffs.join("dhcpfix");
+    let wrapper = [vec!["setpriv".to_owned()], only_caps(&[SysAdmin])].concat();
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let mut agent = Agent::start(
+        &sb,
+        &pins,
+        &["--iface", "vnet*", "--metrics-addr", "none"],
+        &wrapper,
+    );
+    agent.wait_running();
+    assert_eq!(sb.tcx_programs("vnet0").unwrap(), ["dhcpfix"], "{}", agent.log());
+    let (status, log) = agent.stop(libc::SIGTERM);
+    assert!(status.success(), "{log}");
+    let args = [
+        "--iface",
+        "vnet*",
+        "--metrics-addr",
+        "none",
+        "--method",
+        "netlink",
+    ];
+    let mut agent = Agent::start(&sb, &pins, &args, &wrapper);
+    assert!(wait_until(Duration::from_secs(10), || agent.exited().is_some()));
+    let log = agent.log();
+    assert!(!agent.exited().unwrap().success());
+    assert_eq!(log.trim().lines().count(), 1, "{log}");
+    assert!(
+        log.contains("missing capability CAP_NET_ADMIN: a netlink attachment needs CAP_NET_ADMIN"),
+        "{log}"
+    );
 }

@@ -6,7 +6,7 @@
 //!   reconciles with the pins: keeps live attachments (and their counters),
 //!   removes what deleted interfaces left, attaches to new ones.
 //! - It follows link events of every namespace through one netlink socket
-//!   ([`monitor`]) and attaches to a new interface as soon as it appears;
+//!   ([`crate::netdev::LinkMonitor`]) and attaches to a new interface as soon as it appears;
 //!   namespaces are found as they appear ([`namespaces`]) and forgotten with
 //!   everything of theirs when the kernel reports them gone. A full pass
 //!   runs again when the kernel reports lost events, and periodically.
@@ -21,18 +21,23 @@
 pub mod config;
 pub mod events;
 pub mod http;
-pub mod monitor;
 pub mod namespaces;
-pub mod netlink;
 pub mod pattern;
-pub mod privileges;
 pub mod reconcile;
 mod supervisor;
 
 use std::{io, path::PathBuf};
 
 use crate::{
-    attach::AttachError, metrics::MetricsError, netns::NetnsError, pins::PinsError, program::LoadError,
+    attach::AttachError,
+    metrics::MetricsError,
+    netdev::{
+        caps::{self, CapsError, Operation},
+        NetlinkError,
+    },
+    netns::NetnsError,
+    pins::PinsError,
+    program::LoadError,
 };
 pub use config::Settings;
 
@@ -44,39 +49,22 @@ pub enum AgentError {
     #[error("interface pattern {pattern:?}: {reason}")]
     BadPattern { pattern: String, reason: String },
     #[error("reading config file {path}: {source}")]
-    ConfigRead {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    ConfigRead { path: PathBuf, source: io::Error },
     #[error("config file {path}: {reason}")]
     Config { path: PathBuf, reason: String },
     #[error("{0}")]
     Settings(String),
-    #[error("missing capability {0}: dhcpfix run needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON, and with --netns also CAP_SYS_ADMIN, CAP_NET_BROADCAST and CAP_SYS_PTRACE (run as root, or see contrib/systemd/dhcpfix.service)")]
-    MissingCapabilities(String),
-    #[error("checking capabilities: {reason}")]
-    Capabilities { reason: String },
-    #[error("{op}: {source}")]
-    Netlink {
-        op: &'static str,
-        #[source]
-        source: io::Error,
-    },
-    #[error("decoding an rtnetlink message: {reason}")]
-    NetlinkDecode { reason: String },
+    #[error(transparent)]
+    Capabilities(#[from] CapsError),
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
     #[error("serving metrics on {addr}: {source}; pass another --metrics-addr, or --metrics-addr none")]
     Bind {
         addr: std::net::SocketAddr,
-        #[source]
         source: io::Error,
     },
     #[error("{op}: {source}")]
-    Sys {
-        op: &'static str,
-        #[source]
-        source: io::Error,
-    },
+    Sys { op: &'static str, source: io::Error },
     #[error("pin directory {path} is no longer on a bpffs (unmounted?), so the attachments pinned there are gone, and mounting a new one failed: {source}")]
     PinDirLost { path: PathBuf, source: Box<PinsError> },
     // Boxed: these are large, and every agent function returns this type.
@@ -109,10 +97,30 @@ boxed_from!(
     Metrics(MetricsError)
 );
 
+/// Raises the soft limit on open files to the hard one (the HTTP endpoint
+/// bounds its own connections; the rest of the agent needs few).
+fn raise_nofile_limit() {
+    // SAFETY: a zeroed rlimit is a valid out-parameter.
+    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: `lim` is writable.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 && lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: `lim` holds the limits to set.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    }
+}
+
 /// Runs the agent until SIGTERM or SIGINT.
 pub fn run(pin_dir: PathBuf, settings: Settings) -> Result<(), AgentError> {
-    privileges::check(!matches!(settings.netns, namespaces::Select::Own))?;
-    privileges::raise_nofile_limit();
+    let mut needs = vec![
+        Operation::Load,
+        Operation::attach(settings.attach.method == crate::attach::Method::Netlink),
+    ];
+    if !matches!(settings.netns, namespaces::Select::Own) {
+        needs.push(Operation::OtherNamespaces);
+    }
+    caps::require(&needs)?;
+    raise_nofile_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("dhcpfix")

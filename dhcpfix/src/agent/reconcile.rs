@@ -10,9 +10,10 @@ use std::collections::{BTreeMap, HashMap};
 
 use dhcpfix_common::key::IfaceKey;
 
-use super::{netlink::Link, pattern::Patterns, AgentError};
+use super::{pattern::Patterns, AgentError};
 use crate::{
     attach::{self, AttachOptions, Attached},
+    netdev::Link,
     netns::Netns,
     pins::PinDir,
 };
@@ -103,6 +104,7 @@ impl Reconciler {
                     let link = Link {
                         ifindex: a.ifindex,
                         name: (*now).to_owned(),
+                        ..Default::default()
                     };
                     if self.follow_rename(&a.name, &link) {
                         attached.insert(link.name, link.ifindex);
@@ -232,7 +234,7 @@ impl Reconciler {
     /// namespace).
     fn still_there(&self, link: &Link) -> bool {
         self.netns
-            .run(|| crate::sys::ifname(link.ifindex))
+            .run(|| crate::netdev::ifname(link.ifindex))
             .is_ok_and(|name| name.as_deref() == Some(link.name.as_str()))
     }
 

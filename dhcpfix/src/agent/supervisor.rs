@@ -23,15 +23,14 @@ use super::{
     config::{MetricsAddr, Settings},
     events::{EventStream, MAX_PER_DRAIN},
     http::{self, Health},
-    monitor::{self, Event, Monitor},
     namespaces::{self, Found, Select, Watcher},
-    netlink,
     reconcile::Reconciler,
     AgentError,
 };
 use crate::{
     attach, counters,
     metrics::{self, Unattached},
+    netdev::{self, LinkEvent as Event, LinkMonitor as Monitor},
     netns::{self, Netns, NetnsError},
     pins::{self, PinDir},
     program,
@@ -158,7 +157,7 @@ impl Agent {
             return Ok(());
         }
         let nsid = match netns.open_file()? {
-            Some(fd) => match monitor::nsid_of(fd.as_fd()) {
+            Some(fd) => match netdev::rtnetlink::nsid_of(fd.as_fd()) {
                 Ok(id) => Some(id),
                 Err(e) => {
                     log::warn!("{netns}: no namespace id ({e}); its links are followed by full passes only");
@@ -220,7 +219,7 @@ impl Agent {
         let Some(space) = self.spaces.get_mut(&cookie) else {
             return;
         };
-        match space.netns.run(netlink::list_links) {
+        match space.netns.run(netdev::links) {
             Ok(Ok(links)) => {
                 if let Err(e) = space.reconciler.full(&links) {
                     log::error!("{}: {e}", space.netns);
@@ -265,7 +264,7 @@ impl Agent {
                     }
                 }
                 Event::NewNsid(id) => look |= !self.nsids.contains_key(&id),
-                Event::Gone(id) => {
+                Event::NamespaceGone(id) => {
                     if let Some(cookie) = self.nsids.get(&id).copied() {
                         self.remove(cookie, "the kernel reported it deleted");
                     }

@@ -5,7 +5,7 @@ use std::path::Path;
 use anyhow::bail;
 
 use super::netns_arg::NetnsArg;
-use crate::{
+use dhcpfix::{
     attach::{self, AttachOptions, Attached, Method, Mode},
     pins::{PinDir, LOCK_TIMEOUT},
 };
@@ -49,7 +49,7 @@ pub fn run(pin_dir: &Path, args: Args) -> anyhow::Result<()> {
     let missing = netns.run(|| {
         args.interfaces
             .iter()
-            .find(|iface| crate::sys::ifindex(iface).is_none())
+            .find(|iface| dhcpfix::netdev::ifindex(iface).is_none())
             .cloned()
     })?;
     if let Some(iface) = missing {

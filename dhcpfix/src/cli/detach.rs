@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use super::netns_arg::NetnsArg;
-use crate::{
+use dhcpfix::{
     attach::{self, Detached},
     pins::{PinDir, LOCK_TIMEOUT},
 };

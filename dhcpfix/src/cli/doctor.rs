@@ -3,15 +3,15 @@
 //! (the report says what), 1 when the doctor itself failed.
 
 use std::{
-    io::Write,
     path::{Path, PathBuf},
+    process::ExitCode,
 };
 
 use super::output;
-use crate::integrations::doctor::{self, Check, Level, Options, Report};
+use dhcpfix::doctor::{self, Check, Level, Options, Report};
 
 /// Exit status when an item needs action.
-pub const EXIT_ACTION: i32 = 2;
+pub const EXIT_ACTION: u8 = 2;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -24,7 +24,7 @@ pub struct Args {
     pub btf: Option<PathBuf>,
 }
 
-pub fn run(pin_dir: &Path, args: Args) -> anyhow::Result<()> {
+pub fn run(pin_dir: &Path, args: Args) -> anyhow::Result<ExitCode> {
     let report = doctor::examine(&Options {
         pin_dir: pin_dir.to_owned(),
         btf: args.btf,
@@ -34,11 +34,11 @@ pub fn run(pin_dir: &Path, args: Args) -> anyhow::Result<()> {
     } else {
         print_tables(&report);
     }
-    if report.verdict == Level::Action {
-        let _ = std::io::stdout().flush();
-        std::process::exit(EXIT_ACTION);
-    }
-    Ok(())
+    Ok(if report.verdict == Level::Action {
+        ExitCode::from(EXIT_ACTION)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn check_rows(checks: &[Check]) -> Vec<Vec<String>> {
@@ -72,8 +72,8 @@ fn print_tables(report: &Report) {
                         .as_ref()
                         .map_or("-".into(), |d| d.mode.map_or("?".into(), |m| m.to_string())),
                     t.verdict.to_string(),
-                    t.level.to_string(),
-                    t.detail.clone(),
+                    t.verdict.level().to_string(),
+                    t.verdict.detail(),
                 ]
             })
             .collect();
@@ -128,7 +128,7 @@ fn print_tables(report: &Report) {
         let rows = report
             .other_fixes
             .iter()
-            .map(|f| vec![f.kind.to_owned(), f.applies_to.clone(), f.rule.clone()])
+            .map(|f| vec![f.kind.to_string(), f.applies_to.clone(), f.rule.clone()])
             .collect();
         println!("Other checksum fixes");
         println!("{}\n", output::table(&["kind", "applies to", "rule"], rows, 99));

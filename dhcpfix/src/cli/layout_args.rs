@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::{kernel_layout::LayoutSpec, program::LayoutSource};
+use dhcpfix::{kernel_layout::LayoutSpec, program::LayoutSource};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct LayoutArgs {

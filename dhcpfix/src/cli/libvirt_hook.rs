@@ -16,16 +16,15 @@ use std::{
     path::Path,
 };
 
-use crate::{
+use dhcpfix::{
     attach::{self, AttachError, AttachOptions, Attached, Detached, Mode},
     integrations::{
         libvirt::{self, Domain, Plan, MAX_XML_BYTES},
-        netdev,
         syslog::{Reporter, Severity},
     },
+    netdev,
     netns::Netns,
     pins::{PinDir, HOOK_LOCK_TIMEOUT},
-    sys,
 };
 
 /// Most bytes read (and thrown away) from stdin for operations the hook
@@ -192,7 +191,7 @@ fn detach_all(pin_dir: &Path, netns: &Netns, domain: &Domain, say: &dyn Fn(Sever
         // The tap normally vanished with QEMU. If a device of that name
         // exists, it may be a persistent tap, or the name may already belong
         // to another guest: only the MAC tells.
-        if let (Some(index), Some(guest_mac)) = (sys::ifindex(name), &iface.mac) {
+        if let (Some(index), Some(guest_mac)) = (netdev::ifindex(name), &iface.mac) {
             if let Ok(Some(link)) = netdev::link(index) {
                 if !libvirt::tap_mac_matches(&link.mac, guest_mac) {
                     say(
@@ -227,13 +226,14 @@ fn detach_all(pin_dir: &Path, netns: &Netns, domain: &Domain, say: &dyn Fn(Sever
     }
 }
 
-/// Errors reading the domain XML.
+/// Errors reading the domain XML. One line each, cause included (no
+/// `source()`, so a chain never prints it twice).
 #[derive(Debug, thiserror::Error)]
 enum StdinError {
     #[error("no domain XML: stdin is a terminal (libvirt passes the XML on stdin)")]
     Terminal,
     #[error("reading the domain XML from stdin (read(2)): {0}")]
-    Read(#[source] io::Error),
+    Read(io::Error),
     #[error("the domain XML on stdin is larger than {} MiB; giving up", MAX_XML_BYTES >> 20)]
     TooLarge,
 }

@@ -1,10 +1,13 @@
-//! The `dhcpfix` command line: one module per subcommand.
+//! The `dhcpfix` command line, private to the binary: one module per
+//! subcommand, each with its `Args` and a `run` on the library. Output is a
+//! table for people or JSON (`output`); the exit status is returned, never
+//! decided by `process::exit` deep inside.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 
-use crate::pins::DEFAULT_PIN_DIR;
+use dhcpfix::pins::DEFAULT_PIN_DIR;
 
 mod attach;
 mod clean;
@@ -77,9 +80,9 @@ impl Cli {
     }
 }
 
-/// Runs the parsed command. Errors are meant to be printed on one line.
-pub fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
+/// Runs the parsed command; its exit status, or an error for [`one_line`].
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let done = match cli.command {
         Command::Attach(args) => attach::run(&cli.pin_dir, args),
         Command::Detach(args) => detach::run(&cli.pin_dir, args),
         Command::Status(args) => status::run(&cli.pin_dir, args),
@@ -88,8 +91,61 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => run::run(&cli.pin_dir, args),
         Command::Watch(args) => watch::run(&cli.pin_dir, args),
         Command::Clean(args) => clean::run(&cli.pin_dir, args),
-        Command::Doctor(args) => doctor::run(&cli.pin_dir, args),
+        Command::Doctor(args) => return doctor::run(&cli.pin_dir, args),
         Command::LibvirtHook(args) => libvirt_hook::run(&cli.pin_dir, args),
         Command::Generate(args) => generate::run(args),
+    };
+    done.map(|()| ExitCode::SUCCESS)
+}
+
+/// An error and its causes on one line, each cause once: the library's
+/// errors carry their cause in their message already (so the agent's log
+/// lines are whole), a context added here does not; so a cause is added
+/// only if the line does not say it yet. Line breaks become spaces.
+pub fn one_line(err: &anyhow::Error) -> String {
+    let mut line = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !line.contains(&cause) {
+            line.push_str(": ");
+            line.push_str(&cause);
+        }
+    }
+    line.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use anyhow::Context;
+
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("mount(2) of bpffs at /x: {source}; run as root")]
+    struct Embeds {
+        source: io::Error,
+    }
+
+    #[test]
+    fn each_cause_once_on_one_line() {
+        let denied = || io::Error::from_raw_os_error(libc::EPERM);
+        // A library error that embeds its cause and also exposes it.
+        let err = anyhow::Error::new(Embeds { source: denied() });
+        assert_eq!(
+            one_line(&err),
+            "mount(2) of bpffs at /x: Operation not permitted (os error 1); run as root"
+        );
+        // A context added in the CLI: its cause follows it.
+        let err = Err::<(), _>(denied())
+            .context("locating the dhcpfix binary")
+            .unwrap_err();
+        assert_eq!(
+            one_line(&err),
+            "locating the dhcpfix binary: Operation not permitted (os error 1)"
+        );
+        let err = anyhow::anyhow!("the verifier said:\n  R1 invalid\n");
+        assert_eq!(one_line(&err), "the verifier said: R1 invalid");
     }
 }

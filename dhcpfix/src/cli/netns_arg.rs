@@ -2,7 +2,7 @@
 //! interfaces (`attach`, `detach`) and those that show them (`status`,
 //! `stats`, `watch`, `clean`).
 
-use crate::netns::{self, Netns, NetnsSpec};
+use dhcpfix::netns::{self, Netns, NetnsSpec};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct NetnsArg {

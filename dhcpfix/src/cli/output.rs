@@ -30,6 +30,6 @@ pub fn json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
 /// mode, then every counter in record order.
 pub fn counters_header() -> Vec<&'static str> {
     let mut header = vec!["interface", "netns", "mode"];
-    header.extend(crate::counters::Totals::NAMES);
+    header.extend(dhcpfix::counters::Totals::NAMES);
     header
 }

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::{
+use dhcpfix::{
     agent::{
         self,
         config::{FileConfig, MetricsAddr, Overrides, Settings},

@@ -5,7 +5,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::{netns_arg::NetnsArg, output};
-use crate::{
+use dhcpfix::{
     counters::{self, InterfaceStats},
     netns,
     pins::PinDir,
@@ -66,11 +66,11 @@ pub fn run(pin_dir: &Path, args: Args) -> anyhow::Result<()> {
         return output::json(&stats);
     }
     if args.format == Format::Prometheus {
-        let ctx = crate::metrics::Context {
+        let ctx = dhcpfix::metrics::Context {
             host: netns::host_cookie(),
             ..Default::default()
         };
-        print!("{}", crate::metrics::encode(&stats.interfaces, &ctx)?);
+        print!("{}", dhcpfix::metrics::encode(&stats.interfaces, &ctx)?);
         return Ok(());
     }
     if stats.interfaces.is_empty() {

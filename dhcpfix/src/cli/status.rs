@@ -5,7 +5,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::{netns_arg::NetnsArg, output};
-use crate::{
+use dhcpfix::{
     attach::{self, Attachment},
     netns, pins, program,
 };

@@ -9,7 +9,7 @@ use std::{
 };
 
 use super::{netns_arg::NetnsArg, output};
-use crate::{counters::InterfaceStats, netns};
+use dhcpfix::{counters::InterfaceStats, netns};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -128,9 +128,9 @@ pub fn run(pin_dir: &Path, args: Args) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attach::{Attachment, Method, Mode};
-    use crate::counters::Totals;
-    use crate::netns::NetnsInfo;
+    use dhcpfix::attach::{Attachment, Method, Mode};
+    use dhcpfix::counters::Totals;
+    use dhcpfix::netns::NetnsInfo;
 
     fn stats(name: &str, ifindex: u32, seen: u64, filled: u64) -> InterfaceStats {
         InterfaceStats {

@@ -1,9 +1,6 @@
 //! Fitting dhcpfix into the hosts people run: libvirt's domain XML
-//! ([`libvirt`]), device queries that work inside network namespaces
-//! ([`netdev`]), the host checks behind `dhcpfix doctor` ([`doctor`]), and
-//! stderr + syslog reporting for hooks that run unattended ([`syslog`]).
+//! ([`libvirt`]), and stderr + syslog reporting for hooks that run
+//! unattended ([`syslog`]).
 
-pub mod doctor;
 pub mod libvirt;
-pub mod netdev;
 pub mod syslog;

@@ -131,10 +131,7 @@ fn open_old_map(pins: &PinDir, rel: &str) -> Result<MapData, PinsError> {
 
 /// Reads ABI 1's attachments. Its pin directory served one network
 /// namespace, the one its commands ran in: taken to be `here`'s.
-fn read_v1(
-    pins: &PinDir,
-    here: u64,
-) -> Result<Records, PinsError> {
+fn read_v1(pins: &PinDir, here: u64) -> Result<Records, PinsError> {
     let config: HashMap<MapData, u32, v1::IfaceConfig> =
         HashMap::try_from(Map::HashMap(open_old_map(pins, "maps/DHCPFIX_CONFIG")?)).map_err(|e| {
             PinsError::Open {
@@ -177,7 +174,7 @@ fn read_v1(
     }
     for (ifindex, c) in &configs {
         if c.flags & FLAG_NETLINK != 0 {
-            let name = sys::ifname(*ifindex).unwrap_or_default();
+            let name = crate::netdev::ifname(*ifindex).unwrap_or_default();
             let mut config = IfaceConfig::new(c.mode, &c.ports).with_identity(&name, [0; 6]);
             config.flags = FLAG_NETLINK;
             old.insert(IfaceKey::new(here, *ifindex), Old { config, link: None });

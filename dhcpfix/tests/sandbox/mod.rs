@@ -183,7 +183,7 @@ impl Sandbox {
     /// The ifindex of `iface` in the sandbox.
     pub fn ifindex(&self, iface: &str) -> Option<u32> {
         let iface = iface.to_owned();
-        self.in_netns(move || dhcpfix::sys::ifindex(&iface))
+        self.in_netns(move || dhcpfix::netdev::ifindex(&iface))
     }
 
     /// Names of the tcx programs at the egress of `iface`, as the kernel

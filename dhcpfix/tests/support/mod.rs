@@ -424,7 +424,7 @@ pub fn in_netns<T: Send>(ns: &Path, f: impl FnOnce() -> T + Send) -> T {
 /// `ns`, as the kernel lists them; `None` if the interface does not exist.
 pub fn tcx_programs(ns: &Path, iface: &str) -> Option<Vec<String>> {
     in_netns(ns, || {
-        dhcpfix::sys::ifindex(iface)?;
+        dhcpfix::netdev::ifindex(iface)?;
         let (_, progs) = SchedClassifier::query_tcx(iface, TcAttachType::Egress).ok()?;
         Some(
             progs
