@@ -36,6 +36,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("shellcheck", "shellcheck"),
     // tests/security.rs: which programs dhcpfix executes (execve).
     ("strace", "strace"),
+    // The bench: `bpftool prog run` on the attached program, next to its own figures.
+    ("bpftool", "bpftool"),
 ];
 
 /// Environment for cargo and the tools: PATH with bpf-linker in front.
