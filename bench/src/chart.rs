@@ -123,9 +123,10 @@ fn prog_cost(report: &Report, area: &Area<'_>) -> DrawResult {
         "tcp_ipv6" => "IPv6",
         "arp" => "ARP",
         "dhcp_valid_300" => "DHCP ok",
-        "dhcp_fill_300" => "fill 300",
-        "dhcp_fill_576" => "fill 576",
-        "dhcp_fill_1472" => "fill 1472",
+        "dhcp_valid_300_test_mode" => "DHCP ok*",
+        "dhcp_fill_300" => "fill 300*",
+        "dhcp_fill_576" => "fill 576*",
+        "dhcp_fill_1472" => "fill 1472*",
         _ => "?",
     };
     let labels: Vec<&str> = pc.cases.iter().map(|c| short(&c.key)).collect();
@@ -136,7 +137,7 @@ fn prog_cost(report: &Report, area: &Area<'_>) -> DrawResult {
         .map(|c| c.ns.median * report::FAST_PATH_MAX_RATIO);
     bars(
         area,
-        "ns per packet (BPF_PROG_TEST_RUN); red: 1.5x empty",
+        "ns per packet, attached program (*: test mode); red: 1.5x empty",
         "ns per packet",
         &labels,
         &stats,

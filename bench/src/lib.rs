@@ -30,7 +30,7 @@ use report::Report;
 /// The four benchmarks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Section {
-    /// Per-packet cost in the kernel (BPF_PROG_TEST_RUN).
+    /// Per-packet cost in the kernel (BPF_PROG_TEST_RUN on the attached program).
     ProgCost,
     /// Bulk TCP throughput against the workarounds.
     Throughput,
@@ -117,7 +117,10 @@ pub fn run(opts: &Options) -> Result<Report> {
     let mut machine = machine::Machine::probe();
     let generated_utc = machine::utc_now();
     let sb = sandbox::Sandbox::create()?;
-    let needs_binary = wants(Section::Throughput) || wants(Section::Scale) || wants(Section::Storm);
+    let needs_binary = wants(Section::ProgCost)
+        || wants(Section::Throughput)
+        || wants(Section::Scale)
+        || wants(Section::Storm);
     let dhcpfix = if needs_binary {
         Some(dhcpfix_cli::Dhcpfix::new(&opts.dhcpfix)?)
     } else {
@@ -130,8 +133,8 @@ pub fn run(opts: &Options) -> Result<Report> {
     };
 
     let prog_cost = if wants(Section::ProgCost) {
-        eprintln!("dhcpfix-bench: per-packet cost (BPF_PROG_TEST_RUN)");
-        Some(prog_cost::run(plan.prog_cost)?)
+        eprintln!("dhcpfix-bench: per-packet cost (BPF_PROG_TEST_RUN on the attached program)");
+        Some(prog_cost::run(&sb, binary()?, plan.prog_cost)?)
     } else {
         None
     };

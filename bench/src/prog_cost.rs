@@ -1,22 +1,58 @@
 //! Per-packet cost in the kernel: `BPF_PROG_TEST_RUN` with a large repeat
-//! count, the empty classifier as the floor, every case interleaved within
-//! each repetition.
+//! count, every case interleaved within each repetition.
+//!
+//! What is measured is the program exactly as attached: a real
+//! `dhcpfix attach` of a tap in a bench-owned namespace loads and pins the
+//! classifier, and the bench opens that pin (the program on the tap's tcx
+//! egress hook, checked by id) and runs it with the skb's device set to the
+//! tap, so it finds the tap's configuration in its own pinned maps. The floor
+//! is the empty classifier of the same object, loaded the same way (the
+//! running kernel's layout, test mode off, the pin directory's maps), pinned
+//! next to it and run the same way. The same frames also go through
+//! `bpftool prog run pinned`, in the same rotation, as an independent check.
+//!
+//! Only the fill path cannot run on the attached program: a test run's skb is
+//! never `CHECKSUM_PARTIAL` on an offloading device. Those cases run on the
+//! classifier loaded in test mode (`dhcpfix::testrun`, skb state from
+//! `skb->mark`) and are labelled so.
 
-use dhcpfix::testrun::{TestProgram, EMPTY_PROGRAM, TEST_MARK_OFFLOAD, TEST_MARK_PARTIAL};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use aya::{
+    maps::{MapData, PerCpuHashMap},
+    programs::{tc::TcAttachType, SchedClassifier},
+    EbpfLoader,
+};
+use dhcpfix::{
+    bpffs::PinDir,
+    program::{self, LayoutSource, CLASSIFIER_OBJECT},
+    testrun::{self, TestProgram, EMPTY_PROGRAM, TEST_MARK_OFFLOAD, TEST_MARK_PARTIAL},
+};
 use dhcpfix_common::{
     config::{IfaceConfig, DEFAULT_PORTS, MODE_FILL},
-    PROGRAM_NAME,
+    counters::Counters,
+    CONFIG_MAP, COUNTERS_MAP, EVENTS_MAP, LAYOUT_GLOBAL, PORTS_MAP, PROGRAM_NAME, TEST_MODE_GLOBAL,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    dhcpfix_cli::Dhcpfix,
     error::{BenchError, Result},
     frames,
+    process::{self, find_tool, in_netns},
+    sandbox::Sandbox,
     stats::Stat,
 };
 
 /// `TCX_NEXT`: the only verdict either program may return.
 const TC_NEXT: i32 = -1;
+/// The tap dhcpfix is attached to, in the bench's namespace.
+pub const TAP: &str = "dfb-tap0";
+const BPFTOOL_LIMIT: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Copy, Debug)]
 pub struct Config {
@@ -26,25 +62,97 @@ pub struct Config {
     pub repetitions: usize,
 }
 
+/// Which program a case runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Program {
+    /// The classifier as `dhcpfix attach` loaded, pinned and attached it,
+    /// run with the skb's device set to the tap it is attached to.
+    Attached,
+    /// The empty classifier, loaded, pinned and run the same way.
+    Floor,
+    /// The classifier loaded in test mode (skb state from `skb->mark`, its
+    /// own unpinned maps configured for loopback): the fill path only.
+    TestMode,
+}
+
+impl Program {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Program::Attached => "attached",
+            Program::Floor => "floor",
+            Program::TestMode => "test mode",
+        }
+    }
+}
+
 /// One measured case.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CaseResult {
     pub key: String,
     pub label: String,
+    pub program: Program,
+    /// Kernel id of the program run (`bpftool prog show id N`).
+    pub program_id: u32,
     pub frame_bytes: usize,
-    /// Mean ns per run as the kernel measured it, one sample per repetition.
+    /// Mean ns per run as the kernel measured it (whole ns), one sample per
+    /// repetition.
     pub ns: Stat,
     /// `ns / empty ns` of the same repetition.
     pub ratio_to_empty: Stat,
     /// `ns - empty ns` of the same repetition: what dhcpfix itself adds.
     pub extra_ns: Stat,
+    /// `min(ns) - min(empty ns)` over all repetitions: the difference of the
+    /// two best calls, unpaired (how "min of N rounds" comparisons are made).
+    pub extra_of_minima_ns: f64,
+}
+
+/// A program the bench ran, as the kernel describes it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MeasuredProgram {
+    pub program: Program,
+    pub id: u32,
+    /// Where it is pinned (empty for the unpinned test-mode program).
+    pub pin: String,
+    pub xlated_bytes: u32,
+    pub jited_bytes: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ProgCost {
     pub repeat: u32,
     pub repetitions: usize,
+    /// The tap `dhcpfix attach` attached to, and its ifindex in the bench's
+    /// namespace (the test runs' device).
+    pub interface: String,
+    pub ifindex: u32,
+    /// Program ids on the tap's tcx egress hook before the measurement.
+    pub tcx_egress_ids: Vec<u32>,
+    /// Whether the attached program took a partial skb on an offloading
+    /// device from `skb->mark` (test mode) in a probe run. Must be false.
+    pub attached_test_mode: bool,
+    pub programs: Vec<MeasuredProgram>,
+    /// The bench's own `BPF_PROG_TEST_RUN` calls.
     pub cases: Vec<CaseResult>,
+    /// `bpftool prog run pinned PIN data_in FRAME repeat N` on the same pins
+    /// and frames, in the same rotation (differences against bpftool's own
+    /// floor runs).
+    pub bpftool: Vec<CaseResult>,
+    pub bpftool_version: String,
+}
+
+impl ProgCost {
+    pub fn case(&self, key: &str) -> Option<&CaseResult> {
+        self.cases.iter().find(|c| c.key == key)
+    }
+
+    pub fn bpftool_case(&self, key: &str) -> Option<&CaseResult> {
+        self.bpftool.iter().find(|c| c.key == key)
+    }
+
+    pub fn program(&self, program: Program) -> Option<&MeasuredProgram> {
+        self.programs.iter().find(|p| p.program == program)
+    }
 }
 
 /// What a case must do to the frame and the counters.
@@ -58,11 +166,23 @@ enum Expect {
     Filled,
 }
 
+/// How a case is run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tool {
+    /// The bench's own `BPF_PROG_TEST_RUN`.
+    Bench,
+    /// `bpftool prog run pinned`.
+    Bpftool,
+}
+
 struct Case {
     key: &'static str,
     label: &'static str,
-    program: &'static str,
+    program: Program,
+    tool: Tool,
     frame: Vec<u8>,
+    /// The frame as a file, for bpftool.
+    file: PathBuf,
     mark: u32,
     expect: Expect,
 }
@@ -71,132 +191,496 @@ struct Case {
 pub const EMPTY: &str = "empty";
 /// Keys of the cases every bulk packet takes.
 pub const FAST_PATH: [&str; 4] = ["tcp_ipv4", "udp_ipv4", "tcp_ipv6", "arp"];
-/// A DHCP reply whose checksum is already complete: the whole parse and
-/// decision, no fill (what DHCP from a server without offload costs).
+/// The frames also run through bpftool (with the floor).
+pub const BPFTOOL_FRAMES: [&str; 2] = ["tcp_ipv4", "udp_ipv4"];
+/// A DHCP reply whose checksum is already complete, on the attached
+/// program: the whole parse and decision, including the kernel read of
+/// `skb->ip_summed`, no fill (what DHCP from a server without offload costs).
 pub const DHCP_VALID: &str = "dhcp_valid_300";
-/// DHCP payload sizes of the fill-path cases.
+/// The same frame on the test-mode program, which takes the skb state from
+/// `skb->mark` instead of reading it: the difference to [`DHCP_VALID`] is
+/// what the fill cases leave out.
+pub const DHCP_VALID_TEST_MODE: &str = "dhcp_valid_300_test_mode";
+/// Keys and DHCP payload sizes of the fill-path cases (test mode).
+pub const FILL_KEYS: [&str; 3] = ["dhcp_fill_300", "dhcp_fill_576", "dhcp_fill_1472"];
 pub const FILL_SIZES: [usize; 3] = [300, 576, 1472];
 
-fn cases() -> Vec<Case> {
-    let case = |key, label, frame, mark, expect| Case {
-        key,
-        label,
-        program: PROGRAM_NAME,
-        frame,
-        mark,
-        expect,
-    };
-    let fast = |key, label, frame| case(key, label, frame, 0, Expect::Untouched);
-    let mut cases = vec![
-        Case {
-            program: EMPTY_PROGRAM,
-            ..fast(EMPTY, "empty classifier (floor)", frames::tcp_ipv4())
-        },
-        fast("tcp_ipv4", "dhcpfix, IPv4 TCP", frames::tcp_ipv4()),
-        fast(
-            "udp_ipv4",
-            "dhcpfix, IPv4 UDP to port 4789",
-            frames::udp(40000, 4789, 1472, false),
-        ),
-        fast("tcp_ipv6", "dhcpfix, IPv6 TCP", frames::tcp_ipv6()),
-        fast("arp", "dhcpfix, ARP", frames::arp()),
-        case(
-            DHCP_VALID,
-            "dhcpfix, DHCP 300 B, checksum already complete",
-            frames::dhcp_reply_complete(300),
-            0,
-            Expect::Valid,
-        ),
-    ];
-    let fill_keys = ["dhcp_fill_300", "dhcp_fill_576", "dhcp_fill_1472"];
-    let fill_labels = [
-        "dhcpfix fill, DHCP 300 B",
-        "dhcpfix fill, DHCP 576 B",
-        "dhcpfix fill, DHCP 1472 B",
-    ];
-    for ((key, label), size) in fill_keys.into_iter().zip(fill_labels).zip(FILL_SIZES) {
-        cases.push(case(
+fn cases(sb: &Sandbox) -> Result<Vec<Case>> {
+    let mut cases = Vec::new();
+    let mut add = |key: &'static str,
+                   label: &'static str,
+                   program: Program,
+                   frame: Vec<u8>,
+                   mark: u32,
+                   expect: Expect|
+     -> Result<()> {
+        let file = sb.file(&format!("{key}.frame"));
+        fs::write(&file, &frame).map_err(BenchError::io("write", &file))?;
+        cases.push(Case {
             key,
             label,
+            program,
+            tool: Tool::Bench,
+            frame,
+            file,
+            mark,
+            expect,
+        });
+        Ok(())
+    };
+    use Expect::*;
+    use Program::*;
+    add(
+        EMPTY,
+        "empty classifier (floor)",
+        Floor,
+        frames::tcp_ipv4(),
+        0,
+        Untouched,
+    )?;
+    add("tcp_ipv4", "IPv4 TCP", Attached, frames::tcp_ipv4(), 0, Untouched)?;
+    add(
+        "udp_ipv4",
+        "IPv4 UDP to port 4789",
+        Attached,
+        frames::udp(40000, 4789, 1472, false),
+        0,
+        Untouched,
+    )?;
+    add("tcp_ipv6", "IPv6 TCP", Attached, frames::tcp_ipv6(), 0, Untouched)?;
+    add("arp", "ARP", Attached, frames::arp(), 0, Untouched)?;
+    add(
+        DHCP_VALID,
+        "DHCP 300 B, checksum already complete",
+        Attached,
+        frames::dhcp_reply_complete(300),
+        0,
+        Valid,
+    )?;
+    add(
+        DHCP_VALID_TEST_MODE,
+        "DHCP 300 B, checksum already complete",
+        TestMode,
+        frames::dhcp_reply_complete(300),
+        0,
+        Valid,
+    )?;
+    let fill_labels = ["fill, DHCP 300 B", "fill, DHCP 576 B", "fill, DHCP 1472 B"];
+    for ((key, label), size) in FILL_KEYS.into_iter().zip(fill_labels).zip(FILL_SIZES) {
+        add(
+            key,
+            label,
+            TestMode,
             frames::dhcp_reply(size),
             TEST_MARK_PARTIAL | TEST_MARK_OFFLOAD,
-            Expect::Filled,
-        ));
+            Filled,
+        )?;
     }
-    cases
+    // bpftool runs the floor and the two fast-path frames from the same files.
+    let via_bpftool: Vec<Case> = cases
+        .iter()
+        .filter(|c| c.key == EMPTY || BPFTOOL_FRAMES.contains(&c.key))
+        .map(|c| Case {
+            tool: Tool::Bpftool,
+            frame: c.frame.clone(),
+            file: c.file.clone(),
+            ..*c
+        })
+        .collect();
+    cases.extend(via_bpftool);
+    Ok(cases)
 }
 
-/// Runs every case `repetitions` times, in a rotated order per repetition,
+/// Attaches dhcpfix to a tap in a fresh namespace with the `dhcpfix` binary
+/// under test, pins the floor next to it, and runs every case (bench and
+/// bpftool) `repetitions` times, in a rotated order per repetition,
 /// checking each run's verdict, output frame and counters.
-pub fn run(cfg: Config) -> Result<ProgCost> {
-    let mut prog = TestProgram::load()?;
-    // Configured like an attached tap (config entry and watched-ports
-    // bitmap), so every path is the one production packets take.
-    prog.configure(IfaceConfig::new(MODE_FILL, &DEFAULT_PORTS))?;
-    let cases = cases();
-    let mut samples = vec![Vec::with_capacity(cfg.repetitions); cases.len()];
-    for rep in 0..cfg.repetitions {
-        for k in 0..cases.len() {
-            let i = (k + rep) % cases.len();
-            samples[i].push(measure(&prog, &cases[i], cfg.repeat)?);
-        }
-    }
-    let empty = samples[0].clone();
+pub fn run(sb: &Sandbox, dhcpfix: &Dhcpfix, cfg: Config) -> Result<ProgCost> {
+    let bpftool = find_tool("bpftool", "bpftool")?;
+    let bpftool_version = bpftool_version(&bpftool)?;
+    let ns = sb.netns("cost")?;
+    ns.ip(&["tuntap", "add", "dev", TAP, "mode", "tap"])?;
+    ns.ip(&["link", "set", TAP, "up"])?;
+    let pin_dir = sb.pin_dir("cost");
+    // A real `dhcpfix attach`: fill mode, the default ports.
+    dhcpfix.attach(&ns, &pin_dir, &[TAP.to_string()])?;
+    // A file on the bench's bpffs, next to the pin directory.
+    let floor_pin = sb.pin_dir("floor");
+    pin_floor(&PinDir::new(&pin_dir), &floor_pin)?;
+    let cases = cases(sb)?;
+    let ns_path = ns.path().to_path_buf();
+    let measured = in_netns(ns.path(), move || {
+        let rig = Rig::open(&pin_dir, &floor_pin, &ns_path, bpftool)?;
+        let samples = rig.measure_all(&cases, cfg)?;
+        Ok((rig.describe(), cases, samples))
+    });
+    drop(ns);
+    let (rig, cases, samples) = measured?;
+    let results = |tool: Tool| -> Vec<CaseResult> {
+        let picked: Vec<(&Case, &Vec<f64>)> = cases
+            .iter()
+            .zip(&samples)
+            .filter(|(c, _)| c.tool == tool)
+            .collect();
+        let Some(floor) = picked.iter().find(|(c, _)| c.key == EMPTY).map(|(_, s)| *s) else {
+            return Vec::new();
+        };
+        let floor_min = Stat::of(floor).min;
+        picked
+            .iter()
+            .map(|(case, ns)| {
+                let ns_stat = Stat::of(ns);
+                CaseResult {
+                    key: case.key.into(),
+                    label: case.label.into(),
+                    program: case.program,
+                    program_id: rig.id_of(case.program),
+                    frame_bytes: case.frame.len(),
+                    extra_of_minima_ns: ns_stat.min - floor_min,
+                    ns: ns_stat,
+                    ratio_to_empty: Stat::ratio(ns, floor),
+                    extra_ns: Stat::difference(ns, floor),
+                }
+            })
+            .collect()
+    };
     Ok(ProgCost {
         repeat: cfg.repeat,
         repetitions: cfg.repetitions,
-        cases: cases
-            .iter()
-            .zip(&samples)
-            .map(|(case, ns)| CaseResult {
-                key: case.key.into(),
-                label: case.label.into(),
-                frame_bytes: case.frame.len(),
-                ns: Stat::of(ns),
-                ratio_to_empty: Stat::ratio(ns, &empty),
-                extra_ns: Stat::difference(ns, &empty),
-            })
-            .collect(),
+        interface: TAP.into(),
+        ifindex: rig.ifindex,
+        tcx_egress_ids: rig.tcx_egress_ids.clone(),
+        attached_test_mode: rig.attached_test_mode,
+        programs: rig.programs.clone(),
+        cases: results(Tool::Bench),
+        bpftool: results(Tool::Bpftool),
+        bpftool_version,
     })
 }
 
-fn measure(prog: &TestProgram, case: &Case, repeat: u32) -> Result<f64> {
-    let before = prog.counters()?;
-    let run = prog.run_program(case.program, &case.frame, case.mark, repeat)?;
-    let after = prog.counters()?;
-    let fail = |what: String| Err(BenchError::Check(format!("{}: {what}", case.label)));
-    if run.verdict != TC_NEXT {
-        return fail(format!("verdict {} instead of TCX_NEXT", run.verdict));
+fn bpftool_version(bpftool: &Path) -> Result<String> {
+    let mut cmd = std::process::Command::new(bpftool);
+    cmd.arg("version");
+    let out = process::run(&mut cmd, None, BPFTOOL_LIMIT)?;
+    // "/usr/sbin/bpftool v7.1.0" -> "bpftool v7.1.0"
+    let text = String::from_utf8_lossy(&out.stdout);
+    let first = text.lines().next().unwrap_or_default().trim();
+    Ok(first.rsplit('/').next().unwrap_or(first).to_string())
+}
+
+/// Loads the empty classifier as `dhcpfix::program::load_or_open` loads the
+/// classifier (the running kernel's layout, test mode off, the pin
+/// directory's maps) and pins it at `pin`.
+fn pin_floor(pins: &PinDir, pin: &Path) -> Result<()> {
+    let check = |what: &str, e: &dyn std::fmt::Display| BenchError::Check(format!("the floor: {what}: {e}"));
+    let layout = LayoutSource::Kernel
+        .resolve()
+        .map_err(|e| check("kernel layout", &e))?;
+    let mut ebpf = EbpfLoader::new()
+        .override_global(LAYOUT_GLOBAL, &layout, true)
+        .override_global(TEST_MODE_GLOBAL, &0u32, true)
+        .map_pin_path(CONFIG_MAP, pins.map(CONFIG_MAP))
+        .map_pin_path(COUNTERS_MAP, pins.map(COUNTERS_MAP))
+        .map_pin_path(EVENTS_MAP, pins.map(EVENTS_MAP))
+        .map_pin_path(PORTS_MAP, pins.map(PORTS_MAP))
+        .load(CLASSIFIER_OBJECT)
+        .map_err(|e| check("loading the object", &e))?;
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(EMPTY_PROGRAM)
+        .ok_or_else(|| BenchError::Check("the object has no empty classifier".into()))?
+        .try_into()
+        .map_err(|e| check("program type", &e))?;
+    prog.load().map_err(|e| check("BPF_PROG_LOAD", &e))?;
+    prog.pin(pin).map_err(|e| check("pinning", &e))
+}
+
+/// What a finished measurement says about its programs.
+struct RigDescription {
+    ifindex: u32,
+    tcx_egress_ids: Vec<u32>,
+    attached_test_mode: bool,
+    programs: Vec<MeasuredProgram>,
+}
+
+impl RigDescription {
+    fn id_of(&self, program: Program) -> u32 {
+        self.programs
+            .iter()
+            .find(|p| p.program == program)
+            .map_or(0, |p| p.id)
     }
-    let runs = u64::from(repeat);
-    match case.expect {
-        Expect::Filled => {
-            let filled = after.filled - before.filled;
-            if filled != runs || after.errors != before.errors {
-                return fail(format!(
-                    "filled {filled} of {repeat} runs, errors {}",
-                    after.errors
-                ));
+}
+
+/// Everything a case runs on, opened inside the tap's namespace.
+struct Rig {
+    attached: SchedClassifier,
+    attached_pin: PathBuf,
+    floor: SchedClassifier,
+    floor_pin: PathBuf,
+    test: TestProgram,
+    counters: PerCpuHashMap<MapData, u32, Counters>,
+    ifindex: u32,
+    tcx_egress_ids: Vec<u32>,
+    attached_test_mode: bool,
+    ns_path: PathBuf,
+    bpftool: PathBuf,
+}
+
+fn prog_info(prog: &SchedClassifier, what: &str) -> Result<aya::programs::ProgramInfo> {
+    prog.info()
+        .map_err(|e| BenchError::Check(format!("BPF_OBJ_GET_INFO_BY_FD on the {what} program: {e}")))
+}
+
+impl Rig {
+    /// Opens the pins, checks that the pinned program is the one on the
+    /// tap's egress hook and that it is not in test mode, and loads the
+    /// test-mode program for the fill cases. Call inside the namespace.
+    fn open(pin_dir: &Path, floor_pin: &Path, ns_path: &Path, bpftool: PathBuf) -> Result<Rig> {
+        let pins = PinDir::new(pin_dir);
+        let open = |path: &Path| {
+            SchedClassifier::from_pin(path)
+                .map_err(|e| BenchError::Check(format!("opening the pinned program {}: {e}", path.display())))
+        };
+        let attached_pin = pins.program();
+        let attached = open(&attached_pin)?;
+        let floor = open(floor_pin)?;
+        let ifindex =
+            dhcpfix::sys::ifindex(TAP).ok_or_else(|| BenchError::Check(format!("{TAP} not found")))?;
+        let (_, on_hook) = SchedClassifier::query_tcx(TAP, TcAttachType::Egress)
+            .map_err(|e| BenchError::Check(format!("BPF_PROG_QUERY on {TAP}: {e}")))?;
+        let tcx_egress_ids: Vec<u32> = on_hook.iter().map(|p| p.id()).collect();
+        let attached_id = prog_info(&attached, "attached")?.id();
+        if tcx_egress_ids != [attached_id] {
+            return Err(BenchError::Check(format!(
+                "the pinned program (id {attached_id}) is not the one program on {TAP}'s tcx egress hook \
+                 (ids {tcx_egress_ids:?})"
+            )));
+        }
+        let counters = program::counters_map(&pins)
+            .map_err(|e| BenchError::Check(format!("the pinned counters: {e}")))?;
+        let mut test = TestProgram::load()?;
+        test.configure(IfaceConfig::new(MODE_FILL, &DEFAULT_PORTS))?;
+        let mut rig = Rig {
+            attached,
+            attached_pin,
+            floor,
+            floor_pin: floor_pin.to_path_buf(),
+            test,
+            counters,
+            ifindex,
+            tcx_egress_ids,
+            attached_test_mode: true,
+            ns_path: ns_path.to_path_buf(),
+            bpftool,
+        };
+        rig.attached_test_mode = rig.probe_test_mode()?;
+        if rig.attached_test_mode {
+            return Err(BenchError::Check(
+                "the attached program takes the skb state from skb->mark (test mode)".into(),
+            ));
+        }
+        Ok(rig)
+    }
+
+    /// Runs the attached program once on a partial-looking DHCP reply with
+    /// the test marks set. In test mode it would fill (marks say partial
+    /// and offloading); attached as in production it reads the test skb's
+    /// real state (`CHECKSUM_NONE`) and counts it `valid`.
+    fn probe_test_mode(&self) -> Result<bool> {
+        let frame = frames::dhcp_reply(300);
+        let before = self.attached_counters()?;
+        let run = testrun::run_classifier(
+            &self.attached,
+            &frame,
+            TEST_MARK_PARTIAL | TEST_MARK_OFFLOAD,
+            self.ifindex,
+            1,
+        )?;
+        let after = self.attached_counters()?;
+        let filled = after.filled - before.filled;
+        let valid = after.valid - before.valid;
+        match (filled, valid) {
+            (1, 0) => Ok(true),
+            (0, 1) if run.frame == frame => Ok(false),
+            _ => Err(BenchError::Check(format!(
+                "test-mode probe: filled {filled}, valid {valid}, frame changed: {}",
+                run.frame != frame
+            ))),
+        }
+    }
+
+    fn attached_counters(&self) -> Result<Counters> {
+        let mut sum = Counters::default();
+        match self.counters.get(&self.ifindex, 0) {
+            Ok(per_cpu) => per_cpu.iter().for_each(|c| sum.add(c)),
+            Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(BenchError::Check(format!("reading the pinned counters: {e}"))),
+        }
+        Ok(sum)
+    }
+
+    fn counters(&self, program: Program) -> Result<Counters> {
+        match program {
+            Program::TestMode => Ok(self.test.counters()?),
+            Program::Attached | Program::Floor => self.attached_counters(),
+        }
+    }
+
+    fn describe(&self) -> RigDescription {
+        let describe = |program, prog: &SchedClassifier, pin: &Path| {
+            let info = prog.info().ok();
+            MeasuredProgram {
+                program,
+                id: info.as_ref().map_or(0, |i| i.id()),
+                pin: pin.display().to_string(),
+                xlated_bytes: info.as_ref().and_then(|i| i.size_translated()).unwrap_or(0),
+                jited_bytes: info.as_ref().map_or(0, |i| i.size_jitted()),
             }
-            let view = frames::udp_view(&run.frame);
-            if !view.as_ref().is_some_and(frames::udp_checksum_ok) {
-                return fail("the filled checksum does not verify".into());
+        };
+        let mut programs = vec![
+            describe(Program::Attached, &self.attached, &self.attached_pin),
+            describe(Program::Floor, &self.floor, &self.floor_pin),
+        ];
+        if let Ok(test) = self.test.program(PROGRAM_NAME) {
+            // Not pinned: its pin is the empty path.
+            programs.push(describe(Program::TestMode, test, Path::new("")));
+        }
+        RigDescription {
+            ifindex: self.ifindex,
+            tcx_egress_ids: self.tcx_egress_ids.clone(),
+            attached_test_mode: self.attached_test_mode,
+            programs,
+        }
+    }
+
+    fn measure_all(&self, cases: &[Case], cfg: Config) -> Result<Vec<Vec<f64>>> {
+        let mut samples = vec![Vec::with_capacity(cfg.repetitions); cases.len()];
+        for rep in 0..cfg.repetitions {
+            for k in 0..cases.len() {
+                let i = (k + rep) % cases.len();
+                samples[i].push(self.measure(&cases[i], cfg.repeat)?);
             }
         }
-        Expect::Valid | Expect::Untouched => {
-            let valid = if case.expect == Expect::Valid { runs } else { 0 };
-            let expected = dhcpfix_common::counters::Counters {
-                seen: before.seen + valid,
-                valid: before.valid + valid,
-                ..before
+        Ok(samples)
+    }
+
+    fn measure(&self, case: &Case, repeat: u32) -> Result<f64> {
+        let fail = |what: String| {
+            let tool = if case.tool == Tool::Bpftool {
+                "bpftool: "
+            } else {
+                ""
             };
-            if after != expected {
-                return fail(format!("counters {after:?}, expected {expected:?}"));
+            Err(BenchError::Check(format!(
+                "{tool}{} ({}): {what}",
+                case.label,
+                case.program.describe()
+            )))
+        };
+        let before = self.counters(case.program)?;
+        let (verdict, frame_out, ns) = match case.tool {
+            Tool::Bench => {
+                let run = match case.program {
+                    Program::Attached => {
+                        testrun::run_classifier(&self.attached, &case.frame, case.mark, self.ifindex, repeat)?
+                    }
+                    Program::Floor => {
+                        testrun::run_classifier(&self.floor, &case.frame, case.mark, self.ifindex, repeat)?
+                    }
+                    Program::TestMode => {
+                        self.test
+                            .run_program(PROGRAM_NAME, &case.frame, case.mark, repeat)?
+                    }
+                };
+                (run.verdict, Some(run.frame), run.duration.as_nanos() as f64)
             }
-            if run.frame != case.frame {
-                return fail("the frame was modified".into());
+            Tool::Bpftool => {
+                let pin = match case.program {
+                    Program::Attached => &self.attached_pin,
+                    Program::Floor => &self.floor_pin,
+                    Program::TestMode => return fail("bpftool runs only pinned programs".into()),
+                };
+                let (verdict, ns) = self.bpftool_run(pin, &case.file, repeat)?;
+                (verdict, None, ns)
+            }
+        };
+        let after = self.counters(case.program)?;
+        if verdict != TC_NEXT {
+            return fail(format!("verdict {verdict} instead of TCX_NEXT"));
+        }
+        let runs = u64::from(repeat);
+        match case.expect {
+            Expect::Filled => {
+                let filled = after.filled - before.filled;
+                if filled != runs || after.errors != before.errors {
+                    return fail(format!(
+                        "filled {filled} of {repeat} runs, errors {}",
+                        after.errors
+                    ));
+                }
+                let view = frame_out.as_deref().and_then(frames::udp_view);
+                if !view.as_ref().is_some_and(frames::udp_checksum_ok) {
+                    return fail("the filled checksum does not verify".into());
+                }
+            }
+            Expect::Valid | Expect::Untouched => {
+                let valid = if case.expect == Expect::Valid { runs } else { 0 };
+                let expected = Counters {
+                    seen: before.seen + valid,
+                    valid: before.valid + valid,
+                    ..before
+                };
+                if after != expected {
+                    return fail(format!("counters {after:?}, expected {expected:?}"));
+                }
+                if frame_out.is_some_and(|f| f != case.frame) {
+                    return fail("the frame was modified".into());
+                }
             }
         }
+        Ok(ns)
     }
-    Ok(run.duration.as_nanos() as f64)
+
+    /// `bpftool -j prog run pinned PIN data_in FILE repeat N`, inside the
+    /// namespace; returns the verdict and the mean ns per run.
+    fn bpftool_run(&self, pin: &Path, file: &Path, repeat: u32) -> Result<(i32, f64)> {
+        let mut cmd = dhcpfix::lab::command_in(&self.ns_path, &self.bpftool);
+        cmd.args(["-j", "prog", "run", "pinned"])
+            .arg(pin)
+            .arg("data_in")
+            .arg(file)
+            .args(["repeat", &repeat.to_string()]);
+        let out = process::run(&mut cmd, None, BPFTOOL_LIMIT)?;
+        parse_bpftool_run(&out.stdout).ok_or_else(|| BenchError::Parse {
+            what: process::shown(&cmd),
+            detail: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        })
+    }
+}
+
+/// `{"retval":4294967295,"duration":38}` (bpftool -j prog run): the verdict
+/// as the program returned it and the mean ns per run.
+pub fn parse_bpftool_run(stdout: &[u8]) -> Option<(i32, f64)> {
+    let v: serde_json::Value = serde_json::from_slice(stdout).ok()?;
+    let retval = u32::try_from(v.get("retval")?.as_u64()?).ok()?;
+    let duration = v.get("duration")?.as_f64()?;
+    Some((retval as i32, duration))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_bpftool_json() {
+        assert_eq!(
+            parse_bpftool_run(br#"{"retval":4294967295,"duration":38}"#),
+            Some((TC_NEXT, 38.0))
+        );
+        assert_eq!(
+            parse_bpftool_run(b"Return value: 0, duration (average): 38ns"),
+            None
+        );
+        assert_eq!(parse_bpftool_run(br#"{"retval":0}"#), None);
+    }
 }

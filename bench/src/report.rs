@@ -20,7 +20,8 @@ use crate::{
 pub const JSON_FILE: &str = "bench.json";
 pub const MARKDOWN_FILE: &str = "BENCHMARKS.md";
 pub const CHART_FILE: &str = "bench.svg";
-pub const SCHEMA: u32 = 1;
+/// 2: per-packet cases run on the attached program, with bpftool's figures.
+pub const SCHEMA: u32 = 2;
 
 /// Goals from the issue.
 pub const FAST_PATH_MAX_RATIO: f64 = 1.5;
@@ -95,20 +96,14 @@ impl Report {
             .collect();
         let observed = fast
             .iter()
-            .map(|c| {
-                format!(
-                    "{} {:.2}×",
-                    c.label.trim_start_matches("dhcpfix, "),
-                    c.ratio_to_empty.median
-                )
-            })
+            .map(|c| format!("{} {:.2}×", c.label, c.ratio_to_empty.median))
             .collect::<Vec<_>>()
             .join(", ");
         let note = if missed.is_empty() {
             format!(
-                "dhcpfix adds at most {:.0} ns (median) to a packet that is not DHCP, on a floor of {:.0} ns: \
-                 IPv4 UDP leaves after a direct read of its destination port and one lookup in the \
-                 watched-ports bitmap, everything else after the ethertype/protocol check",
+                "the attached program adds at most {:.0} ns (median) to a packet that is not DHCP, on a \
+                 floor of {:.0} ns: IPv4 UDP leaves after a direct read of its destination port and one \
+                 lookup in the watched-ports bitmap, everything else after the ethertype/protocol check",
                 worst.extra_ns.median, floor.ns.median
             )
         } else {
@@ -117,7 +112,7 @@ impl Report {
                  heavily; dhcpfix adds {:.0} ns there",
                 missed
                     .iter()
-                    .map(|c| c.label.trim_start_matches("dhcpfix, "))
+                    .map(|c| c.label.as_str())
                     .collect::<Vec<_>>()
                     .join(", "),
                 floor.ns.median,
@@ -354,28 +349,85 @@ impl Report {
 
     fn md_prog_cost(&self, md: &mut String) {
         let Some(pc) = &self.prog_cost else { return };
+        let id = |p: prog_cost::Program| pc.program(p).map_or(0, |p| p.id);
         let _ = writeln!(md, "## 1. Per-packet cost in the kernel\n");
         let _ = writeln!(
             md,
-            "`BPF_PROG_TEST_RUN`, {} runs per call (the kernel reports the mean), {} calls per case. \
-             Fast-path frames are full-size (1514 bytes; ARP 60); the fill path runs on DHCP ACKs of \
-             300, 576 and 1472 bytes of UDP payload.\n",
-            pc.repeat, pc.repetitions
+            "`BPF_PROG_TEST_RUN`, {} runs per call (the kernel reports the mean, in whole ns), {} calls \
+             per case. **The program measured is the one attached**: a real `dhcpfix attach {}` in a \
+             bench namespace loads and pins it; the bench opens that pin (`<pin-dir>/prog`, id {}, the \
+             one program on the tap's tcx egress hook: ids {:?}) and runs it with the skb's device set \
+             to the tap (ifindex {}), so it finds the tap's configuration and watched ports in its own \
+             pinned maps. A probe run showed it reads the skb's state from the kernel (test mode {}). \
+             The floor is the empty classifier of the same object, loaded the same way (the kernel's \
+             layout, test mode off, the pin directory's maps), pinned next to it (id {}) and run the \
+             same way. Fast-path frames are full-size (1514 bytes; ARP 60).\n",
+            pc.repeat,
+            pc.repetitions,
+            pc.interface,
+            id(prog_cost::Program::Attached),
+            pc.tcx_egress_ids,
+            pc.ifindex,
+            if pc.attached_test_mode { "**on**" } else { "off" },
+            id(prog_cost::Program::Floor),
         );
         let _ = writeln!(
             md,
-            "| case | frame bytes | ns/packet | IQR | × empty | + ns over empty |\n|---|---|---|---|---|---|"
+            "| case | program | frame bytes | ns/packet | IQR | × empty | + ns over empty |\n|---|---|---|---|---|---|---|"
         );
         for c in &pc.cases {
+            let program = match c.program {
+                prog_cost::Program::TestMode => "*test mode*",
+                p => p.describe(),
+            };
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} |",
+                "| {} | {program} | {} | {} | {} | {} | {} |",
                 c.label,
                 c.frame_bytes,
                 spread(&c.ns, 0),
                 iqr(&c.ns, 0),
                 spread(&c.ratio_to_empty, 2),
                 spread(&c.extra_ns, 0)
+            );
+        }
+        let gap = match (
+            pc.case(prog_cost::DHCP_VALID),
+            pc.case(prog_cost::DHCP_VALID_TEST_MODE),
+        ) {
+            (Some(real), Some(test)) => {
+                format!(" (here {:.0} ns by the medians)", real.ns.median - test.ns.median)
+            }
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            md,
+            "\nRows in *test mode* run the classifier loaded for tests (`DHCPFIX_TEST_MODE = 1`, id {}, \
+             its own unpinned maps, on loopback): a test run cannot make a `CHECKSUM_PARTIAL` skb on an \
+             offloading device, so the fill path runs only there, with the skb's state taken from \
+             `skb->mark` instead of read from the kernel. The DHCP reply with a complete checksum runs \
+             on both programs: the difference{gap} is the cost of those kernel reads, which the fill \
+             rows leave out.\n",
+            id(prog_cost::Program::TestMode),
+        );
+        md_bpftool(md, pc);
+        let _ = writeln!(
+            md,
+            "| program | id | pinned at | xlated | jited |\n|---|---|---|---|---|"
+        );
+        for p in &pc.programs {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} B | {} B |",
+                p.program.describe(),
+                p.id,
+                if p.pin.is_empty() {
+                    "(not pinned)".to_string()
+                } else {
+                    format!("`{}`", p.pin)
+                },
+                p.xlated_bytes,
+                p.jited_bytes
             );
         }
         let _ = writeln!(md);
@@ -579,7 +631,7 @@ impl Report {
         let _ = writeln!(md, "## How measured\n");
         let lines = [
             "`cargo xtask bench` runs the set-up, builds `dhcpfix` and `dhcpfix-bench` in release mode and runs `dhcpfix-bench --dhcpfix target/release/dhcpfix --out .`; `--only SECTION` and `--quick` exist for development.",
-            "**Per-packet cost**: the classifier is loaded in test mode (`dhcpfix::testrun`) and run with `BPF_PROG_TEST_RUN` on each frame; the kernel times the loop and reports the mean per run in whole nanoseconds. The empty classifier (`dhcpfix_empty`, same object) is the floor; it includes the test-run loop's own per-run overhead, so `+ ns over empty` is what dhcpfix itself adds. Every call's verdict, output frame and counters are checked (non-DHCP frames unchanged and uncounted; a DHCP reply with a complete checksum unchanged and counted `valid`; every fill counted `filled` and its checksum verified). In test mode the skb state comes from `skb->mark`, so the fill path here leaves out the `bpf_probe_read_kernel` calls that read `ip_summed`, `dev->features` and `csum_start` on a real skb; section 4 exercises the real path. If this build has the fill-event ring buffer, it is full after its first few thousand events in a test run, so later runs pay only the failed reservation.",
+            "**Per-packet cost**: a tap in a bench namespace, a real `dhcpfix attach` of it (fill mode, ports 68 and 67) with a pin directory on the bench's bpffs; the bench opens the pinned program, checks by id that it is the one on the tap's tcx egress hook and, with one probe run, that it ignores the test marks in `skb->mark` (test mode off), and runs it with `BPF_PROG_TEST_RUN` from inside the namespace with an `__sk_buff` whose `ifindex` is the tap's, so the skb's device is the tap and the program finds its configuration. The kernel times the loop and reports the mean per run in whole nanoseconds. The empty classifier (`dhcpfix_empty`, same object, loaded as `dhcpfix attach` loads the classifier, pinned) is the floor; it includes the test-run loop's own per-run overhead, so `+ ns over empty` is what dhcpfix itself adds. `bpftool prog run pinned` runs the floor and the TCP and UDP frames from the same pins and files in the same rotation, as an independent check. Every call's verdict, output frame (bench calls) and counters are checked (non-DHCP frames unchanged and uncounted; a DHCP reply with a complete checksum unchanged and counted `valid` on the tap; every fill counted `filled` and its checksum verified). The fill rows run in test mode (see section 1); section 4 exercises the real fill path. If this build has the fill-event ring buffer, it is full after its first few thousand events in a test run, so later runs pay only the failed reservation.",
             "**Throughput**: namespaces A and B joined by a veth pair, permanent neighbour entries; iperf3 server in B, client in A, one TCP stream; Gbit/s as the receiver counted it. The four set-ups are interleaved within each repetition and each run gets a fresh pair and pin directory; each set-up is checked before the run (a tcx program on the device, `tx-checksumming: off`, the rule listed by `iptables -S`).",
             "**Scale**: wall time of each `dhcpfix attach` process from spawn to exit (it joins the namespace with `setns` before exec); all taps are checked for a tcx egress program afterwards with `BPF_PROG_QUERY`. The agent is timed from its spawn until `BPF_PROG_QUERY` finds a program on every tap.",
             "**Storm**: the sender paces itself to the target rate (flat out if it cannot keep up); `filled` and `errors` are read with `dhcpfix stats --json` and compared with the number of `send` calls that succeeded. The receiver's packet socket uses a classic BPF filter for UDP port 68, so it does not copy the bulk traffic.",
@@ -590,6 +642,43 @@ impl Report {
         }
         let _ = writeln!(md);
     }
+}
+
+/// The bench's figures next to bpftool's, for the frames bpftool ran.
+fn md_bpftool(md: &mut String, pc: &ProgCost) {
+    if pc.bpftool.is_empty() {
+        return;
+    }
+    let _ = writeln!(md, "### The same frames through bpftool\n");
+    let _ = writeln!(
+        md,
+        "`bpftool prog run pinned PIN data_in FRAME repeat {}` ({}), on the same pins and frame \
+         files, inside the namespace, in the same rotation as the bench's own calls ({} rounds; \
+         bpftool passes no `__sk_buff`, so its skb's device is loopback). `paired`: the median over \
+         rounds of frame − floor within a round; `min − min`: the best round of the frame minus the \
+         best round of the floor, unpaired; the mean of the paired differences resolves fractions \
+         of the kernel's whole nanoseconds.\n",
+        pc.repeat, pc.bpftool_version, pc.repetitions
+    );
+    let _ = writeln!(
+        md,
+        "| frame | measured by | ns/packet | + ns over floor, paired | mean of paired | min − min |\n|---|---|---|---|---|---|"
+    );
+    for b in &pc.bpftool {
+        let Some(c) = pc.case(&b.key) else { continue };
+        for (tool, r) in [("bench", c), ("bpftool", b)] {
+            let _ = writeln!(
+                md,
+                "| {} | {tool} | {} | {} | {:.1} | {:.0} |",
+                c.label,
+                spread(&r.ns, 0),
+                spread(&r.extra_ns, 0),
+                r.extra_ns.mean,
+                r.extra_of_minima_ns
+            );
+        }
+    }
+    let _ = writeln!(md);
 }
 
 fn write_file(path: &Path, data: &[u8]) -> Result<()> {

@@ -2,10 +2,14 @@
 
 use serde::{Deserialize, Serialize};
 
-/// A figure from repeated runs: median, quartiles, range and the samples.
+/// A figure from repeated runs: median, quartiles, range, mean and the
+/// samples.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Stat {
     pub median: f64,
+    /// Resolves differences finer than the samples' own resolution (the
+    /// kernel's whole nanoseconds), which the median cannot.
+    pub mean: f64,
     pub q1: f64,
     pub q3: f64,
     pub min: f64,
@@ -33,6 +37,7 @@ impl Stat {
         sorted.sort_by(f64::total_cmp);
         Stat {
             median: quantile(&sorted, 0.5),
+            mean: sorted.iter().sum::<f64>() / sorted.len() as f64,
             q1: quantile(&sorted, 0.25),
             q3: quantile(&sorted, 0.75),
             min: sorted.first().copied().unwrap_or(f64::NAN),
@@ -62,6 +67,7 @@ mod tests {
     fn median_quartiles_and_ratios() {
         let s = Stat::of(&[5.0, 1.0, 3.0, 2.0, 4.0]);
         assert_eq!((s.median, s.q1, s.q3, s.min, s.max), (3.0, 2.0, 4.0, 1.0, 5.0));
+        assert_eq!(Stat::of(&[1.0, 1.0, 2.0, 2.0, 2.0]).mean, 1.6);
         assert_eq!(Stat::of(&[1.0, 2.0]).median, 1.5);
         assert_eq!(Stat::ratio(&[2.0, 9.0], &[1.0, 3.0]).samples, vec![2.0, 3.0]);
         assert!(Stat::of(&[]).median.is_nan());

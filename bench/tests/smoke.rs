@@ -1,16 +1,26 @@
 //! A quick run of the whole benchmark (`--quick`: tiny repeat counts, 10
 //! taps, 1 s iperf3 runs, a small storm), so `cargo xtask bench` cannot rot:
 //! the report must be complete and well-formed, and the storm's counters
-//! exact. Needs root; uses the `dhcpfix` binary cargo built next to this
-//! test (cargo test --workspace builds it).
+//! exact; and a quick run of the per-packet section alone, which must
+//! measure the program `dhcpfix attach` attached. Needs root; uses the
+//! `dhcpfix` binary cargo built next to this test (cargo test --workspace
+//! builds it).
 
 use std::{
     fs,
     path::{Path, PathBuf},
+    sync::{Mutex, MutexGuard},
     time::{Duration, Instant},
 };
 
-use dhcpfix_bench::{prog_cost, report::Report, Options};
+use dhcpfix_bench::{prog_cost, report::Report, Options, Section};
+use serde_json::{json, Value};
+
+/// One bench per process at a time: a bench's sandbox is named after the pid.
+fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Whether privileged tests should run. Not root: skip with a message,
 /// unless CI=true, where skipping is a failure.
@@ -45,6 +55,7 @@ fn quick_bench_writes_a_complete_report() {
     if !privileged("quick_bench_writes_a_complete_report") {
         return;
     }
+    let _serial = serial();
     let bin = dhcpfix_binary();
     assert!(
         bin.is_file(),
@@ -74,18 +85,48 @@ fn quick_bench_writes_a_complete_report() {
 
     // Every figure present.
     let pc = report.prog_cost.as_ref().expect("prog_cost");
-    let mut keys = vec![prog_cost::EMPTY, prog_cost::DHCP_VALID];
+    let mut keys = vec![
+        prog_cost::EMPTY,
+        prog_cost::DHCP_VALID,
+        prog_cost::DHCP_VALID_TEST_MODE,
+    ];
     keys.extend(prog_cost::FAST_PATH);
-    keys.extend(["dhcp_fill_300", "dhcp_fill_576", "dhcp_fill_1472"]);
+    keys.extend(prog_cost::FILL_KEYS);
     for key in keys {
-        let case = pc
-            .cases
-            .iter()
-            .find(|c| c.key == key)
-            .unwrap_or_else(|| panic!("case {key}"));
+        let case = pc.case(key).unwrap_or_else(|| panic!("case {key}"));
         assert_eq!(case.ns.samples.len(), pc.repetitions, "{key}");
         finite_positive(key, case.ns.median);
         finite_positive(key, case.ratio_to_empty.median);
+    }
+    // The new path: the attached program, the floor loaded like it, bpftool
+    // on both; test mode only where it must be.
+    let attached = pc
+        .program(prog_cost::Program::Attached)
+        .expect("attached program");
+    assert_eq!(pc.tcx_egress_ids, [attached.id]);
+    assert!(!pc.attached_test_mode);
+    assert_eq!(pc.cases.first().map(|c| c.key.as_str()), Some(prog_cost::EMPTY));
+    for case in &pc.cases {
+        let expected = match case.key.as_str() {
+            prog_cost::EMPTY => prog_cost::Program::Floor,
+            k if prog_cost::FAST_PATH.contains(&k) || k == prog_cost::DHCP_VALID => {
+                prog_cost::Program::Attached
+            }
+            _ => prog_cost::Program::TestMode,
+        };
+        assert_eq!(case.program, expected, "{}", case.key);
+    }
+    for key in std::iter::once(prog_cost::EMPTY).chain(prog_cost::BPFTOOL_FRAMES) {
+        let b = pc
+            .bpftool_case(key)
+            .unwrap_or_else(|| panic!("bpftool case {key}"));
+        assert_eq!(b.ns.samples.len(), pc.repetitions, "bpftool {key}");
+        finite_positive(key, b.ns.median);
+        assert_eq!(
+            Some(b.program_id),
+            pc.case(key).map(|c| c.program_id),
+            "bpftool {key}"
+        );
     }
     let fill = pc.cases.iter().find(|c| c.key == "dhcp_fill_1472").unwrap();
     let empty = pc.cases.iter().find(|c| c.key == prog_cost::EMPTY).unwrap();
@@ -154,6 +195,7 @@ fn quick_bench_writes_a_complete_report() {
         "## Targets",
         "## Machine",
         "## 1. Per-packet cost",
+        "### The same frames through bpftool",
         "## 2. Bulk TCP throughput",
         "## 3. 10 taps",
         "## 4. DHCP reply storm",
@@ -177,5 +219,95 @@ fn quick_bench_writes_a_complete_report() {
     assert!(leftovers.is_empty(), "namespaces left: {leftovers:?}");
     let run_dir = Path::new(dhcpfix_bench::sandbox::RUN_DIR).join(std::process::id().to_string());
     assert!(!run_dir.exists(), "{} left", run_dir.display());
+    let _ = fs::remove_dir_all(&out);
+}
+
+/// The case `key` of a list of cases in bench.json.
+fn case<'a>(cases: &'a Value, key: &str) -> &'a Value {
+    cases
+        .as_array()
+        .and_then(|cases| cases.iter().find(|c| c["key"] == key))
+        .unwrap_or_else(|| panic!("no case {key} in {cases}"))
+}
+
+/// The per-packet cost is that of the program `dhcpfix attach` loaded and
+/// attached (not of a copy loaded in test mode): the program the fast-path
+/// and DHCP cases run has the id of the one program on the tap's tcx egress
+/// hook, and ignores the test marks; the floor is another program; only
+/// the fill cases run in test mode. Read as plain JSON, so that a report
+/// without these records fails here rather than at compile time.
+#[test]
+fn per_packet_cost_runs_the_attached_program() {
+    if !privileged("per_packet_cost_runs_the_attached_program") {
+        return;
+    }
+    let _serial = serial();
+    let bin = dhcpfix_binary();
+    assert!(bin.is_file(), "{} missing: cargo build -p dhcpfix", bin.display());
+    let out = std::env::temp_dir().join(format!("dhcpfix-bench-prog-cost-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&out);
+    dhcpfix_bench::run(&Options {
+        quick: true,
+        out: out.clone(),
+        dhcpfix: bin,
+        only: vec![Section::ProgCost],
+    })
+    .unwrap_or_else(|e| panic!("quick per-packet bench failed: {e}"));
+    let json: Value =
+        serde_json::from_str(&fs::read_to_string(out.join("bench.json")).expect("bench.json")).expect("JSON");
+    let pc = &json["prog_cost"];
+    let id_of = |program: &str| -> u64 {
+        pc["programs"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["program"] == program))
+            .and_then(|p| p["id"].as_u64())
+            .unwrap_or_else(|| panic!("no {program} program in {}", pc["programs"]))
+    };
+    let attached = id_of("attached");
+    let floor = id_of("floor");
+    let test_mode = id_of("test_mode");
+    assert_eq!(
+        pc["tcx_egress_ids"],
+        json!([attached]),
+        "the measured program is not the one on the tap's egress hook"
+    );
+    assert_eq!(
+        pc["attached_test_mode"],
+        json!(false),
+        "the measured program is in test mode"
+    );
+    assert!(attached != floor && attached != test_mode && floor != test_mode);
+
+    let runs = |cases: &Value, key: &str, program: &str, id: u64| {
+        let c = case(cases, key);
+        assert_eq!(c["program"], program, "{key}: {c}");
+        assert_eq!(c["program_id"], id, "{key}: {c}");
+        let ns = c["ns"]["median"].as_f64().unwrap_or(f64::NAN);
+        assert!(ns.is_finite() && ns > 0.0, "{key}: {ns}");
+    };
+    let cases = &pc["cases"];
+    runs(cases, prog_cost::EMPTY, "floor", floor);
+    for key in prog_cost::FAST_PATH.into_iter().chain([prog_cost::DHCP_VALID]) {
+        runs(cases, key, "attached", attached);
+    }
+    for key in [
+        "dhcp_valid_300_test_mode",
+        "dhcp_fill_300",
+        "dhcp_fill_576",
+        "dhcp_fill_1472",
+    ] {
+        runs(cases, key, "test_mode", test_mode);
+    }
+    // bpftool ran the same pinned programs on the TCP and UDP frames.
+    let bpftool = &pc["bpftool"];
+    runs(bpftool, prog_cost::EMPTY, "floor", floor);
+    for key in ["tcp_ipv4", "udp_ipv4"] {
+        runs(bpftool, key, "attached", attached);
+    }
+    let md = fs::read_to_string(out.join("BENCHMARKS.md")).expect("BENCHMARKS.md");
+    assert!(
+        md.contains("### The same frames through bpftool"),
+        "BENCHMARKS.md lacks the bpftool comparison"
+    );
     let _ = fs::remove_dir_all(&out);
 }

@@ -32,6 +32,8 @@ pub const EMPTY_PROGRAM: &str = "dhcpfix_empty";
 const SKB_CTX_SIZE: usize = 192;
 /// Offset of `mark` in `struct __sk_buff`.
 const SKB_CTX_MARK: usize = 8;
+/// Offset of `ifindex` in `struct __sk_buff`.
+const SKB_CTX_IFINDEX: usize = 40;
 
 /// Errors of a test run.
 #[derive(Debug, thiserror::Error)]
@@ -162,30 +164,48 @@ impl TestProgram {
 
     /// Runs program `name` `repeat` times on `frame` (for benchmarks).
     pub fn run_program(&self, name: &str, frame: &[u8], mark: u32, repeat: u32) -> Result<Run, TestRunError> {
-        let prog: &SchedClassifier = self
-            .ebpf
+        run_classifier(self.program(name)?, frame, mark, 0, repeat)
+    }
+
+    /// The loaded program `name` ([`PROGRAM_NAME`] or [`EMPTY_PROGRAM`]).
+    pub fn program(&self, name: &str) -> Result<&SchedClassifier, TestRunError> {
+        self.ebpf
             .program(name)
             .ok_or(LoadError::Missing("program"))?
             .try_into()
-            .map_err(|e| TestRunError::Load(LoadError::Program(e)))?;
-        let mut ctx = [0u8; SKB_CTX_SIZE];
-        ctx[SKB_CTX_MARK..SKB_CTX_MARK + 4].copy_from_slice(&mark.to_ne_bytes());
-        // Room for the frame; the program never grows it.
-        let mut out = vec![0u8; frame.len() + 256];
-        let result = prog
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                repeat,
-                ..Default::default()
-            })
-            .map_err(TestRunError::Run)?;
-        out.truncate(result.data_size_out as usize);
-        Ok(Run {
-            verdict: result.return_value as i32,
-            frame: out,
-            duration: result.duration,
-        })
+            .map_err(|e| TestRunError::Load(LoadError::Program(e)))
     }
+}
+
+/// Runs any loaded classifier `repeat` times on `frame` with
+/// `skb->mark = mark`. With `ifindex` > 1 the skb's device is that interface
+/// of the caller's network namespace (where the program finds its
+/// configuration, as on an attached interface); otherwise loopback.
+pub fn run_classifier(
+    prog: &SchedClassifier,
+    frame: &[u8],
+    mark: u32,
+    ifindex: u32,
+    repeat: u32,
+) -> Result<Run, TestRunError> {
+    let mut ctx = [0u8; SKB_CTX_SIZE];
+    ctx[SKB_CTX_MARK..SKB_CTX_MARK + 4].copy_from_slice(&mark.to_ne_bytes());
+    ctx[SKB_CTX_IFINDEX..SKB_CTX_IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
+    // Room for the frame; the program never grows it.
+    let mut out = vec![0u8; frame.len() + 256];
+    let result = prog
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            repeat,
+            ..Default::default()
+        })
+        .map_err(TestRunError::Run)?;
+    out.truncate(result.data_size_out as usize);
+    Ok(Run {
+        verdict: result.return_value as i32,
+        frame: out,
+        duration: result.duration,
+    })
 }

@@ -50,6 +50,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("libvirt-daemon-system", "/usr/share/libvirt/networks/default.xml"),
     ("qemu-system-x86", "qemu-system-x86_64"),
     ("ipxe-qemu", "/usr/lib/ipxe/qemu/efi-virtio.rom"),
+    // The bench: `bpftool prog run` on the attached program, next to its own figures.
+    ("bpftool", "bpftool"),
 ];
 
 /// The guest kernel for tests/libvirt_real.rs: Debian's cloud kernel (a
