@@ -6,10 +6,17 @@
 //! reader; every branch that cannot be sure returns without a verdict to act
 //! on. The header layouts are network-types'.
 
-use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr, vlan::VlanHdr};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    udp::UdpHdr,
+    vlan::VlanHdr,
+};
 
 /// Ethertype of IPv4.
 pub const ETH_P_IP: u16 = 0x0800;
+/// Ethertype of IPv6.
+pub const ETH_P_IPV6: u16 = 0x86dd;
 /// Ethertype of an 802.1Q VLAN tag.
 pub const ETH_P_8021Q: u16 = 0x8100;
 /// Ethertype of an 802.1ad (QinQ) service tag.
@@ -41,6 +48,8 @@ unsafe impl Header for VlanHdr {}
 unsafe impl Header for Ipv4Hdr {}
 // SAFETY: as above.
 unsafe impl Header for UdpHdr {}
+// SAFETY: as above.
+unsafe impl Header for Ipv6Hdr {}
 
 /// Read access to a frame, starting at the Ethernet header.
 pub trait Frame {
@@ -75,6 +84,10 @@ impl Frame for [u8] {
     }
 }
 
+/// The UDP ports of DHCPv6: clients listen on 546, servers and relays on
+/// 547.
+pub const DHCPV6_PORTS: [u16; 2] = [546, 547];
+
 /// Why a DHCP-port UDP packet was left alone.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,21 +102,36 @@ pub enum SkipReason {
     TooLarge,
 }
 
-/// A DHCP-port UDP/IPv4 packet that is safe to fill.
+/// A DHCP-port UDP packet (IPv4 or IPv6) that is safe to fill.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DhcpPacket {
-    /// Offset of the IPv4 header.
+    /// 4 or 6.
+    pub family: u8,
+    /// Offset of the IP header.
     pub l3: u32,
     /// Offset of the UDP header.
     pub l4: u32,
-    /// UDP length (header + payload), consistent with the IP total length.
+    /// UDP length (header + payload), consistent with the IP length.
     pub udp_len: u16,
-    /// IPv4 source address, as on the wire.
-    pub src: [u8; 4],
-    /// IPv4 destination address, as on the wire.
-    pub dst: [u8; 4],
-    /// UDP destination port.
+    /// Source address as on the wire (IPv4: the first 4 bytes).
+    pub src: [u8; 16],
+    /// Destination address as on the wire (IPv4: the first 4 bytes).
+    pub dst: [u8; 16],
+    /// UDP source and destination ports.
+    pub sport: u16,
     pub dport: u16,
+}
+
+impl DhcpPacket {
+    /// Offset of the DHCP message (the UDP payload).
+    pub fn payload(&self) -> u32 {
+        self.l4 + UdpHdr::LEN as u32
+    }
+
+    /// Where the UDP payload ends.
+    pub fn end(&self) -> u32 {
+        self.l4 + u32::from(self.udp_len)
+    }
 }
 
 /// What the parser found.
@@ -135,6 +163,9 @@ pub fn parse<F: Frame + ?Sized>(frame: &F, watches: impl Fn(u16) -> bool) -> Par
         ethertype = u16::from_be(tag.ether_type);
         l3 += VlanHdr::LEN as u32;
         tags += 1;
+    }
+    if ethertype == ETH_P_IPV6 {
+        return parse_v6(frame, l3, watches);
     }
     if ethertype != ETH_P_IP {
         return Parsed::Other;
@@ -173,12 +204,62 @@ pub fn parse<F: Frame + ?Sized>(frame: &F, watches: impl Fn(u16) -> bool) -> Par
     if udp_len > MAX_UDP_LEN {
         return Parsed::Skip(SkipReason::TooLarge);
     }
+    let mut src = [0; 16];
+    let mut dst = [0; 16];
+    src[..4].copy_from_slice(&ip.src_addr);
+    dst[..4].copy_from_slice(&ip.dst_addr);
     Parsed::Dhcp(DhcpPacket {
+        family: 4,
+        l3,
+        l4,
+        udp_len,
+        src,
+        dst,
+        sport: u16::from_be_bytes(udp.src),
+        dport,
+    })
+}
+
+/// IPv6: UDP right after the fixed header only. An extension header (or
+/// anything else) before the transport header is left alone: DHCPv6
+/// messages carry none, and walking headers this code does not know could
+/// misplace the checksum.
+#[inline(always)]
+fn parse_v6<F: Frame + ?Sized>(frame: &F, l3: u32, watches: impl Fn(u16) -> bool) -> Parsed {
+    let Some(ip) = frame.header::<Ipv6Hdr>(l3) else {
+        return Parsed::Other;
+    };
+    if ip.vcf[0] >> 4 != 6 || ip.next_hdr != IPPROTO_UDP {
+        return Parsed::Other;
+    }
+    let l4 = l3 + Ipv6Hdr::LEN as u32;
+    let Some(udp) = frame.header::<UdpHdr>(l4) else {
+        return Parsed::Other;
+    };
+    let dport = u16::from_be_bytes(udp.dst);
+    if !watches(dport) {
+        return Parsed::Other;
+    }
+    let payload_len = u32::from(u16::from_be_bytes(ip.payload_len));
+    let udp_len = u16::from_be_bytes(udp.len);
+    // A jumbogram (payload length 0) or a UDP length that disagrees.
+    if payload_len < UdpHdr::LEN as u32 || u32::from(udp_len) != payload_len {
+        return Parsed::Skip(SkipReason::BadLength);
+    }
+    if l4 + payload_len > frame.len() {
+        return Parsed::Skip(SkipReason::Truncated);
+    }
+    if udp_len > MAX_UDP_LEN {
+        return Parsed::Skip(SkipReason::TooLarge);
+    }
+    Parsed::Dhcp(DhcpPacket {
+        family: 6,
         l3,
         l4,
         udp_len,
         src: ip.src_addr,
         dst: ip.dst_addr,
+        sport: u16::from_be_bytes(udp.src),
         dport,
     })
 }
@@ -233,7 +314,8 @@ mod tests {
         let f = frame(&[ETH_P_8021Q], 15, 10);
         let d = expect_dhcp(parse(&f[..120], dhcp(68)));
         assert_eq!((d.l3, d.l4), (18, 78));
-        assert_eq!(d.src, [10, 0, 0, 1]);
+        assert_eq!(&d.src[..4], &[10, 0, 0, 1]);
+        assert_eq!((d.family, d.sport, d.dport), (4, 67, 68));
     }
 
     #[test]
@@ -242,6 +324,41 @@ mod tests {
         assert_eq!(parse(&f[..], dhcp(68)), Parsed::Other);
         let f = frame(&[], 5, 10);
         assert_eq!(parse(&f[..], dhcp(53)), Parsed::Other);
+    }
+
+    /// eth + IPv6 (next header `nh`) + UDP 547 -> 546 + payload.
+    fn frame6(nh: u8, payload: usize) -> [u8; 200] {
+        let mut f = [0u8; 200];
+        f[12..14].copy_from_slice(&ETH_P_IPV6.to_be_bytes());
+        f[14] = 0x60;
+        f[18..20].copy_from_slice(&((8 + payload) as u16).to_be_bytes());
+        f[20] = nh;
+        f[21] = 64;
+        f[22] = 0xfe;
+        f[23] = 0x80;
+        f[37] = 1;
+        f[38] = 0xfe;
+        f[39] = 0x80;
+        f[53] = 2;
+        f[54..56].copy_from_slice(&547u16.to_be_bytes());
+        f[56..58].copy_from_slice(&546u16.to_be_bytes());
+        f[58..60].copy_from_slice(&((8 + payload) as u16).to_be_bytes());
+        f
+    }
+
+    #[test]
+    fn dhcpv6_replies() {
+        let f = frame6(IPPROTO_UDP, 20);
+        let d = expect_dhcp(parse(&f[..82], dhcp(546)));
+        assert_eq!((d.family, d.l3, d.l4, d.udp_len, d.sport), (6, 14, 54, 28, 547));
+        assert_eq!((d.src[0], d.src[15], d.dst[15]), (0xfe, 1, 2));
+        // An extension header first (hop-by-hop, 0): left alone.
+        assert_eq!(parse(&frame6(0, 20)[..], dhcp(546)), Parsed::Other);
+        assert_eq!(parse(&f[..80], dhcp(546)), Parsed::Skip(SkipReason::Truncated));
+        let mut bad = f;
+        bad[59] = 99;
+        assert_eq!(parse(&bad[..], dhcp(546)), Parsed::Skip(SkipReason::BadLength));
+        assert_eq!(parse(&f[..], dhcp(68)), Parsed::Other);
     }
 
     #[test]

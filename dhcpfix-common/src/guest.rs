@@ -7,7 +7,7 @@
 //! Times are `CLOCK_BOOTTIME` nanoseconds (`bpf_ktime_get_boot_ns`), 0 for
 //! "never".
 
-use crate::dhcp::{Message, Role, TEXT_LEN};
+use crate::dhcp::{self, Message, Options, Role, FAMILY_V6, OPTIONS_LEN};
 
 /// Guests tracked per interface: the slot is picked from the MAC, so a guest
 /// sending from random MACs churns only its own interface's slots.
@@ -57,7 +57,7 @@ impl GuestKey {
 
 /// One guest (map value).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GuestState {
     pub last_request: u64,
     pub last_reply: u64,
@@ -73,10 +73,8 @@ pub struct GuestState {
     pub repeats: u32,
     /// All such repeats since the guest was first seen.
     pub rejected: u32,
-    /// From the last ACK: lease, renewal (T1) and rebinding (T2), seconds.
-    pub lease: u32,
-    pub t1: u32,
-    pub t2: u32,
+    /// Zero.
+    pub reserved: u32,
     /// The guest's MAC (the slot may have held another before).
     pub mac: [u8; 6],
     pub family: u8,
@@ -85,14 +83,42 @@ pub struct GuestState {
     /// Roles ([`Role`]) of the last reply and the last request.
     pub reply_role: u8,
     pub request_role: u8,
-    pub hostname_len: u8,
-    pub vendor_len: u8,
-    /// The address offered or acknowledged (v4 in the first 4 bytes).
-    pub addr: [u8; 16],
-    pub hostname: [u8; TEXT_LEN],
-    pub vendor: [u8; TEXT_LEN],
-    /// Zero.
-    pub reserved: u32,
+    /// Bytes kept of the last request's and of the last ACK's (or, before
+    /// any, OFFER's) options.
+    pub request_options_len: u8,
+    pub reply_options_len: u8,
+    /// A v4 reply's `yiaddr` (from the last OFFER or ACK).
+    pub addr: [u8; 4],
+    /// The first [`OPTIONS_LEN`] bytes of those options, as sent: userspace
+    /// reads lease times, host name and vendor class from them.
+    pub request_options: [u8; OPTIONS_LEN],
+    pub reply_options: [u8; OPTIONS_LEN],
+}
+
+impl Default for GuestState {
+    fn default() -> Self {
+        Self {
+            last_request: 0,
+            last_reply: 0,
+            last_ack: 0,
+            xid: 0,
+            reply_xid: 0,
+            requests: 0,
+            repeats: 0,
+            rejected: 0,
+            reserved: 0,
+            mac: [0; 6],
+            family: 0,
+            flags: 0,
+            reply_role: 0,
+            request_role: 0,
+            request_options_len: 0,
+            reply_options_len: 0,
+            addr: [0; 4],
+            request_options: [0; OPTIONS_LEN],
+            reply_options: [0; OPTIONS_LEN],
+        }
+    }
 }
 
 #[cfg(feature = "user")]
@@ -179,7 +205,9 @@ impl GuestState {
         }
     }
 
-    /// Records a reply that reached the guest at `now`.
+    /// Records a reply that reached the guest at `now`. Whether its options
+    /// are kept is the caller's (an OFFER's only until the first ACK, an
+    /// ACK's always: [`Self::keeps_reply_options`]).
     #[inline(always)]
     pub fn on_reply(&mut self, now: u64, m: &Message) {
         self.mac = m.client;
@@ -192,9 +220,6 @@ impl GuestState {
             Role::Ack => {
                 self.addr = m.addr;
                 self.last_ack = now;
-                self.lease = m.lease;
-                self.t1 = m.t1;
-                self.t2 = m.t2;
                 self.requests = 0;
                 self.flags &= !(GUEST_NAK | GUEST_DECLINED | GUEST_RELEASED);
             }
@@ -203,26 +228,45 @@ impl GuestState {
         }
     }
 
-    /// T1 and T2 as the client uses them: from the ACK, else the RFC 2131
-    /// defaults (half and seven eighths of the lease).
+    /// Whether a reply's options replace the ones kept.
+    #[inline(always)]
+    pub fn keeps_reply_options(&self, role: Role) -> bool {
+        role == Role::Ack || (role == Role::Offer && self.last_ack == 0)
+    }
+
+    /// The options kept of the last ACK (or OFFER), read.
+    pub fn reply(&self) -> Options<'_> {
+        let opts = &self.reply_options[..usize::from(self.reply_options_len).min(OPTIONS_LEN)];
+        if self.family == FAMILY_V6 {
+            dhcp::options_v6(opts)
+        } else {
+            dhcp::options_v4(opts)
+        }
+    }
+
+    /// The options kept of the last request, read.
+    pub fn request(&self) -> Options<'_> {
+        let opts = &self.request_options[..usize::from(self.request_options_len).min(OPTIONS_LEN)];
+        if self.family == FAMILY_V6 {
+            dhcp::options_v6(opts)
+        } else {
+            dhcp::options_v4(opts)
+        }
+    }
+
+    /// Lease, T1 and T2 as the client uses them, seconds: from the ACK,
+    /// else the RFC 2131 defaults (half and seven eighths of the lease).
     pub fn times(&self) -> (u64, u64, u64) {
-        let lease = u64::from(self.lease);
-        let t1 = if self.t1 != 0 {
-            u64::from(self.t1)
-        } else {
-            lease / 2
-        };
-        let t2 = if self.t2 != 0 {
-            u64::from(self.t2)
-        } else {
-            lease * 7 / 8
-        };
+        let o = self.reply();
+        let lease = u64::from(o.lease.unwrap_or(0));
+        let t1 = o.t1.filter(|t| *t != 0).map_or(lease / 2, u64::from);
+        let t2 = o.t2.filter(|t| *t != 0).map_or(lease * 7 / 8, u64::from);
         (lease, t1, t2)
     }
 
     /// Whether the lease is infinite (0xffffffff seconds).
     pub fn infinite(&self) -> bool {
-        self.lease == u32::MAX
+        self.reply().lease == Some(u32::MAX)
     }
 
     /// Seconds left on the lease at `now`; `None` without one (or infinite).
@@ -231,7 +275,19 @@ impl GuestState {
             return None;
         }
         let age = now.saturating_sub(self.last_ack) / NS;
-        Some(i64::from(self.lease) - age as i64)
+        Some(self.times().0 as i64 - age as i64)
+    }
+
+    /// The address the guest has or was offered.
+    pub fn address(&self) -> Option<[u8; 16]> {
+        if self.family == FAMILY_V6 {
+            return self.reply().addr;
+        }
+        (self.addr != [0; 4]).then(|| {
+            let mut a = [0; 16];
+            a[..4].copy_from_slice(&self.addr);
+            a
+        })
     }
 
     /// The guest's state at `now`.
@@ -246,7 +302,9 @@ impl GuestState {
         if self.repeats > 0 && asking_since_ack {
             return State::Rejecting;
         }
-        if self.flags & GUEST_NAK != 0 && self.last_reply >= self.last_request {
+        // A DHCPv6 REPLY without an address says no, as a NAK does.
+        let v6_no = self.family == FAMILY_V6 && self.last_ack != 0 && self.reply().addr.is_none();
+        if (self.flags & GUEST_NAK != 0 || v6_no) && self.last_reply >= self.last_request {
             return State::Nak;
         }
         if self.last_ack == 0 {
@@ -280,9 +338,19 @@ mod tests {
             role,
             xid,
             client: [0x52, 0x54, 0, 1, 2, 3],
-            addr: [10, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-            lease: 120,
+            addr: [10, 0, 0, 5],
             ..Default::default()
+        }
+    }
+
+    /// A reply as the classifier records it, with a lease of `lease` s.
+    fn reply(g: &mut GuestState, now: u64, role: Role, xid: u32, lease: u32) {
+        let m = msg(role, xid);
+        g.on_reply(now, &m);
+        if g.keeps_reply_options(role) {
+            let opts = [51, 4, (lease >> 24) as u8, (lease >> 16) as u8, (lease >> 8) as u8, lease as u8, 255];
+            g.reply_options[..opts.len()].copy_from_slice(&opts);
+            g.reply_options_len = opts.len() as u8;
         }
     }
 
@@ -291,7 +359,7 @@ mod tests {
     #[test]
     fn record_sizes() {
         assert_eq!(core::mem::size_of::<GuestKey>(), 16);
-        assert_eq!(core::mem::size_of::<GuestState>(), 24 + 32 + 12 + 16 + 64 + 4);
+        assert_eq!(core::mem::size_of::<GuestState>(), 24 + 24 + 12 + 4 + 2 * OPTIONS_LEN);
     }
 
     #[test]
@@ -308,10 +376,11 @@ mod tests {
         let mut g = GuestState::default();
         g.on_request(S, &msg(Role::Discover, 7));
         assert_eq!(g.state(S), State::Requesting);
-        g.on_reply(2 * S, &msg(Role::Offer, 7));
+        reply(&mut g, 2 * S, Role::Offer, 7, 120);
         g.on_request(3 * S, &msg(Role::Request, 7));
         assert_eq!(g.repeats, 0, "a REQUEST after an OFFER is no repeat");
-        g.on_reply(4 * S, &msg(Role::Ack, 7));
+        reply(&mut g, 4 * S, Role::Ack, 7, 120);
+        assert_eq!(g.address().map(|a| [a[0], a[1], a[2], a[3]]), Some([10, 0, 0, 5]));
         assert_eq!(g.state(5 * S), State::Bound);
         assert_eq!(g.remaining(14 * S), Some(110));
         assert_eq!(g.state(64 * S), State::Renewing);
@@ -319,7 +388,7 @@ mod tests {
         assert_eq!(g.state(124 * S), State::Expired);
         // A renewal with a new transaction and its ACK: a fresh lease.
         g.on_request(70 * S, &msg(Role::Request, 8));
-        g.on_reply(71 * S, &msg(Role::Ack, 8));
+        reply(&mut g, 71 * S, Role::Ack, 8, 120);
         assert_eq!(g.state(124 * S), State::Bound);
         assert_eq!(g.rejected, 0);
     }
@@ -328,10 +397,10 @@ mod tests {
     fn a_client_that_throws_replies_away() {
         let mut g = GuestState::default();
         g.on_request(S, &msg(Role::Discover, 7));
-        g.on_reply(2 * S, &msg(Role::Offer, 7));
+        reply(&mut g, 2 * S, Role::Offer, 7, 120);
         // The OFFER's checksum was bad: DISCOVER again, same transaction.
         g.on_request(5 * S, &msg(Role::Discover, 7));
-        g.on_reply(6 * S, &msg(Role::Offer, 7));
+        reply(&mut g, 6 * S, Role::Offer, 7, 120);
         g.on_request(9 * S, &msg(Role::Discover, 7));
         assert_eq!((g.repeats, g.rejected), (2, 2));
         assert_eq!(g.state(10 * S), State::Rejecting);
@@ -346,19 +415,13 @@ mod tests {
     fn declines_naks_releases_and_infinite_leases() {
         let mut g = GuestState::default();
         g.on_request(S, &msg(Role::Request, 1));
-        g.on_reply(2 * S, &msg(Role::Nak, 1));
+        reply(&mut g, 2 * S, Role::Nak, 1, 0);
         assert_eq!(g.state(3 * S), State::Nak);
         g.on_request(4 * S, &msg(Role::Decline, 1));
         assert_eq!(g.state(5 * S), State::Declined);
         let mut g = GuestState::default();
         g.on_request(S, &msg(Role::Request, 1));
-        g.on_reply(
-            2 * S,
-            &Message {
-                lease: u32::MAX,
-                ..msg(Role::Ack, 1)
-            },
-        );
+        reply(&mut g, 2 * S, Role::Ack, 1, u32::MAX);
         assert_eq!(g.state(1_000_000 * S), State::Bound);
         assert_eq!(g.remaining(3 * S), None);
         g.on_request(3 * S, &msg(Role::Release, 2));

@@ -25,7 +25,9 @@
 use core::ptr;
 
 use aya_ebpf::{
-    helpers::generated::{bpf_csum_diff, bpf_probe_read_kernel, bpf_skb_load_bytes, bpf_skb_store_bytes},
+    helpers::generated::{
+        bpf_csum_diff, bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_skb_load_bytes, bpf_skb_store_bytes,
+    },
     macros::{classifier, map},
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::TcContext,
@@ -34,11 +36,13 @@ use aya_log_ebpf::debug;
 use dhcpfix_common::{
     config::{port_bit, IfaceConfig, MODE_AUDIT, MODE_FILL, PORT_BITMAP_WORDS},
     counters::{Counters, Outcome},
+    dhcp::{self, Message, Role, FAMILY_V6, OPTIONS_LEN},
     event::{FillEvent, EVENTS_BYTES, EVENT_FILLED, EVENT_WOULD_FILL},
     frame::{
         self, DhcpPacket, Frame, Header, Parsed, SkipReason, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP,
-        IPPROTO_UDP, MAX_UDP_LEN, UDP_CHECK_OFFSET,
+        ETH_P_IPV6, IPPROTO_UDP, MAX_UDP_LEN, UDP_CHECK_OFFSET,
     },
+    guest::{GuestKey, GuestState, MAX_GUESTS},
     key::IfaceKey,
     layout::{
         KernelLayout, CHECKSUM_PARTIAL, LAYOUT_HAS_CSUM_START, LAYOUT_VALID, TEST_MARK_OFFLOAD,
@@ -47,6 +51,9 @@ use dhcpfix_common::{
     settings::{Settings, SETTING_EXPLAIN},
     MAX_INTERFACES,
 };
+
+/// `BPF_F_NO_PREALLOC`: the guests map takes memory as guests appear.
+const BPF_F_NO_PREALLOC: u32 = 1;
 
 /// Kernel structure offsets, set by the loader from BTF before loading.
 #[unsafe(no_mangle)]
@@ -78,6 +85,17 @@ static CONFIG: HashMap<IfaceKey, IfaceConfig> = HashMap::with_max_entries(MAX_IN
 #[map(name = "DHCPFIX_COUNTERS")]
 static COUNTERS: PerCpuHashMap<IfaceKey, Counters> = PerCpuHashMap::with_max_entries(MAX_INTERFACES, 0);
 
+/// Each guest's DHCP conversation, seen from both sides of its tap (see
+/// dhcpfix_common::guest). A few slots per interface, chosen by MAC: a guest
+/// sending from random MACs churns only its own interface's slots.
+#[map(name = "DHCPFIX_GUESTS")]
+static GUESTS: HashMap<GuestKey, GuestState> = HashMap::with_max_entries(MAX_GUESTS, BPF_F_NO_PREALLOC);
+
+/// One all-zero guest record, never written: a new or re-used slot starts
+/// as a copy of it (a record on the stack would not fit the 512 bytes).
+#[map(name = "DHCPFIX_GUEST0")]
+static GUEST_ZERO: Array<GuestState> = Array::with_max_entries(1, 0);
+
 /// Switches set by the loader at run time (one entry): see [`Settings`].
 #[map(name = "DHCPFIX_SETTINGS")]
 static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
@@ -106,9 +124,19 @@ static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 /// default action decide. dhcpfix never drops or redirects.
 const TC_NEXT: i32 = -1;
 
+/// Egress of a guest's tap: what reaches the guest. Fills, counts, and
+/// records the replies in the guest's state.
 #[classifier]
 pub fn dhcpfix(ctx: TcContext) -> i32 {
     classify(&ctx);
+    TC_NEXT
+}
+
+/// Ingress of a guest's tap: what the guest sends. Only records its DHCP
+/// requests in its state; never changes a byte.
+#[classifier]
+pub fn dhcpfix_ingress(ctx: TcContext) -> i32 {
+    watch_requests(&ctx);
     TC_NEXT
 }
 
@@ -168,12 +196,106 @@ fn classify(ctx: &TcContext) {
                 Outcome::WouldFill => emit(ctx, key, &packet, EVENT_WOULD_FILL),
                 _ => {}
             }
+            observe(ctx, &key, &packet, false);
             outcome
         }
     };
     if let Some(counters) = COUNTERS.get_ptr_mut(&key) {
         // SAFETY: per-CPU value of this CPU; nothing else writes it now.
         unsafe { (*counters).record(outcome) };
+    }
+}
+
+#[inline(always)]
+fn watch_requests(ctx: &TcContext) {
+    if !may_be_watched(ctx) {
+        return;
+    }
+    // SAFETY: read-only global, constant after load.
+    let layout = unsafe { ptr::read_volatile(&DHCPFIX_LAYOUT) };
+    let Some((_, key)) = device(ctx, &layout) else {
+        return;
+    };
+    // SAFETY: only read; map values stay valid while the program runs.
+    let Some(cfg) = (unsafe { CONFIG.get(&key) }) else {
+        return;
+    };
+    if let Parsed::Dhcp(packet) = frame::parse(&SkbFrame(ctx), |port| cfg.watches(port)) {
+        observe(ctx, &key, &packet, true);
+    }
+}
+
+/// Records a DHCP message in its guest's state: a request the guest sent
+/// (`from_guest`, ingress) or a reply that reached it (egress).
+#[inline(always)]
+fn observe(ctx: &TcContext, key: &IfaceKey, packet: &DhcpPacket, from_guest: bool) {
+    let frame = SkbFrame(ctx);
+    let message = if packet.family == FAMILY_V6 {
+        // The guest's MAC: the source of what it sends, the destination of
+        // what it gets.
+        let Some(client) = frame.load::<6>(if from_guest { 6 } else { 0 }) else {
+            return;
+        };
+        dhcp::read_v6(&frame, packet.payload(), packet.end(), client)
+    } else {
+        dhcp::read_v4(&frame, packet.payload(), packet.end())
+    };
+    let Some(m) = message else { return };
+    // A guest's own DHCP server (replies on ingress) is not its client side.
+    if m.role == Role::Other || m.role.from_client() != from_guest {
+        return;
+    }
+    let gkey = GuestKey::new(key.netns, key.ifindex, packet.family, &m.client);
+    let Some(zero) = GUEST_ZERO.get_ptr(0) else {
+        return;
+    };
+    if GUESTS.get_ptr_mut(&gkey).is_none() {
+        // SAFETY: `zero` points at the array's one value, valid while the
+        // program runs. Fails only when the map is full: the guest is then
+        // not followed.
+        let _ = GUESTS.insert(&gkey, unsafe { &*zero }, 0);
+    }
+    let Some(state) = GUESTS.get_ptr_mut(&gkey) else {
+        return;
+    };
+    // SAFETY: the map value stays valid while the program runs; two CPUs
+    // updating one guest at once (its own packets) at worst lose a count.
+    let state = unsafe { &mut *state };
+    if state.mac != m.client {
+        // The slot held another MAC: the latest wins.
+        // SAFETY: both point at whole GuestState values in maps.
+        unsafe { ptr::copy_nonoverlapping(zero, state, 1) };
+    }
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    if from_guest {
+        state.on_request(now, &m);
+        state.request_options_len = copy_options(ctx, &m, &mut state.request_options);
+    } else {
+        if state.keeps_reply_options(m.role) {
+            state.reply_options_len = copy_options(ctx, &m, &mut state.reply_options);
+        }
+        state.on_reply(now, &m);
+    }
+}
+
+/// Copies the first bytes of a message's options (at most
+/// [`OPTIONS_LEN`]) into `out`; returns how many.
+#[inline(always)]
+fn copy_options(ctx: &TcContext, m: &Message, out: &mut [u8; OPTIONS_LEN]) -> u8 {
+    let len = m.end.saturating_sub(m.options);
+    if len == 0 {
+        return 0;
+    }
+    // n in [1, OPTIONS_LEN], written so the verifier sees both bounds.
+    let n = ((len.min(OPTIONS_LEN as u32) - 1) & (OPTIONS_LEN as u32 - 1)) + 1;
+    // SAFETY: `out` has OPTIONS_LEN writable bytes and n <= OPTIONS_LEN; the
+    // helper fails, writing nothing, if the packet is shorter.
+    let ret = unsafe { bpf_skb_load_bytes(ctx.skb.skb.cast_const().cast(), m.options, out.as_mut_ptr().cast(), n) };
+    if ret == 0 {
+        n as u8
+    } else {
+        0
     }
 }
 
@@ -261,12 +383,16 @@ fn may_be_watched(ctx: &TcContext) -> bool {
             *((data + 23) as *const u8),
         )
     };
-    match ethertype {
-        ETH_P_IP if proto == IPPROTO_UDP => {}
+    let dport_at = match ethertype {
+        ETH_P_IP if proto == IPPROTO_UDP => data + 14 + usize::from(version_ihl & 0x0f) * 4 + 2,
+        // The next header (byte 20) is within the 34 checked; UDP right
+        // after the fixed header, or not ours.
+        // SAFETY: byte 20 is within the packet (checked above).
+        ETH_P_IPV6 if unsafe { *((data + 20) as *const u8) } == IPPROTO_UDP => data + 14 + 40 + 2,
+        ETH_P_IPV6 => return false,
         ETH_P_8021Q | ETH_P_8021AD => return true,
         _ => return false,
-    }
-    let dport_at = data + 14 + usize::from(version_ihl & 0x0f) * 4 + 2;
+    };
     if dport_at + 2 > data_end {
         return true;
     }
@@ -290,7 +416,7 @@ fn decide(
         explain(ctx, key, "skipped a GSO packet");
         return Outcome::Skipped;
     }
-    let Some((partial, offload)) = skb_state(ctx, layout, dev) else {
+    let Some((partial, offload)) = skb_state(ctx, layout, dev, packet.family) else {
         explain(ctx, key, "error: reading ip_summed or the device features failed");
         return Outcome::Error;
     };
@@ -329,9 +455,9 @@ fn decide(
 }
 
 /// Whether the skb is `CHECKSUM_PARTIAL`, and whether its device offloads
-/// IPv4 checksums. `None` when the kernel state cannot be read.
+/// checksums of this IP family. `None` when the kernel state cannot be read.
 #[inline(always)]
-fn skb_state(ctx: &TcContext, layout: &KernelLayout, dev: *const u8) -> Option<(bool, bool)> {
+fn skb_state(ctx: &TcContext, layout: &KernelLayout, dev: *const u8, family: u8) -> Option<(bool, bool)> {
     // SAFETY: read-only global, constant after load.
     if unsafe { ptr::read_volatile(&DHCPFIX_TEST_MODE) } != 0 {
         // SAFETY: valid __sk_buff from the kernel.
@@ -345,7 +471,12 @@ fn skb_state(ctx: &TcContext, layout: &KernelLayout, dev: *const u8) -> Option<(
         return Some((false, false));
     }
     let features = read_kernel::<u64>(dev, layout.dev_features)?;
-    Some((true, layout.offloads_checksum(features)))
+    let offload = if family == FAMILY_V6 {
+        layout.offloads_checksum6(features)
+    } else {
+        layout.offloads_checksum(features)
+    };
+    Some((true, offload))
 }
 
 /// Whether the kernel would finish the checksum exactly at this packet's UDP
@@ -396,23 +527,24 @@ fn fill(ctx: &TcContext, packet: &DhcpPacket) -> Option<()> {
     if udp_len < 8 || udp_len > u32::from(MAX_UDP_LEN) {
         return None;
     }
-    let len = packet.udp_len.to_be_bytes();
-    let mut pseudo: [u8; 12] = [
-        packet.src[0],
-        packet.src[1],
-        packet.src[2],
-        packet.src[3],
-        packet.dst[0],
-        packet.dst[1],
-        packet.dst[2],
-        packet.dst[3],
-        0,
-        IPPROTO_UDP,
-        len[0],
-        len[1],
-    ];
-    // SAFETY: `pseudo` is 12 readable bytes (a multiple of 4, as required).
-    let mut sum = unsafe { bpf_csum_diff(ptr::null_mut(), 0, pseudo.as_mut_ptr().cast(), 12, 0) };
+    // The pseudo-header: RFC 768 (12 bytes) or RFC 8200 (40 bytes).
+    let mut pseudo = [0u8; 40];
+    let pseudo_len = if packet.family == FAMILY_V6 {
+        pseudo[..16].copy_from_slice(&packet.src);
+        pseudo[16..32].copy_from_slice(&packet.dst);
+        pseudo[32..36].copy_from_slice(&udp_len.to_be_bytes());
+        pseudo[39] = IPPROTO_UDP;
+        40
+    } else {
+        pseudo[..4].copy_from_slice(&packet.src[..4]);
+        pseudo[4..8].copy_from_slice(&packet.dst[..4]);
+        pseudo[9] = IPPROTO_UDP;
+        pseudo[10..12].copy_from_slice(&packet.udp_len.to_be_bytes());
+        12
+    };
+    // SAFETY: `pseudo` holds 40 readable bytes and pseudo_len (12 or 40) is
+    // a multiple of 4, as the helper requires.
+    let mut sum = unsafe { bpf_csum_diff(ptr::null_mut(), 0, pseudo.as_mut_ptr().cast(), pseudo_len, 0) };
     if sum < 0 {
         return None;
     }
@@ -462,6 +594,8 @@ fn fill(ctx: &TcContext, packet: &DhcpPacket) -> Option<()> {
     folded = (folded & 0xffff) + (folded >> 16);
     folded = (folded & 0xffff) + (folded >> 16);
     folded = (folded & 0xffff) + (folded >> 16);
+    // Zero on the wire means "no checksum" for IPv4 and is invalid for
+    // IPv6: a computed zero is sent as its equivalent, 0xffff.
     let csum = match !(folded as u16) {
         0 => 0xffff,
         c => c,

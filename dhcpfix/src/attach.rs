@@ -33,7 +33,7 @@ use crate::{
     pins::{
         self,
         gc::{self, Forgotten},
-        links::{self, LinkState},
+        links::{self, Hook, LinkState},
         maps::Maps,
         PinDir, PinsError,
     },
@@ -257,6 +257,8 @@ fn attach_here(
     match links::state(pins, &key)? {
         Some(LinkState::Live) => {
             Maps::open(pins)?.configure(&key, IfaceConfig { flags: 0, ..cfg })?;
+            // Attached by a version without it (or its attach failed).
+            watch_requests(pins, &key, iface);
             return Ok(Attached::Existing(Method::Tcx));
         }
         // An interface re-created with the same ifindex: its old link is
@@ -292,7 +294,39 @@ fn attach_here(
         maps.forget(&key);
         return Err(e);
     }
+    if method != Method::Netlink {
+        watch_requests(pins, &key, iface);
+    }
     Ok(Attached::New(method))
+}
+
+/// Hooks the ingress program, which follows what the guest sends (its
+/// DHCP requests: `dhcpfix leases`). Not needed for the fill, so a failure
+/// is only logged. (Netlink attachments, for kernels before 6.6, go without.)
+fn watch_requests(pins: &PinDir, key: &IfaceKey, iface: &str) {
+    if links::exists(pins, key, Hook::Ingress) {
+        return;
+    }
+    let attached = program::open_ingress(pins)
+        .map_err(|e| e.to_string())
+        .and_then(|mut prog| {
+            let id = prog
+                .attach_with_options(
+                    iface,
+                    TcAttachType::Ingress,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )
+                .map_err(|e| describe(&e))?;
+            let link: FdLink = prog
+                .take_link(id)
+                .map_err(|e| describe(&e))?
+                .try_into()
+                .map_err(|e: aya::programs::links::LinkError| e.to_string())?;
+            links::pin(pins, key, Hook::Ingress, link).map_err(|e| e.to_string())
+        });
+    if let Err(e) = attached {
+        log::warn!("{iface}: not following what its guest sends (no lease view): {e}");
+    }
 }
 
 /// Writes the entries of a new attachment, its counters from zero. When the
@@ -338,7 +372,7 @@ fn attach_tcx(
     let link: FdLink = link.try_into().map_err(|e: aya::programs::links::LinkError| {
         attach_err(ProgramError::IOError(io::Error::other(e.to_string())))
     })?;
-    links::pin(pins, key, link)?;
+    links::pin(pins, key, Hook::Egress, link)?;
     // aya resolves the name again: if the interface was re-created in
     // between, the link sits on an ifindex we did not configure, and the
     // classifier would ignore that interface. Undo and say so.

@@ -7,8 +7,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use dhcpfix_common::{
-    layout::KernelLayout, CONFIG_MAP, COUNTERS_MAP, EVENTS_MAP, LAYOUT_GLOBAL, PORTS_MAP, PROGRAM_NAME,
-    SETTINGS_MAP, TEST_MODE_GLOBAL,
+    layout::KernelLayout, CONFIG_MAP, COUNTERS_MAP, EVENTS_MAP, GUESTS_MAP, INGRESS_PROGRAM_NAME, LAYOUT_GLOBAL,
+    PORTS_MAP, PROGRAM_NAME, SETTINGS_MAP, TEST_MODE_GLOBAL,
 };
 
 use crate::{
@@ -22,7 +22,7 @@ pub static CLASSIFIER_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("
 
 /// The maps the loader pins (the classifier's aya-log buffer is not: it
 /// lives as long as the program, and `dhcpfix run` finds it through it).
-const PINNED_MAPS: [&str; 5] = [CONFIG_MAP, COUNTERS_MAP, PORTS_MAP, EVENTS_MAP, SETTINGS_MAP];
+const PINNED_MAPS: [&str; 6] = [CONFIG_MAP, COUNTERS_MAP, PORTS_MAP, EVENTS_MAP, SETTINGS_MAP, GUESTS_MAP];
 
 /// Errors while loading the classifier.
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +143,15 @@ pub fn check_abi(pins: &PinDir) -> Result<Vec<u32>, LoadError> {
     Ok(older)
 }
 
+/// The pinned ingress program (what guests send).
+pub fn open_ingress(pins: &PinDir) -> Result<SchedClassifier, LoadError> {
+    let rel = pins::ingress_program_rel();
+    SchedClassifier::from_pin(pins.fd_path(&rel)).map_err(|e| LoadError::OpenPinned {
+        path: pins.shown(&rel),
+        reason: e.to_string(),
+    })
+}
+
 /// Whether this pin directory has the classifier loaded.
 pub fn is_loaded(pins: &PinDir) -> bool {
     pins.exists(&pins::program_rel())
@@ -172,6 +181,54 @@ pub fn load_or_open(pins: &PinDir, layout: &LayoutSource) -> Result<SchedClassif
     Ok(prog)
 }
 
+/// Key and value sizes of the maps this build pins (the ring buffer's are 0).
+fn expected_sizes(name: &str) -> Option<(u32, u32)> {
+    use dhcpfix_common::{config::IfaceConfig, counters::Counters, guest::GuestKey, key::IfaceKey, settings::Settings};
+    use std::mem::size_of;
+    let sizes = match name {
+        CONFIG_MAP => (size_of::<IfaceKey>(), size_of::<IfaceConfig>()),
+        COUNTERS_MAP => (size_of::<IfaceKey>(), size_of::<Counters>()),
+        GUESTS_MAP => (size_of::<GuestKey>(), size_of::<dhcpfix_common::guest::GuestState>()),
+        SETTINGS_MAP => (4, size_of::<Settings>()),
+        PORTS_MAP => (4, 8),
+        EVENTS_MAP => (0, 0),
+        _ => return None,
+    };
+    Some((sizes.0 as u32, sizes.1 as u32))
+}
+
+/// Maps pinned without a program are what a load that stopped half-way
+/// left. The kernel would hand them to the new program as they are, so one
+/// with another layout (a development build of the same ABI) is removed
+/// rather than reused: the verifier would refuse the program, or worse.
+fn drop_mismatched_maps(pins: &PinDir) -> Result<(), LoadError> {
+    for name in PINNED_MAPS {
+        let rel = pins::map_rel(name);
+        if !pins.exists(&rel) {
+            continue;
+        }
+        let Some(expected) = expected_sizes(name) else { continue };
+        let found = aya::maps::MapInfo::from_pin(pins.fd_path(&rel))
+            .map(|info| (info.key_size(), info.value_size()))
+            .map_err(|e| LoadError::OpenPinned {
+                path: pins.shown(&rel),
+                reason: e.to_string(),
+            })?;
+        if found != expected {
+            log::warn!(
+                "{}: pinned with key/value sizes {}/{}, this build uses {}/{}: removing it",
+                pins.shown(&rel).display(),
+                found.0,
+                found.1,
+                expected.0,
+                expected.1
+            );
+            pins.remove(&rel)?;
+        }
+    }
+    Ok(())
+}
+
 fn load_or_open_current(pins: &PinDir, layout: &LayoutSource) -> Result<SchedClassifier, LoadError> {
     let prog_rel = pins::program_rel();
     if !pins.exists(&prog_rel) {
@@ -182,6 +239,7 @@ fn load_or_open_current(pins: &PinDir, layout: &LayoutSource) -> Result<SchedCla
             .iter()
             .map(|name| (*name, pins.fd_path(&pins::map_rel(name))))
             .collect();
+        drop_mismatched_maps(pins)?;
         let mut loader = EbpfLoader::new();
         loader
             .override_global(LAYOUT_GLOBAL, &layout, true)
@@ -192,12 +250,22 @@ fn load_or_open_current(pins: &PinDir, layout: &LayoutSource) -> Result<SchedCla
         let mut ebpf = loader
             .load(object()?)
             .map_err(|e| LoadError::Object(e.to_string()))?;
-        let prog = classifier(&mut ebpf, PROGRAM_NAME)?;
-        prog.load().map_err(LoadError::Program)?;
-        prog.pin(pins.fd_path(&prog_rel)).map_err(|e| LoadError::Pin {
-            path: pins.shown(&prog_rel),
-            reason: e.to_string(),
-        })?;
+        // The ingress program first: a crash between the two leaves no
+        // egress program, so the next load starts over.
+        for (name, rel) in [
+            (INGRESS_PROGRAM_NAME, pins::ingress_program_rel()),
+            (PROGRAM_NAME, prog_rel.clone()),
+        ] {
+            if pins.exists(&rel) {
+                let _ = pins.remove(&rel);
+            }
+            let prog = classifier(&mut ebpf, name)?;
+            prog.load().map_err(LoadError::Program)?;
+            prog.pin(pins.fd_path(&rel)).map_err(|e| LoadError::Pin {
+                path: pins.shown(&rel),
+                reason: e.to_string(),
+            })?;
+        }
     }
     SchedClassifier::from_pin(pins.fd_path(&prog_rel)).map_err(|e| LoadError::OpenPinned {
         path: pins.shown(&prog_rel),

@@ -14,7 +14,8 @@ use std::{
 
 use aya::maps::{MapData, RingBuf};
 use dhcpfix_common::{
-    event::{message_type_name, FillEvent, EVENT_WOULD_FILL},
+    dhcp::{message_type_name, message_type_name_v6, FAMILY_V6},
+    event::{FillEvent, EVENT_WOULD_FILL},
     key::IfaceKey,
 };
 
@@ -155,8 +156,13 @@ pub fn describe(e: &FillEvent, iface: &str) -> String {
     } else {
         "filled"
     };
-    let kind = match message_type_name(e.msg_type) {
-        Some(name) => name.to_owned(),
+    let name = if e.family == FAMILY_V6 {
+        message_type_name_v6(e.msg_type).map(|n| format!("DHCPv6 {n}"))
+    } else {
+        message_type_name(e.msg_type).map(str::to_owned)
+    };
+    let kind = match name {
+        Some(name) => name,
         None if e.msg_type == 0 => "DHCP (type unknown)".to_owned(),
         None => format!("DHCP type {}", e.msg_type),
     };
@@ -183,6 +189,7 @@ mod tests {
             msg_type: 5,
             outcome: EVENT_FILLED,
             dport: 68,
+            family: 4,
             reserved: 0,
             reserved2: 0,
         };
@@ -204,7 +211,7 @@ mod tests {
             .chain(0x3903_f326u32.to_ne_bytes())
             .chain([0x52, 0x54, 0, 0x12, 0x34, 0x56, 5, EVENT_FILLED])
             .chain(68u16.to_ne_bytes())
-            .chain([0; 6])
+            .chain([4, 0, 0, 0, 0, 0])
             .collect();
         assert_eq!(decode(&bytes), Some(e));
         assert_eq!(decode(&bytes[..31]), None);

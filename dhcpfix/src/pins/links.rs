@@ -8,7 +8,7 @@
 use aya::programs::links::FdLink;
 use dhcpfix_common::key::IfaceKey;
 
-use super::{describe, link_rel, links_rel, netns_links_rel, PinDir, PinsError};
+use super::{describe, ingress_link_rel, link_rel, links_rel, netns_links_rel, PinDir, PinsError};
 use crate::sys;
 
 /// What a link pin holds.
@@ -51,11 +51,30 @@ pub fn target(pins: &PinDir, key: &IfaceKey) -> Option<u32> {
     sys::link_info(&fd).ok().map(|i| i.ifindex)
 }
 
-/// Pins `link` as the link of `key`.
-pub fn pin(pins: &PinDir, key: &IfaceKey, link: FdLink) -> Result<(), PinsError> {
+/// Which hook of an interface a link is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    Egress,
+    Ingress,
+}
+
+fn rel_of(key: &IfaceKey, hook: Hook) -> String {
+    match hook {
+        Hook::Egress => link_rel(key),
+        Hook::Ingress => ingress_link_rel(key),
+    }
+}
+
+/// Whether `key` has a link pinned on `hook`.
+pub fn exists(pins: &PinDir, key: &IfaceKey, hook: Hook) -> bool {
+    pins.exists(&rel_of(key, hook))
+}
+
+/// Pins `link` as the link of `key` on `hook`.
+pub fn pin(pins: &PinDir, key: &IfaceKey, hook: Hook, link: FdLink) -> Result<(), PinsError> {
     pins.mkdir(&links_rel())?;
     pins.mkdir(&netns_links_rel(key.netns))?;
-    let rel = link_rel(key);
+    let rel = rel_of(key, hook);
     // Dropping the unpinned link on error detaches it again.
     link.pin(pins.fd_path(&rel)).map_err(|e| PinsError::PinLink {
         key: describe(key),
@@ -65,19 +84,23 @@ pub fn pin(pins: &PinDir, key: &IfaceKey, link: FdLink) -> Result<(), PinsError>
     Ok(())
 }
 
-/// Detaches the link of `key` and removes its pin; false if there was none.
+/// Detaches the links of `key` (egress and ingress) and removes their pins;
+/// false if there was no egress link.
 /// The explicit `BPF_LINK_DETACH` makes the detach synchronous: a removed pin
 /// alone drops its reference only after an RCU grace period and a workqueue
 /// pass, and an attach right after would meanwhile fail with EEXIST. (A dead
 /// link has nothing to detach.)
 pub fn remove(pins: &PinDir, key: &IfaceKey) -> Result<bool, PinsError> {
-    let rel = link_rel(key);
-    if let Ok(fd) = sys::obj_get(&pins.fd_path(&rel)) {
-        if let Err(e) = sys::link_detach(&fd) {
-            log::debug!("BPF_LINK_DETACH of {}: {e}", describe(key));
+    let mut removed = false;
+    for hook in [Hook::Ingress, Hook::Egress] {
+        let rel = rel_of(key, hook);
+        if let Ok(fd) = sys::obj_get(&pins.fd_path(&rel)) {
+            if let Err(e) = sys::link_detach(&fd) {
+                log::debug!("BPF_LINK_DETACH of {}: {e}", describe(key));
+            }
         }
+        removed = pins.remove(&rel)?;
     }
-    let removed = pins.remove(&rel)?;
     // The namespace's directory goes with its last link.
     if pins.list(&netns_links_rel(key.netns)).is_empty() {
         let _ = pins.remove(&netns_links_rel(key.netns));

@@ -6,9 +6,10 @@ use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuHashMap, PerCpuVal
 use dhcpfix_common::{
     config::{port_bit, IfaceConfig},
     counters::Counters,
+    guest::{GuestKey, GuestState, SLOTS_PER_INTERFACE},
     key::IfaceKey,
     settings::Settings,
-    CONFIG_MAP, COUNTERS_MAP, EVENTS_MAP, PORTS_MAP, SETTINGS_MAP,
+    CONFIG_MAP, COUNTERS_MAP, EVENTS_MAP, GUESTS_MAP, PORTS_MAP, SETTINGS_MAP,
 };
 
 use super::{describe, map_rel, PinDir, PinsError};
@@ -45,6 +46,7 @@ pub struct Maps {
     pub counters: PerCpuHashMap<MapData, IfaceKey, Counters>,
     pub ports: Array<MapData, u64>,
     pub settings: Array<MapData, Settings>,
+    pub guests: HashMap<MapData, GuestKey, GuestState>,
 }
 
 impl Maps {
@@ -70,7 +72,20 @@ impl Maps {
                 SETTINGS_MAP,
                 Array::try_from(Map::Array(map_data(pins, SETTINGS_MAP)?)),
             )?,
+            guests: typed(pins, GUESTS_MAP, HashMap::try_from(Map::HashMap(map_data(pins, GUESTS_MAP)?)))?,
         })
+    }
+
+    /// The guests seen on `key`'s interface.
+    pub fn guests_of(&self, key: &IfaceKey) -> Vec<(GuestKey, GuestState)> {
+        guest_keys(key)
+            .filter_map(|g| self.guests.get(&g, 0).ok().map(|s| (g, s)))
+            .collect()
+    }
+
+    /// Every guest.
+    pub fn all_guests(&self) -> Vec<(GuestKey, GuestState)> {
+        self.guests.iter().flatten().collect()
     }
 
     /// The configuration of `key`, if it has one.
@@ -136,10 +151,14 @@ impl Maps {
         }
     }
 
-    /// Removes the configuration and counters of `key` (either may be gone).
+    /// Removes the configuration, counters and guests of `key` (any may be
+    /// gone).
     pub fn forget(&mut self, key: &IfaceKey) {
         let _ = self.config.remove(key);
         let _ = self.counters.remove(key);
+        for g in guest_keys(key) {
+            let _ = self.guests.remove(&g);
+        }
     }
 
     /// The counters of `key`, summed over CPUs; zero if it has none.
@@ -167,6 +186,17 @@ impl Maps {
             source: io_of(e),
         })
     }
+}
+
+/// Every key a guest of `key`'s interface can have: each slot, each family.
+fn guest_keys(key: &IfaceKey) -> impl Iterator<Item = GuestKey> + '_ {
+    [4u32, 6].into_iter().flat_map(move |family| {
+        (0..SLOTS_PER_INTERFACE).map(move |slot| GuestKey {
+            netns: key.netns,
+            ifindex: key.ifindex,
+            slot: (family << 24) | slot,
+        })
+    })
 }
 
 /// The ring buffer of fill events (one reader at a time: `dhcpfix run`).

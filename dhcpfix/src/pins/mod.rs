@@ -5,13 +5,16 @@
 //! ```text
 //! <pin-dir>/                    root's, mode 0700, on a bpffs the host sees
 //!   abi-2/                      records of this version (dhcpfix_common::PIN_ABI)
-//!     prog                      the classifier
+//!     prog                      the classifier (egress: fills, counts)
+//!     prog-ingress              its twin for what guests send (leases)
 //!     maps/DHCPFIX_CONFIG       per-interface configuration   } key: network
 //!     maps/DHCPFIX_COUNTERS     per-CPU counters              } namespace cookie
 //!     maps/DHCPFIX_PORTS        watched-ports bitmap              + ifindex
 //!     maps/DHCPFIX_EVENTS       fill events (ring buffer, read by `dhcpfix run`)
 //!     maps/DHCPFIX_SETTINGS     run-time switches
-//!     links/<netns>/<ifindex>   one tcx link per interface
+//!     maps/DHCPFIX_GUESTS       each guest's DHCP conversation (leases)
+//!     links/<netns>/<ifindex>     tcx link of an interface's egress
+//!     links/<netns>/<ifindex>-in  and of its ingress
 //! ```
 //!
 //! One pin directory serves every network namespace: links are filed by
@@ -105,6 +108,11 @@ pub fn program_rel() -> String {
     format!("{}/prog", abi_dir())
 }
 
+/// The pinned ingress program.
+pub fn ingress_program_rel() -> String {
+    format!("{}/prog-ingress", abi_dir())
+}
+
 /// The maps directory.
 pub fn maps_rel() -> String {
     format!("{}/maps", abi_dir())
@@ -125,9 +133,14 @@ pub fn netns_links_rel(netns: u64) -> String {
     format!("{}/{netns}", links_rel())
 }
 
-/// The link pin of one interface.
+/// The link pin of one interface's egress.
 pub fn link_rel(key: &IfaceKey) -> String {
     format!("{}/{}", netns_links_rel(key.netns), key.ifindex)
+}
+
+/// The link pin of one interface's ingress.
+pub fn ingress_link_rel(key: &IfaceKey) -> String {
+    format!("{}-in", link_rel(key))
 }
 
 /// What the pin directory holds besides this version's records: the layout

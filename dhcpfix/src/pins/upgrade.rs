@@ -243,7 +243,7 @@ fn old_pins(pins: &PinDir, version: u32) -> (Vec<String>, Vec<String>) {
         1 => (String::new(), "links".to_owned()),
         v => (format!("abi-{v}/"), format!("abi-{v}/links")),
     };
-    let mut files = vec![format!("{root}prog")];
+    let mut files = vec![format!("{root}prog"), format!("{root}prog-ingress")];
     for m in pins.list(&format!("{root}maps")) {
         files.push(format!("{root}maps/{m}"));
     }
@@ -280,6 +280,22 @@ fn per_cpu(values: Vec<Counters>) -> Result<PerCpuValues<Counters>, PinsError> {
     })
 }
 
+/// Moves an interface's ingress link (best effort: it only feeds the lease
+/// view; a failure leaves it to the next attach).
+fn move_ingress(pins: &PinDir, old_rel: &str, key: &IfaceKey, old: &SchedClassifier, new: &SchedClassifier) {
+    let (Ok(old_fd), Ok(new_fd)) = (old.fd(), new.fd()) else {
+        return;
+    };
+    let Ok(link) = sys::obj_get(&pins.fd_path(old_rel)) else {
+        return;
+    };
+    if sys::link_update(&link, new_fd.as_fd(), old_fd.as_fd()).is_ok() {
+        if let Err(e) = sys::obj_pin(&link, &pins.fd_path(&super::ingress_link_rel(key))) {
+            log::warn!("upgrading the ingress link of {}: BPF_OBJ_PIN: {e}", describe(key));
+        }
+    }
+}
+
 /// Moves the attachments of the older version `version` to `new_prog`
 /// (this version's, loaded and pinned) and removes the old pins. Call with
 /// the pin directory locked. `here` is the namespace ABI 1's attachments
@@ -314,6 +330,15 @@ pub fn run(
         path: pins.shown(&super::program_rel()),
         reason: e.to_string(),
     })?;
+    // The ingress twin (what guests send), where the old version had one.
+    let old_ingress_rel = format!("{}-ingress", old_prog_rel);
+    let ingress = if version >= 2 && pins.exists(&old_ingress_rel) {
+        let old = SchedClassifier::from_pin(pins.fd_path(&old_ingress_rel)).ok();
+        let new = SchedClassifier::from_pin(pins.fd_path(&super::ingress_program_rel())).ok();
+        old.zip(new)
+    } else {
+        None
+    };
     let mut maps = Maps::open(pins)?;
     let mut done = Upgraded {
         from,
@@ -350,6 +375,9 @@ pub fn run(
                         .map_err(io_err("BPF_OBJ_PIN", &what))?;
                     done.links += 1;
                     moved.push(*key);
+                    if let Some((old_in, new_in)) = &ingress {
+                        move_ingress(pins, &format!("{rel}-in"), key, old_in, new_in);
+                    }
                 }
                 // Its interface is gone: nothing to keep.
                 Err(_) => {
