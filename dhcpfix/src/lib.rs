@@ -4,9 +4,10 @@
 //! from BTF ([`kernel_layout`]), the pin directory ([`bpffs`]), loading the
 //! classifier once ([`program`]), attaching it per interface ([`attach`]),
 //! reading counters ([`counters`]), running it under `BPF_PROG_TEST_RUN`
-//! ([`testrun`]) and the network-namespace lab behind `dhcpfix demo` and
-//! the end-to-end tests ([`lab`]). [`integrations`] fits it into libvirt
-//! (domain XML for the hook) and holds the checks behind `dhcpfix doctor`.
+//! ([`testrun`]). [`integrations`] fits it into libvirt (domain XML for the
+//! hook) and holds the checks behind `dhcpfix doctor`. The network-namespace
+//! lab behind `dhcpfix demo` and the end-to-end tests is the `dhcpfix-lab`
+//! crate.
 
 pub mod agent;
 pub mod attach;
@@ -15,7 +16,6 @@ pub mod cli;
 pub mod counters;
 pub mod integrations;
 pub mod kernel_layout;
-pub mod lab;
 pub mod metrics;
 pub mod program;
 pub mod sys;

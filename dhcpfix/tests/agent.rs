@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dhcpfix::lab::{self, GuestKind, Lab, Offload};
+use dhcpfix_lab::lab::{self, GuestKind, Lab, Offload};
 use serde_json::Value;
 use support::{dhcpfix_ok_at, interface_names, leased, mount_bpffs, privileged, spawn_agent, stats};
 

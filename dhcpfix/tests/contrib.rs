@@ -13,7 +13,7 @@ use std::{
     process::Command,
 };
 
-use dhcpfix::lab::{GuestKind, Lab, Offload};
+use dhcpfix_lab::lab::{GuestKind, Lab, Offload};
 use serde_json::Value;
 use support::{attached_interfaces, dhcpfix, ip_in, privileged, show, BIN};
 const MARKER: &str = "/tmp/dhcpfix-contrib-pwned";

@@ -9,7 +9,7 @@ mod support;
 
 use std::time::Duration;
 
-use dhcpfix::lab::{GuestKind, Lab, Offload};
+use dhcpfix_lab::lab::{GuestKind, Lab, Offload};
 use serde_json::Value;
 use support::{dhcpfix, ip_in, leased, privileged};
 

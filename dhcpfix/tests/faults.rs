@@ -611,7 +611,7 @@ fn program_pinned_by_another_version_is_refused_with_advice() {
     if !support::privileged("program_pinned_by_another_version_is_refused_with_advice") {
         return;
     }
-    let lab = support::lab(dhcpfix::lab::Offload::On, dhcpfix::lab::GuestKind::Legacy);
+    let lab = support::lab(dhcpfix_lab::lab::Offload::On, dhcpfix_lab::lab::GuestKind::Legacy);
     support::dhcpfix_ok(&lab, &["attach", lab.tap_name()]);
     let marker = lab.pin_dir().join(format!("abi-{}", dhcpfix_common::PIN_ABI));
     assert!(marker.is_dir(), "no ABI marker at {}", marker.display());

@@ -8,7 +8,7 @@ use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use dhcpfix::lab::{ClientOutcome, GuestKind, Lab, Offload};
+use dhcpfix_lab::lab::{ClientOutcome, GuestKind, Lab, Offload};
 use support::{in_subnet, privileged};
 
 /// Timeout for runs expected to succeed (leases come in well under 1 s).

@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use dhcpfix::lab::{GuestKind, Lab, Offload};
+use dhcpfix_lab::lab::{GuestKind, Lab, Offload};
 use serde_json::Value;
 use support::{dhcpfix, dhcpfix_ok, lab, leased, privileged, stats};
 

@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dhcpfix::lab::{GuestKind, Lab, Offload};
+use dhcpfix_lab::lab::{GuestKind, Lab, Offload};
 use serde_json::Value;
 use support::{attached_interfaces, dhcpfix_ok, interface_names, ip, privileged, BIN};
 /// The domain MAC in the fixtures; libvirt gives the tap the same MAC with

@@ -22,7 +22,7 @@ use std::{
 use crate::support::{self, ip_output};
 
 pub use crate::support::BIN;
-pub use dhcpfix::lab::unmount_below;
+pub use dhcpfix_lab::lab::unmount_below;
 
 /// Parent of the sandboxes' work directories.
 const RUN_DIR: &str = "/run/dhcpfix-robust";
@@ -208,7 +208,7 @@ impl Sandbox {
 
 /// See [`Sandbox::command`]: a command run in the network namespace `ns`.
 pub fn command_in(ns: &Path, program: impl AsRef<OsStr>) -> Command {
-    let mut cmd = dhcpfix::lab::command_in(ns, program);
+    let mut cmd = dhcpfix_lab::lab::command_in(ns, program);
     cmd.stdin(Stdio::null());
     cmd
 }

@@ -270,7 +270,7 @@ use std::{
 };
 
 use aya::programs::{SchedClassifier, TcAttachType};
-use dhcpfix::lab::{self, ClientOutcome, GuestKind, Lab, LabOptions, Offload};
+use dhcpfix_lab::lab::{self, ClientOutcome, GuestKind, Lab, LabOptions, Offload};
 use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_dhcpfix");
