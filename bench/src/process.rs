@@ -1,6 +1,6 @@
 //! Running programs and threads inside a network namespace, with a time
 //! limit, without `ip netns exec` (which would remount /sys); the commands
-//! themselves come from `dhcpfix_lab::lab::command_in`.
+//! themselves come from `dhcpfix_lab::kit::netns::command_in`.
 
 use std::{
     ffi::OsStr,
@@ -111,7 +111,7 @@ pub fn run(cmd: &mut Command, input: Option<&[u8]>, limit: Duration) -> Result<O
         return Err(BenchError::Command {
             command: shown(cmd),
             status: out.status.to_string(),
-            stderr: dhcpfix_lab::lab::one_line(&String::from_utf8_lossy(&out.stderr)),
+            stderr: dhcpfix_lab::kit::one_line(&String::from_utf8_lossy(&out.stderr)),
         });
     }
     Ok(out)

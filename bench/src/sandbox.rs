@@ -155,7 +155,7 @@ impl Netns {
 
     /// A command that runs inside this namespace.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        dhcpfix_lab::lab::command_in(&self.path, program)
+        dhcpfix_lab::kit::netns::command_in(&self.path, program)
     }
 }
 
@@ -194,7 +194,7 @@ fn remove_netns(name: &str) {
         Ok(out) if out.status.success() => {}
         Ok(out) => eprintln!(
             "dhcpfix-bench: cleanup: ip netns del {name}: {}",
-            dhcpfix_lab::lab::one_line(&String::from_utf8_lossy(&out.stderr))
+            dhcpfix_lab::kit::one_line(&String::from_utf8_lossy(&out.stderr))
         ),
         Err(e) => eprintln!("dhcpfix-bench: cleanup: {e}"),
     }
@@ -257,7 +257,7 @@ fn mount_bpffs(path: &Path) -> Result<()> {
 
 /// Detaches every mount at or below `dir`, deepest first, then removes it.
 fn teardown_dir(dir: &Path) {
-    for problem in dhcpfix_lab::lab::unmount_below(dir) {
+    for problem in dhcpfix_lab::kit::unmount_below(dir) {
         eprintln!("dhcpfix-bench: cleanup: {problem}");
     }
     if dir.exists() {

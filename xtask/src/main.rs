@@ -105,7 +105,8 @@ fn run(cli: Cli) -> Result<()> {
 const FUZZ_TARGETS: [&str; 6] = ["frame", "btf", "layout_spec", "pattern", "config", "libvirt_xml"];
 
 /// `cargo xtask fuzz`: seeds from the short version's test
-/// (tests/fuzz_short.rs), then `cargo +nightly fuzz run` per target.
+/// (dhcpfix/tests/integration/fuzz_short.rs), then `cargo +nightly fuzz
+/// run` per target.
 fn fuzz(seconds: u64, only: Option<&str>) -> Result<()> {
     let targets: Vec<&str> = match only {
         Some(t) if FUZZ_TARGETS.contains(&t) => vec![t],
@@ -123,11 +124,11 @@ fn fuzz(seconds: u64, only: Option<&str>) -> Result<()> {
             "-p",
             "dhcpfix",
             "--test",
-            "fuzz_short",
+            "integration",
             "--",
             "--ignored",
             "--exact",
-            "write_seeds",
+            "fuzz_short::write_seeds",
         ])
         .current_dir(&root)
         .envs(env.vars())

@@ -1,15 +1,16 @@
 //! The classifier in the real kernel, through `BPF_PROG_TEST_RUN`, checked
 //! against the independent reference in `support`.
 
-mod support;
-
 use dhcpfix::testrun::{TestProgram, TEST_MARK_OFFLOAD, TEST_MARK_PARTIAL};
 use dhcpfix_common::{
     config::{IfaceConfig, DEFAULT_PORTS, MODE_AUDIT, MODE_FILL},
     counters::Counters,
     frame::MAX_UDP_LEN,
 };
-use support::{privileged, ref_classify, ref_verifies, Check, FrameSpec, RefVerdict, Rng};
+use dhcpfix_lab::kit::{
+    privileged,
+    reference::{ref_classify, ref_verifies, Check, FrameSpec, RefVerdict, Rng},
+};
 
 const PARTIAL_OFFLOAD: u32 = TEST_MARK_PARTIAL | TEST_MARK_OFFLOAD;
 /// TCX_NEXT / TC_ACT_UNSPEC.

@@ -5,19 +5,21 @@
 //! Exit status contract: 2 when something needs action (a tap at risk), 0
 //! otherwise (warnings included), 1 when doctor itself fails.
 
-mod support;
-
 use std::time::Duration;
 
-use dhcpfix_lab::lab::{GuestKind, Lab, Offload};
+use dhcpfix_lab::{
+    kit::privileged,
+    lab::{GuestKind, Lab, Offload},
+};
 use serde_json::Value;
-use support::{dhcpfix, ip_in, leased, privileged};
+
+use crate::support::{dhcpfix, ip_in, leased};
 
 const OK_TIMEOUT: Duration = Duration::from_secs(8);
 const FAIL_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn lab(offload: Offload) -> Lab {
-    support::lab(offload, GuestKind::Legacy)
+    crate::support::lab(offload, GuestKind::Legacy)
 }
 
 /// `doctor --json`: the report and the exit status.
