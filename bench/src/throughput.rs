@@ -5,12 +5,12 @@
 
 use std::{fs, time::Duration};
 
+use dhcpfix_lab::kit::{find_tool, netns::in_netns, process};
 use serde::{Deserialize, Serialize};
 
 use crate::{
     dhcpfix_cli::Dhcpfix,
     error::{BenchError, Result},
-    process::{self, find_tool, in_netns},
     sandbox::{Netns, Sandbox},
     stats::Stat,
     topology::{self, VethPair, SENDER_IF},
@@ -210,5 +210,5 @@ fn tcx_programs(ns: &Netns) -> Result<u32> {
             .ok_or_else(|| BenchError::Check(format!("{SENDER_IF} not found")))?;
         dhcpfix::sys::prog_count(ifindex, dhcpfix::sys::BPF_TCX_EGRESS)
             .map_err(BenchError::sys("BPF_PROG_QUERY"))
-    })
+    })?
 }

@@ -11,20 +11,7 @@ use std::{
 };
 
 use dhcpfix_bench::{prog_cost, report::Report, Options};
-
-/// Whether privileged tests should run. Not root: skip with a message,
-/// unless CI=true, where skipping is a failure.
-fn privileged(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{test}: needs root, and CI=true forbids skipping");
-    }
-    eprintln!("skipped {test}: needs root (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON)");
-    false
-}
+use dhcpfix_lab::kit::privileged;
 
 /// `target/<profile>/dhcpfix`, next to `target/<profile>/deps/<this test>`.
 fn dhcpfix_binary() -> PathBuf {
@@ -175,7 +162,14 @@ fn quick_bench_writes_a_complete_report() {
         })
         .unwrap_or_default();
     assert!(leftovers.is_empty(), "namespaces left: {leftovers:?}");
-    let run_dir = Path::new(dhcpfix_bench::sandbox::RUN_DIR).join(std::process::id().to_string());
-    assert!(!run_dir.exists(), "{} left", run_dir.display());
+    let run_dirs: Vec<String> = fs::read_dir(dhcpfix_bench::sandbox::RUN_DIR)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&me))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(run_dirs.is_empty(), "run directories left: {run_dirs:?}");
     let _ = fs::remove_dir_all(&out);
 }
