@@ -5,7 +5,7 @@
 
 use std::{fs, time::Duration};
 
-use dhcpfix_lab::kit::{find_tool, netns::in_netns, process};
+use dhcpfix_lab::kit::{checksum_fill_rule, find_tool, netns::in_netns, process};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -174,19 +174,7 @@ fn apply(ns: &Netns, dhcpfix: &Dhcpfix, pin_dir: &std::path::Path, variant: Vari
         }
         Variant::IptablesChecksum => {
             let iptables = find_tool("iptables", "iptables")?;
-            let rule = [
-                "-t",
-                "mangle",
-                "-A",
-                "POSTROUTING",
-                "-p",
-                "udp",
-                "--dport",
-                "68",
-                "-j",
-                "CHECKSUM",
-                "--checksum-fill",
-            ];
+            let rule = checksum_fill_rule(None);
             process::run(ns.command(&iptables).args(rule), None, TOOL_LIMIT)?;
             let out = process::run(
                 ns.command(&iptables).args(["-t", "mangle", "-S", "POSTROUTING"]),

@@ -151,25 +151,8 @@ fn quick_bench_writes_a_complete_report() {
     let svg = fs::read_to_string(out.join("bench.svg")).expect("bench.svg");
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
 
-    // Nothing left behind.
-    let me = format!("dfb-{}-", std::process::id());
-    let leftovers: Vec<String> = fs::read_dir("/run/netns")
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(&me))
-                .collect()
-        })
-        .unwrap_or_default();
-    assert!(leftovers.is_empty(), "namespaces left: {leftovers:?}");
-    let run_dirs: Vec<String> = fs::read_dir(dhcpfix_bench::sandbox::RUN_DIR)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(&me))
-                .collect()
-        })
-        .unwrap_or_default();
-    assert!(run_dirs.is_empty(), "run directories left: {run_dirs:?}");
+    // Nothing left behind: no namespace, no run directory of this process.
+    let left = dhcpfix_lab::kit::sandbox::leftovers(&dhcpfix_bench::sandbox::PLACE, std::process::id());
+    assert!(left.is_empty(), "namespaces or run directories left: {left:?}");
     let _ = fs::remove_dir_all(&out);
 }

@@ -3,7 +3,7 @@
 //!
 //! | need | where |
 //! |---|---|
-//! | a program's path, root or skip, polling, one-line output | [`tools`] |
+//! | a program's path, root or skip, polling, one-line output, the iptables workaround | [`tools`] |
 //! | run with a time limit, start, stop | [`process`] |
 //! | named namespaces, entering one, commands inside one, killing its processes | [`netns`] |
 //! | a work directory and namespaces removed on drop, on signals, after a crash | [`sandbox`] |
@@ -25,4 +25,4 @@ pub mod tools;
 pub use error::KitError;
 pub use mounts::{mount_bpffs, unmount_below};
 pub use sandbox::{Netns, Place, Sandbox};
-pub use tools::{find_tool, is_root, one_line, poll, privileged};
+pub use tools::{checksum_fill_rule, find_tool, is_root, one_line, poll, privileged};

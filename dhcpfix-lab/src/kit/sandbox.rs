@@ -15,6 +15,7 @@ use std::{
     collections::BTreeSet,
     ffi::OsStr,
     fs,
+    io::Write,
     os::unix::fs::{DirBuilderExt, PermissionsExt},
     path::{Path, PathBuf},
     process::Command,
@@ -45,19 +46,77 @@ const KILL_WAIT: Duration = Duration::from_secs(2);
 /// Sandboxes of this process (one counter for every place).
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
-/// What the signal thread must remove.
-struct Live {
-    netns: BTreeSet<String>,
-    dirs: BTreeSet<PathBuf>,
+/// Something a sandbox made outside this process's memory. Namespaces sort
+/// first: their processes go before the mounts and files they may use.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Resource {
+    Netns(String),
+    Dir(PathBuf),
 }
 
-static LIVE: Mutex<Live> = Mutex::new(Live {
-    netns: BTreeSet::new(),
-    dirs: BTreeSet::new(),
-});
+impl Resource {
+    /// Kills every process in a namespace and deletes it; unmounts
+    /// everything below a directory and removes it.
+    fn remove(&self) -> Result<(), KitError> {
+        match self {
+            Resource::Netns(name) => {
+                netns::kill_all_in(&netns::path(name), KILL_WAIT);
+                netns::delete(name)
+            }
+            Resource::Dir(dir) => {
+                let mut problems = unmount_below(dir);
+                if dir.exists() {
+                    if let Err(e) = fs::remove_dir_all(dir) {
+                        problems.push(format!("remove {}: {e}", dir.display()));
+                    }
+                }
+                if problems.is_empty() {
+                    Ok(())
+                } else {
+                    Err(KitError::Teardown {
+                        what: dir.display().to_string(),
+                        details: problems.join("; "),
+                    })
+                }
+            }
+        }
+    }
+}
 
-fn live() -> MutexGuard<'static, Live> {
+/// What the signal thread must remove.
+static LIVE: Mutex<BTreeSet<Resource>> = Mutex::new(BTreeSet::new());
+
+fn live() -> MutexGuard<'static, BTreeSet<Resource>> {
     LIVE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A live resource, removed once: by [`Held::release`] or on drop.
+#[derive(Debug)]
+struct Held(Option<Resource>);
+
+impl Held {
+    fn new(resource: Resource) -> Held {
+        live().insert(resource.clone());
+        Held(Some(resource))
+    }
+
+    fn release(&mut self) -> Result<(), KitError> {
+        match self.0.take() {
+            Some(resource) => {
+                live().remove(&resource);
+                resource.remove()
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Err(e) = self.release() {
+            eprintln!("cleanup: {e}");
+        }
+    }
 }
 
 /// Places whose stale leftovers this process has removed already.
@@ -69,7 +128,7 @@ pub struct Sandbox {
     name: String,
     dir: PathBuf,
     next: AtomicU32,
-    removed: bool,
+    held: Held,
 }
 
 impl Sandbox {
@@ -91,16 +150,15 @@ impl Sandbox {
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
         let dir = Path::new(place.run_dir).join(&name);
-        live().dirs.insert(dir.clone());
+        // Same pid and number: a leftover of a dead process that had our pid.
+        Resource::Dir(dir.clone()).remove()?;
         // From here on, dropping `sb` removes whatever was made.
         let sb = Sandbox {
+            held: Held::new(Resource::Dir(dir.clone())),
             name,
             dir,
             next: AtomicU32::new(0),
-            removed: false,
         };
-        // Same pid and number: a leftover of a dead process that had our pid.
-        remove_dir(&sb.dir)?;
         fs::DirBuilder::new()
             .recursive(true)
             .mode(place.mode)
@@ -137,42 +195,7 @@ impl Sandbox {
 
     /// Detaches every mount below the work directory and removes it.
     pub fn remove(mut self) -> Result<(), KitError> {
-        self.teardown()
-    }
-
-    fn teardown(&mut self) -> Result<(), KitError> {
-        if std::mem::replace(&mut self.removed, true) {
-            return Ok(());
-        }
-        let result = remove_dir(&self.dir);
-        live().dirs.remove(&self.dir);
-        result
-    }
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        if let Err(e) = self.teardown() {
-            eprintln!("sandbox {}: {e}", self.name);
-        }
-    }
-}
-
-/// Unmounts everything below `dir`, then removes it.
-fn remove_dir(dir: &Path) -> Result<(), KitError> {
-    let mut problems = unmount_below(dir);
-    if dir.exists() {
-        if let Err(e) = fs::remove_dir_all(dir) {
-            problems.push(format!("remove {}: {e}", dir.display()));
-        }
-    }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(KitError::Teardown {
-            what: dir.display().to_string(),
-            details: problems.join("; "),
-        })
+        self.held.release()
     }
 }
 
@@ -182,22 +205,19 @@ fn remove_dir(dir: &Path) -> Result<(), KitError> {
 pub struct Netns {
     name: String,
     path: PathBuf,
-    removed: bool,
+    held: Held,
 }
 
 impl Netns {
     fn create(name: String) -> Result<Netns, KitError> {
-        live().netns.insert(name.clone());
+        let resource = Resource::Netns(name.clone());
+        // A leftover of a dead process that had our pid.
+        resource.remove()?;
         let ns = Netns {
             path: netns::path(&name),
             name,
-            removed: false,
+            held: Held::new(resource),
         };
-        if ns.path.exists() {
-            // A leftover of a dead process that had our pid.
-            netns::kill_all_in(&ns.path, KILL_WAIT);
-            netns::delete(&ns.name)?;
-        }
         netns::add(&ns.name)?;
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
@@ -235,30 +255,12 @@ impl Netns {
 
     /// Kills every process in the namespace and deletes it.
     pub fn remove(mut self) -> Result<(), KitError> {
-        self.teardown()
-    }
-
-    fn teardown(&mut self) -> Result<(), KitError> {
-        if std::mem::replace(&mut self.removed, true) {
-            return Ok(());
-        }
-        netns::kill_all_in(&self.path, KILL_WAIT);
-        let result = netns::delete(&self.name);
-        live().netns.remove(&self.name);
-        result
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        if let Err(e) = self.teardown() {
-            eprintln!("network namespace {}: {e}", self.name);
-        }
+        self.held.release()
     }
 }
 
 /// The pid in `<prefix>-<pid>-...`, if `name` has that form.
-fn owner(place: &Place, name: &str) -> Option<i32> {
+fn owner(place: &Place, name: &str) -> Option<u32> {
     let rest = name.strip_prefix(place.prefix)?.strip_prefix('-')?;
     rest.split('-').next()?.parse().ok()
 }
@@ -268,30 +270,51 @@ fn sandbox_of(name: &str) -> String {
     name.splitn(4, '-').take(3).collect::<Vec<_>>().join("-")
 }
 
-/// Removes the namespaces and work directories of `place` whose process
-/// is gone. Returns how many sandboxes that was. Those of live processes,
-/// this one included, are never touched.
-pub fn clean_stale(place: &Place) -> Result<usize, KitError> {
-    let stale = |dir: &str| -> Vec<String> {
+/// The namespaces and work directories of `place` that exist, with the pid
+/// of the process that made them.
+fn existing(place: &Place) -> Vec<(Resource, String, u32)> {
+    let names = |dir: &str| -> Vec<(String, u32)> {
         fs::read_dir(dir)
             .into_iter()
             .flatten()
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|name| owner(place, name).is_some_and(|pid| !netns::pid_alive(pid)))
+            .filter_map(|name| owner(place, &name).map(|pid| (name, pid)))
             .collect()
     };
+    let spaces = names(netns::NETNS_DIR)
+        .into_iter()
+        .map(|(name, pid)| (Resource::Netns(name.clone()), name, pid));
+    let dirs = names(place.run_dir)
+        .into_iter()
+        .map(|(name, pid)| (Resource::Dir(Path::new(place.run_dir).join(&name)), name, pid));
+    spaces.chain(dirs).collect()
+}
+
+/// What process `pid` made of `place` and is still there: namespaces and
+/// work directories, by name. For tests that nothing was left behind.
+pub fn leftovers(place: &Place, pid: u32) -> Vec<String> {
+    existing(place)
+        .into_iter()
+        .filter(|(_, _, owner)| *owner == pid)
+        .map(|(_, name, _)| name)
+        .collect()
+}
+
+/// Removes the namespaces and work directories of `place` whose process
+/// is gone. Returns how many sandboxes that was. Those of live processes,
+/// this one included, are never touched.
+pub fn clean_stale(place: &Place) -> Result<usize, KitError> {
     let mut removed = BTreeSet::new();
     let mut problems = Vec::new();
-    for name in stale(netns::NETNS_DIR) {
-        netns::kill_all_in(&netns::path(&name), KILL_WAIT);
-        if let Err(e) = netns::delete(&name) {
-            problems.push(e.to_string());
-        }
-        removed.insert(sandbox_of(&name));
-    }
-    for name in stale(place.run_dir) {
-        if let Err(e) = remove_dir(&Path::new(place.run_dir).join(&name)) {
+    // Namespaces first (the order of Resource).
+    let mut stale: Vec<_> = existing(place)
+        .into_iter()
+        .filter(|(_, _, pid)| !netns::pid_alive(*pid as i32))
+        .collect();
+    stale.sort();
+    for (resource, name, _) in stale {
+        if let Err(e) = resource.remove() {
             problems.push(e.to_string());
         }
         removed.insert(sandbox_of(&name));
@@ -318,24 +341,18 @@ pub fn remove_all() {
     // A child being spawned right now gets into its namespace before the
     // kill below finds it.
     thread::sleep(Duration::from_millis(100));
-    let taken = std::mem::replace(
-        &mut *live(),
-        Live {
-            netns: BTreeSet::new(),
-            dirs: BTreeSet::new(),
-        },
-    );
-    for name in &taken.netns {
-        netns::kill_all_in(&netns::path(name), KILL_WAIT);
-        if let Err(e) = netns::delete(name) {
-            eprintln!("cleanup: {e}");
+    let taken = std::mem::take(&mut *live());
+    for resource in &taken {
+        if let Err(e) = resource.remove() {
+            say(&format!("cleanup: {e}"));
         }
     }
-    for dir in &taken.dirs {
-        if let Err(e) = remove_dir(dir) {
-            eprintln!("cleanup: {e}");
-        }
-    }
+}
+
+/// A line on the process's stderr, even from a thread spawned by a test
+/// (whose `eprintln!` output the test harness would capture and drop).
+fn say(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 /// Installs SIGINT/SIGTERM handling (once per process): a thread removes
@@ -364,7 +381,9 @@ pub fn install_cleanup() -> Result<(), KitError> {
         .spawn(move || {
             if let Some(sig) = pending.forever().next() {
                 cleaning.store(true, Ordering::SeqCst);
-                eprintln!("signal {sig}: removing sandboxes (namespaces, mounts, work directories)");
+                say(&format!(
+                    "signal {sig}: removing sandboxes (namespaces, mounts, work directories)"
+                ));
                 remove_all();
                 let _ = signal_hook::low_level::emulate_default_handler(sig);
                 std::process::exit(128 + sig);

@@ -55,6 +55,28 @@ pub fn poll(timeout: Duration, every: Duration, mut done: impl FnMut() -> bool) 
     }
 }
 
+/// `iptables` arguments that install the classic workaround, the rule
+/// libvirt's iptables backend adds: complete the checksum of UDP to port 68
+/// leaving through `out` (through any interface with `None`).
+pub fn checksum_fill_rule(out: Option<&str>) -> Vec<&str> {
+    let mut rule = vec!["-t", "mangle", "-A", "POSTROUTING"];
+    if let Some(dev) = out {
+        rule.extend(["-o", dev]);
+    }
+    rule.extend([
+        "-p",
+        "udp",
+        "-m",
+        "udp",
+        "--dport",
+        "68",
+        "-j",
+        "CHECKSUM",
+        "--checksum-fill",
+    ]);
+    rule
+}
+
 /// Collapses multi-line tool output into one line for error messages.
 pub fn one_line(s: &str) -> String {
     let joined = s

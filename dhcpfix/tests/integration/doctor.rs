@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use dhcpfix_lab::{
-    kit::privileged,
+    kit::{checksum_fill_rule, privileged},
     lab::{GuestKind, Lab, Offload},
 };
 use serde_json::Value;
@@ -120,23 +120,7 @@ fn iptables_checksum_rule_counts_as_a_fix() {
     }
     let lab = lab(Offload::On);
     // The rule libvirt's iptables backend installs, inside the lab only.
-    let rule = [
-        "-t",
-        "mangle",
-        "-A",
-        "POSTROUTING",
-        "-o",
-        "br0",
-        "-p",
-        "udp",
-        "-m",
-        "udp",
-        "--dport",
-        "68",
-        "-j",
-        "CHECKSUM",
-        "--checksum-fill",
-    ];
+    let rule = checksum_fill_rule(Some("br0"));
     let out = lab
         .host_command("iptables")
         .args(rule)
