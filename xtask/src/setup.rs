@@ -6,6 +6,8 @@
 //! - bpf-linker 0.13.0, built against the nightly's own libLLVM (same major
 //!   version as the compiler, no system LLVM needed), cached in
 //!   `~/.cache/dhcpfix/bpf-linker-<llvm>` (override: DHCPFIX_CACHE_DIR).
+//! - cargo-fuzz (pinned), cached there too, for the fuzz targets' build in
+//!   `cargo xtask test` and for `cargo xtask fuzz`.
 
 use std::{
     collections::BTreeMap,
@@ -34,8 +36,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("util-linux", "nsenter"),
     ("curl", "curl"),
     ("shellcheck", "shellcheck"),
-    // tests/security.rs: which programs dhcpfix executes (execve).
+    // tests/integration/security.rs: which programs dhcpfix executes (execve).
     ("strace", "strace"),
+    // libfuzzer-sys compiles libFuzzer (C++) for the fuzz targets.
+    ("g++", "g++"),
 ];
 
 /// Environment for cargo and the tools: PATH with bpf-linker in front.
@@ -139,8 +143,9 @@ fn cache_dir() -> PathBuf {
 
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
-/// Installs cargo-fuzz (for `cargo xtask fuzz`) into the cache unless it is
-/// there; returns the directory holding the `cargo-fuzz` binary.
+/// Installs cargo-fuzz (for `cargo xtask fuzz` and the fuzz build of
+/// `cargo xtask test`) into the cache unless it is there; returns the
+/// directory holding the `cargo-fuzz` binary.
 pub fn cargo_fuzz() -> Result<PathBuf> {
     let root = cache_dir().join(format!("cargo-fuzz-{CARGO_FUZZ_VERSION}"));
     let bin_dir = root.join("bin");
