@@ -306,3 +306,54 @@ pub fn run_cmd(cmd: &mut Command) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Defect 4: dhcpfix's build.rs builds the classifier (dhcpfix-ebpf's
+    /// binary) through aya-build, behind cargo's back. Only a declared
+    /// build-dependency on dhcpfix-ebpf (its library target, built for the
+    /// host) makes cargo run that build script again when the classifier's
+    /// dependencies (dhcpfix-common, aya-ebpf) change; without it the
+    /// object can be stale.
+    #[test]
+    fn dhcpfix_declares_its_classifier_as_a_build_dependency() {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let out = Command::new(cargo)
+            .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+            .current_dir(workspace_root())
+            .output()
+            .expect("run cargo metadata");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("cargo metadata JSON");
+        let package = |name: &str| {
+            meta["packages"]
+                .as_array()
+                .and_then(|p| p.iter().find(|p| p["name"] == name))
+                .unwrap_or_else(|| panic!("no package {name} in the workspace"))
+                .clone()
+        };
+        let kinds: Vec<String> = package("dhcpfix")["dependencies"]
+            .as_array()
+            .expect("dependencies")
+            .iter()
+            .filter(|d| d["name"] == "dhcpfix-ebpf")
+            .map(|d| d["kind"].as_str().unwrap_or("normal").to_owned())
+            .collect();
+        assert_eq!(
+            kinds,
+            ["build"],
+            "dhcpfix's dependencies on dhcpfix-ebpf, by kind"
+        );
+        let has_lib = package("dhcpfix-ebpf")["targets"]
+            .as_array()
+            .expect("targets")
+            .iter()
+            .any(|t| t["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "lib")));
+        assert!(
+            has_lib,
+            "dhcpfix-ebpf needs a library target to be a build-dependency"
+        );
+    }
+}
