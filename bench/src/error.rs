@@ -14,7 +14,7 @@ pub enum BenchError {
     Kit(#[from] KitError),
     #[error("dhcpfix binary {0} not found: build it (cargo xtask build) or pass --dhcpfix PATH")]
     NoBinary(PathBuf),
-    #[error("{0}")]
+    #[error(transparent)]
     TestRun(#[from] dhcpfix::testrun::TestRunError),
     #[error("{what}: unexpected output: {detail}")]
     Parse { what: String, detail: String },

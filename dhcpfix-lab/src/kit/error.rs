@@ -2,8 +2,9 @@
 
 use std::{io, path::PathBuf, time::Duration};
 
-/// What can go wrong in the kit. Messages are one line: what failed, and
-/// where useful what to do.
+/// What can go wrong in the kit. Messages are one line: what failed, why
+/// (the system's error, in the message; no separate source, so a chain
+/// does not print it twice), and where useful what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum KitError {
     #[error("{tool} not found: install {package} (cargo xtask setup does this)")]
@@ -11,8 +12,8 @@ pub enum KitError {
         tool: &'static str,
         package: &'static str,
     },
-    #[error("cannot run {program}: {source}")]
-    Spawn { program: String, source: io::Error },
+    #[error("cannot run {program}: {error}")]
+    Spawn { program: String, error: io::Error },
     #[error("`{command}` failed ({status}): {stderr}")]
     Command {
         command: String,
@@ -21,14 +22,14 @@ pub enum KitError {
     },
     #[error("`{command}` did not finish within {limit:?} and was killed")]
     Timeout { command: String, limit: Duration },
-    #[error("{op} {path}: {source}")]
+    #[error("{op} {path}: {error}")]
     Io {
         op: &'static str,
         path: PathBuf,
-        source: io::Error,
+        error: io::Error,
     },
-    #[error("{op}: {source}")]
-    Sys { op: &'static str, source: io::Error },
+    #[error("{op}: {error}")]
+    Sys { op: &'static str, error: io::Error },
     #[error("removing {what} incomplete: {details}; once this process exits, the next sandbox of its kind (or `ip netns del`) removes the rest")]
     Teardown { what: String, details: String },
 }
@@ -37,11 +38,11 @@ impl KitError {
     /// `map_err` adapter for a failed operation on a path.
     pub fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Self {
         let path = path.into();
-        move |source| Self::Io { op, path, source }
+        move |error| Self::Io { op, path, error }
     }
 
     /// `map_err` adapter for a failed system call.
     pub fn sys(op: &'static str) -> impl FnOnce(io::Error) -> Self {
-        move |source| Self::Sys { op, source }
+        move |error| Self::Sys { op, error }
     }
 }

@@ -68,9 +68,9 @@ pub fn delete(name: &str) -> Result<(), KitError> {
     let ip = find_tool("ip", "iproute2")?;
     let mut cmd = Command::new(ip);
     cmd.args(["netns", "del", name]).stdin(Stdio::null());
-    let out = cmd.output().map_err(|source| KitError::Spawn {
+    let out = cmd.output().map_err(|error| KitError::Spawn {
         program: process::shown(&cmd),
-        source,
+        error,
     })?;
     if out.status.success() {
         Ok(())

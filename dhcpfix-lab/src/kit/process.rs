@@ -37,12 +37,12 @@ pub fn spawn(cmd: &mut Command) -> Result<Child, KitError> {
     if SHUTTING_DOWN.load(Ordering::SeqCst) {
         return Err(KitError::Spawn {
             program: shown(cmd),
-            source: io::Error::new(io::ErrorKind::Interrupted, "shutting down after a signal"),
+            error: io::Error::new(io::ErrorKind::Interrupted, "shutting down after a signal"),
         });
     }
-    cmd.spawn().map_err(|source| KitError::Spawn {
+    cmd.spawn().map_err(|error| KitError::Spawn {
         program: shown(cmd),
-        source,
+        error,
     })
 }
 

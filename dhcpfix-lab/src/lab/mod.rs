@@ -80,22 +80,23 @@ pub struct LabOptions {
 }
 
 /// Everything that can go wrong in the lab. Messages are one line: what
-/// failed, and where useful what to do.
+/// failed, why, and where useful what to do (as [`KitError`]'s: the
+/// system's error in the message, not a separate source).
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
     #[error("the network lab needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN): re-run as root")]
     NotRoot,
     #[error(transparent)]
     Kit(#[from] KitError),
-    #[error("open /dev/net/tun: {source}: load the tun module (modprobe tun)")]
-    TunOpen { source: std::io::Error },
-    #[error("TUNSETIFF {name}: {source}")]
-    TunSetIff { name: String, source: std::io::Error },
-    #[error("TUNSETOFFLOAD {name} (flags {flags:#x}): {source}")]
+    #[error("open /dev/net/tun: {error}: load the tun module (modprobe tun)")]
+    TunOpen { error: std::io::Error },
+    #[error("TUNSETIFF {name}: {error}")]
+    TunSetIff { name: String, error: std::io::Error },
+    #[error("TUNSETOFFLOAD {name} (flags {flags:#x}): {error}")]
     TunSetOffload {
         name: String,
         flags: u32,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("dnsmasq in {netns} exited during startup ({status}): {log}")]
     DnsmasqExited {

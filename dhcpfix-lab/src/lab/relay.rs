@@ -184,25 +184,25 @@ fn setup(cfg: RelayConfig) -> Result<(OwnedFd, OwnedFd, GuestKind), LabError> {
 /// device lands in the namespace of the opener) and attaches a tap.
 fn open_tap(name: &str, vnet_hdr: bool) -> Result<OwnedFd, LabError> {
     let file =
-        dev::open_tun_device(Path::new("/dev/net/tun")).map_err(|source| LabError::TunOpen { source })?;
+        dev::open_tun_device(Path::new("/dev/net/tun")).map_err(|error| LabError::TunOpen { error })?;
     let fd = OwnedFd::from(file);
     let set = if name.is_empty() {
         Err(io::Error::from_raw_os_error(libc::EINVAL))
     } else {
         dev::set_tap(&fd, name, vnet_hdr)
     };
-    set.map_err(|source| LabError::TunSetIff {
+    set.map_err(|error| LabError::TunSetIff {
         name: name.to_owned(),
-        source,
+        error,
     })?;
     Ok(fd)
 }
 
 fn set_offload(fd: &OwnedFd, name: &str, flags: libc::c_uint) -> Result<(), LabError> {
-    dev::set_tap_offload(fd, flags).map_err(|source| LabError::TunSetOffload {
+    dev::set_tap_offload(fd, flags).map_err(|error| LabError::TunSetOffload {
         name: name.to_owned(),
         flags,
-        source,
+        error,
     })
 }
 
