@@ -9,7 +9,7 @@
 //! | a work directory and namespaces removed on drop, on signals, after a crash | [`sandbox`] |
 //! | bpffs mounts, unmounting below a directory | [`mounts`] |
 //! | taps, `AF_PACKET` sockets | [`dev`] |
-//! | the reference model of the classifier, frames, a PRNG | [`reference`] |
+//! | the reference model of the classifier, frames, a PRNG | [`reference`](mod@reference) |
 //! | BTF blobs for sample kernels | [`btf`] |
 
 pub mod btf;
