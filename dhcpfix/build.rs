@@ -2,6 +2,11 @@
 //! the nightly toolchain and bpf-linker, and places it in `OUT_DIR/dhcpfix`.
 //! `cargo xtask build` installs both; `AYA_BUILD_SKIP=1` writes an empty
 //! object instead so that `cargo check` and clippy work without them.
+//!
+//! Rebuilt when: the classifier's directory changes (aya-build says so),
+//! its dependencies change (the build-dependency on `dhcpfix-ebpf` in
+//! Cargo.toml), or the workspace manifest, which holds the classifier's
+//! release profile, changes (below).
 use std::{env, fs, path::PathBuf};
 
 fn main() -> anyhow::Result<()> {
@@ -12,6 +17,10 @@ fn main() -> anyhow::Result<()> {
         fs::write(out_dir.join("dhcpfix"), [])?;
         return Ok(());
     }
+    println!(
+        "cargo:rerun-if-changed={}",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml")
+    );
     // The classifier must share the records' version with this build.
     let features: &[&str] = if env::var_os("CARGO_FEATURE_NEXT_ABI").is_some() {
         &["next-abi"]

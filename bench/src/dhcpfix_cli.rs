@@ -8,11 +8,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use dhcpfix_lab::kit::process;
 use serde::Deserialize;
 
 use crate::{
     error::{BenchError, Result},
-    process,
     sandbox::Netns,
 };
 

@@ -12,7 +12,6 @@ pub mod error;
 pub mod frames;
 pub mod kernel_memory;
 pub mod machine;
-pub mod process;
 pub mod prog_cost;
 pub mod report;
 pub mod sandbox;

@@ -21,13 +21,16 @@ use dhcpfix_common::{
     LAYOUT_GLOBAL, TEST_MODE_GLOBAL,
 };
 
+use dhcpfix_lab::kit::{
+    netns::{in_netns, spawn_in_netns},
+    process,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{
     dhcpfix_cli::Dhcpfix,
     error::{BenchError, Result},
     kernel_memory::{self, KernelMemory},
-    process::{self, in_netns, spawn_in_netns},
     sandbox::{Netns, Sandbox},
     stats::{quantile, Stat},
 };
@@ -132,7 +135,7 @@ fn attached_count(ns: &Netns, names: Vec<String>) -> Result<usize> {
             }
         }
         Ok(n)
-    })
+    })?
 }
 
 fn check_all_attached(ns: &Netns, n: usize, how: &str) -> Result<()> {
@@ -420,6 +423,8 @@ fn load_empty_classifier() -> Result<aya::Ebpf> {
 }
 
 const AGENT_LIMIT: Duration = Duration::from_secs(120);
+/// How long the agent gets to exit on SIGTERM.
+const STOP_GRACE: Duration = Duration::from_secs(2);
 
 fn agent(sb: &Sandbox, dhcpfix: &Dhcpfix, n: usize) -> Result<AgentRun> {
     let (ns, _) = with_taps(sb, n)?;
@@ -484,7 +489,8 @@ fn agent(sb: &Sandbox, dhcpfix: &Dhcpfix, n: usize) -> Result<AgentRun> {
             new_tap_ms: t1.elapsed().as_secs_f64() * 1e3,
         })
     })();
-    process::stop(&mut child);
+    // What the agent's exit status would add is in its log.
+    let _ = process::stop(&mut child, STOP_GRACE);
     drop(ns);
     remove_pins(&pin_dir)?;
     result

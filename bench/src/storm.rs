@@ -7,9 +7,9 @@
 //! checksums in userspace.
 
 use std::{
-    fs, io, mem,
+    fs, io,
     net::UdpSocket,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::AsRawFd,
     sync::{
         atomic::{AtomicBool, Ordering},
         mpsc, Arc,
@@ -18,13 +18,17 @@ use std::{
     time::{Duration, Instant},
 };
 
+use dhcpfix_lab::kit::{
+    dev,
+    netns::{in_netns, spawn_in_netns},
+    process,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{
     dhcpfix_cli::{Counters, Dhcpfix},
     error::{BenchError, Result},
     frames,
-    process::{self, spawn_in_netns},
     sandbox::Sandbox,
     stats::Stat,
     topology::{self, IperfServer, VethPair, RECEIVER_IF, RECEIVER_IP, SENDER_IF, SENDER_IP},
@@ -214,9 +218,9 @@ fn storm_over(pair: &VethPair, secs: f64, cfg: Config) -> Result<StormOutcome> {
     // A socket on port 68 on the receiving side, so the datagrams are
     // delivered (and dropped when its buffer is full), not answered with
     // ICMP port unreachable.
-    let sink = process::in_netns(pair.receiver.path(), || {
+    let sink = in_netns(pair.receiver.path(), || {
         UdpSocket::bind((RECEIVER_IP, 68)).map_err(BenchError::sys("bind UDP port 68"))
-    })?;
+    })??;
     let stop = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = mpsc::channel();
     let stop_rx = Arc::clone(&stop);
@@ -304,82 +308,24 @@ fn dhcp_client_filter() -> [libc::sock_filter; 11] {
     ]
 }
 
-fn setsockopt<T>(fd: &OwnedFd, level: i32, name: i32, value: &T, what: &'static str) -> Result<()> {
-    // SAFETY: `value` points to a live T of the size passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            (value as *const T).cast(),
-            mem::size_of::<T>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(BenchError::sys(what)(io::Error::last_os_error()));
-    }
-    Ok(())
-}
-
 /// Captures DHCP-client-port datagrams arriving on the receiving device and
 /// verifies each UDP checksum, until `stop`.
 fn capture(stop: &AtomicBool, ready: mpsc::Sender<()>) -> Result<Captured> {
-    let proto = (libc::ETH_P_IP as u16).to_be();
-    // SAFETY: socket(2) with constant arguments.
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            i32::from(proto),
-        )
-    };
-    if raw < 0 {
-        return Err(BenchError::sys("socket(AF_PACKET)")(io::Error::last_os_error()));
-    }
-    // SAFETY: a fresh descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let proto = libc::ETH_P_IP as u16;
+    let fd = dev::packet_socket(proto).map_err(BenchError::sys("socket(AF_PACKET)"))?;
     let mut filter = dhcp_client_filter();
     let prog = libc::sock_fprog {
         len: filter.len() as u16,
         filter: filter.as_mut_ptr(),
     };
-    setsockopt(
-        &fd,
-        libc::SOL_SOCKET,
-        libc::SO_ATTACH_FILTER,
-        &prog,
-        "SO_ATTACH_FILTER",
-    )?;
-    setsockopt(
-        &fd,
-        libc::SOL_SOCKET,
-        libc::SO_RCVBUFFORCE,
-        &(8 << 20),
-        "SO_RCVBUFFORCE",
-    )?;
-    let timeout = libc::timeval {
-        tv_sec: 0,
-        tv_usec: 100_000,
-    };
-    setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &timeout, "SO_RCVTIMEO")?;
+    dev::setsockopt(&fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &prog)
+        .map_err(BenchError::sys("SO_ATTACH_FILTER"))?;
+    dev::setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &(8 << 20))
+        .map_err(BenchError::sys("SO_RCVBUFFORCE"))?;
+    dev::set_recv_timeout(&fd, Duration::from_millis(100)).map_err(BenchError::sys("SO_RCVTIMEO"))?;
     let ifindex = dhcpfix::sys::ifindex(RECEIVER_IF)
         .ok_or_else(|| BenchError::Check(format!("{RECEIVER_IF} not found")))?;
-    // SAFETY: a zeroed sockaddr_ll is valid; the fields set below complete it.
-    let mut addr: libc::sockaddr_ll = unsafe { mem::zeroed() };
-    addr.sll_family = libc::AF_PACKET as u16;
-    addr.sll_protocol = proto;
-    addr.sll_ifindex = ifindex as i32;
-    // SAFETY: `addr` is a valid sockaddr_ll of the size passed.
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&addr as *const libc::sockaddr_ll).cast(),
-            mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(BenchError::sys("bind(AF_PACKET)")(io::Error::last_os_error()));
-    }
+    dev::bind_packet(&fd, ifindex, proto).map_err(BenchError::sys("bind(AF_PACKET)"))?;
     let _ = ready.send(());
 
     let mut buf = vec![0u8; 65536];

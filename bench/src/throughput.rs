@@ -5,12 +5,12 @@
 
 use std::{fs, time::Duration};
 
+use dhcpfix_lab::kit::{checksum_fill_rule, find_tool, netns::in_netns, process};
 use serde::{Deserialize, Serialize};
 
 use crate::{
     dhcpfix_cli::Dhcpfix,
     error::{BenchError, Result},
-    process::{self, find_tool, in_netns},
     sandbox::{Netns, Sandbox},
     stats::Stat,
     topology::{self, VethPair, SENDER_IF},
@@ -174,19 +174,7 @@ fn apply(ns: &Netns, dhcpfix: &Dhcpfix, pin_dir: &std::path::Path, variant: Vari
         }
         Variant::IptablesChecksum => {
             let iptables = find_tool("iptables", "iptables")?;
-            let rule = [
-                "-t",
-                "mangle",
-                "-A",
-                "POSTROUTING",
-                "-p",
-                "udp",
-                "--dport",
-                "68",
-                "-j",
-                "CHECKSUM",
-                "--checksum-fill",
-            ];
+            let rule = checksum_fill_rule(None);
             process::run(ns.command(&iptables).args(rule), None, TOOL_LIMIT)?;
             let out = process::run(
                 ns.command(&iptables).args(["-t", "mangle", "-S", "POSTROUTING"]),
@@ -210,5 +198,5 @@ fn tcx_programs(ns: &Netns) -> Result<u32> {
             .ok_or_else(|| BenchError::Check(format!("{SENDER_IF} not found")))?;
         dhcpfix::sys::prog_count(ifindex, dhcpfix::sys::BPF_TCX_EGRESS)
             .map_err(BenchError::sys("BPF_PROG_QUERY"))
-    })
+    })?
 }

@@ -10,9 +10,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use dhcpfix_lab::kit::{find_tool, process, KitError};
+
 use crate::{
     error::{BenchError, Result},
-    process::{self, find_tool},
     sandbox::{Netns, Sandbox},
 };
 
@@ -104,17 +105,19 @@ impl IperfServer {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !listening(server.child.id(), IPERF_PORT) {
             if Instant::now() > deadline {
-                return Err(BenchError::Timeout {
+                return Err(KitError::Timeout {
                     command: process::shown(&cmd),
                     limit: Duration::from_secs(10),
-                });
+                }
+                .into());
             }
             if let Ok(Some(status)) = server.child.try_wait() {
-                return Err(BenchError::Command {
+                return Err(KitError::Command {
                     command: process::shown(&cmd),
                     status: status.to_string(),
                     stderr: "exited before listening".into(),
-                });
+                }
+                .into());
             }
             thread::sleep(Duration::from_millis(5));
         }
@@ -124,7 +127,7 @@ impl IperfServer {
 
 impl Drop for IperfServer {
     fn drop(&mut self) {
-        process::stop(&mut self.child);
+        let _ = process::stop(&mut self.child, Duration::from_secs(2));
     }
 }
 

@@ -14,26 +14,13 @@ use std::{
 };
 
 use dhcpfix_bench::{prog_cost, report::Report, Options, Section};
+use dhcpfix_lab::kit::privileged;
 use serde_json::{json, Value};
 
 /// One bench per process at a time: a bench's sandbox is named after the pid.
 fn serial() -> MutexGuard<'static, ()> {
     static SERIAL: Mutex<()> = Mutex::new(());
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Whether privileged tests should run. Not root: skip with a message,
-/// unless CI=true, where skipping is a failure.
-fn privileged(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{test}: needs root, and CI=true forbids skipping");
-    }
-    eprintln!("skipped {test}: needs root (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON)");
-    false
 }
 
 /// `target/<profile>/dhcpfix`, next to `target/<profile>/deps/<this test>`.
@@ -206,19 +193,9 @@ fn quick_bench_writes_a_complete_report() {
     let svg = fs::read_to_string(out.join("bench.svg")).expect("bench.svg");
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
 
-    // Nothing left behind.
-    let me = format!("dfb-{}-", std::process::id());
-    let leftovers: Vec<String> = fs::read_dir("/run/netns")
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(&me))
-                .collect()
-        })
-        .unwrap_or_default();
-    assert!(leftovers.is_empty(), "namespaces left: {leftovers:?}");
-    let run_dir = Path::new(dhcpfix_bench::sandbox::RUN_DIR).join(std::process::id().to_string());
-    assert!(!run_dir.exists(), "{} left", run_dir.display());
+    // Nothing left behind: no namespace, no run directory of this process.
+    let left = dhcpfix_lab::kit::sandbox::leftovers(&dhcpfix_bench::sandbox::PLACE, std::process::id());
+    assert!(left.is_empty(), "namespaces or run directories left: {left:?}");
     let _ = fs::remove_dir_all(&out);
 }
 

@@ -473,18 +473,15 @@ impl fmt::Display for LayoutSpec {
 
 #[cfg(test)]
 mod tests {
+    use dhcpfix_lab::kit::btf::{BtfWriter, Kind};
+
     use super::*;
 
     /// Builds a tiny BTF blob: int, pointer, sk_buff with an anonymous union
     /// holding `dev` and a bitfield `ip_summed`, net_device, an enum.
     pub(crate) fn sample_btf(with_features: bool) -> Vec<u8> {
-        let mut strings = b"\0".to_vec();
-        let mut s = |name: &str| {
-            let off = strings.len() as u32;
-            strings.extend_from_slice(name.as_bytes());
-            strings.push(0);
-            off
-        };
+        let mut w = BtfWriter::new();
+        let mut s = |name: &str| w.name(name);
         let (
             n_u64,
             n_skb,
@@ -522,23 +519,17 @@ mod tests {
             s("net"),
             s("net_cookie"),
         );
-        let mut types = Vec::new();
-        let mut ty = |name: u32, kind: u32, flag: bool, vlen: u32, size: u32, extra: &[u32]| {
-            types.extend_from_slice(&name.to_le_bytes());
-            types.extend_from_slice(&(((flag as u32) << 31) | (kind << 24) | vlen).to_le_bytes());
-            types.extend_from_slice(&size.to_le_bytes());
-            for e in extra {
-                types.extend_from_slice(&e.to_le_bytes());
-            }
+        let mut ty = |name: u32, kind: Kind, flag: bool, vlen: u32, size: u32, extra: &[u32]| {
+            w.ty(name, kind, flag, vlen, size, extra)
         };
-        ty(n_u64, KIND_INT, false, 0, 8, &[64]); // 1
-        ty(0, KIND_PTR, false, 0, 5, &[]); // 2: pointer to net_device
-                                           // 3: anonymous union { dev; } at bit 128 of sk_buff
-        ty(0, KIND_UNION, false, 1, 8, &[n_dev, 2, 0]);
+        ty(n_u64, Kind::Int, false, 0, 8, &[64]); // 1
+        ty(0, Kind::Ptr, false, 0, 5, &[]); // 2: pointer to net_device
+                                            // 3: anonymous union { dev; } at bit 128 of sk_buff
+        ty(0, Kind::Union, false, 1, 8, &[n_dev, 2, 0]);
         // 4: struct sk_buff { union @128; ip_summed:2 @1029; csum_start @ 1248; csum_offset @1264; head @1536; data @1600 }
         ty(
             n_skb,
-            KIND_STRUCT,
+            Kind::Struct,
             true,
             6,
             256,
@@ -567,7 +558,7 @@ mod tests {
         if with_features {
             ty(
                 n_ndev,
-                KIND_STRUCT,
+                Kind::Struct,
                 false,
                 2,
                 512,
@@ -576,40 +567,26 @@ mod tests {
         } else {
             ty(
                 n_ndev,
-                KIND_STRUCT,
+                Kind::Struct,
                 false,
                 2,
                 512,
                 &[n_head, 1, 0, n_nd_net, 8, 288 * 8],
             );
         }
-        ty(n_u16, KIND_INT, false, 0, 1, &[8]); // 6: u8 (used for ip_summed), name irrelevant
+        ty(n_u16, Kind::Int, false, 0, 1, &[8]); // 6: u8 (used for ip_summed), name irrelevant
         ty(
             0,
-            KIND_ENUM,
+            Kind::Enum,
             false,
             3,
             4,
             &[n_enum_ip, 1, n_enum_hw, 3, n_enum_ip6, 4],
         ); // 7
-        ty(0, KIND_PTR, false, 0, 9, &[]); // 8: possible_net_t's pointer to struct net
-        ty(n_net, KIND_STRUCT, false, 1, 256, &[n_cookie, 1, 160 * 8]); // 9: struct net { net_cookie @ 160*8 }
+        ty(0, Kind::Ptr, false, 0, 9, &[]); // 8: possible_net_t's pointer to struct net
+        ty(n_net, Kind::Struct, false, 1, 256, &[n_cookie, 1, 160 * 8]); // 9: struct net { net_cookie @ 160*8 }
         let _ = n_u16;
-        blob(&types, &strings)
-    }
-
-    /// A BTF blob: the 24-byte header, then the type and string sections.
-    fn blob(types: &[u8], strings: &[u8]) -> Vec<u8> {
-        let mut blob = Vec::new();
-        blob.extend_from_slice(&BTF_MAGIC.to_le_bytes());
-        blob.extend_from_slice(&[1, 0]);
-        let (types_len, strings_len) = (types.len() as u32, strings.len() as u32);
-        for v in [24u32, 0, types_len, types_len, strings_len] {
-            blob.extend_from_slice(&v.to_le_bytes());
-        }
-        blob.extend_from_slice(types);
-        blob.extend_from_slice(strings);
-        blob
+        w.finish()
     }
 
     #[test]
@@ -669,20 +646,12 @@ mod tests {
     /// 32 bits must make the member unresolvable, not panic or wrap.
     #[test]
     fn overflowing_nested_offsets_are_not_found() {
-        let strings = b"\0dev\0sk_buff\0".to_vec();
-        let mut types = Vec::new();
-        let mut ty = |name: u32, kind: u32, vlen: u32, size: u32, extra: &[u32]| {
-            types.extend_from_slice(&name.to_le_bytes());
-            types.extend_from_slice(&((kind << 24) | vlen).to_le_bytes());
-            types.extend_from_slice(&size.to_le_bytes());
-            extra
-                .iter()
-                .for_each(|e| types.extend_from_slice(&e.to_le_bytes()));
-        };
-        ty(0, KIND_INT, 0, 8, &[64]); // 1
-        ty(0, KIND_UNION, 1, 8, &[1, 1, 0x100]); // 2: { dev @ 0x100 }
-        ty(5, KIND_STRUCT, 1, 8, &[0, 2, 0xffff_fff0]); // 3: sk_buff { union @ 2^32-16 }
-        let btf = Btf::parse(blob(&types, &strings)).unwrap();
+        let mut w = BtfWriter::new();
+        let (dev, skb) = (w.name("dev"), w.name("sk_buff"));
+        w.ty(0, Kind::Int, false, 0, 8, &[64]); // 1
+        w.ty(0, Kind::Union, false, 1, 8, &[dev, 1, 0x100]); // 2: { dev @ 0x100 }
+        w.ty(skb, Kind::Struct, false, 1, 8, &[0, 2, 0xffff_fff0]); // 3: sk_buff { union @ 2^32-16 }
+        let btf = Btf::parse(w.finish()).unwrap();
         assert_eq!(btf.struct_id("sk_buff"), Some(3));
         assert_eq!(btf.member(3, "dev"), None);
     }

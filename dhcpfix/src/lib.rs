@@ -13,8 +13,11 @@
 //! - [`attach`] (per interface and namespace), [`counters`], [`metrics`];
 //! - [`agent`] (`dhcpfix run`), [`doctor`] (probes, fixes, rules, report),
 //!   [`integrations`] (libvirt's domain XML, syslog for hooks);
-//! - [`testrun`] (`BPF_PROG_TEST_RUN`) and [`lab`], the network-namespace
-//!   lab behind `dhcpfix demo` and the end-to-end tests.
+//!
+//! With the `test-run` feature (off by default; the tests and the
+//! benchmarks turn it on), `testrun` runs the classifier under
+//! `BPF_PROG_TEST_RUN`. The network-namespace lab behind `dhcpfix demo` and
+//! the end-to-end tests is the `dhcpfix-lab` crate.
 
 pub mod agent;
 pub mod attach;
@@ -22,11 +25,11 @@ pub mod counters;
 pub mod doctor;
 pub mod integrations;
 pub mod kernel_layout;
-pub mod lab;
 pub mod metrics;
 pub mod netdev;
 pub mod netns;
 pub mod pins;
 pub mod program;
 pub mod sys;
+#[cfg(feature = "test-run")]
 pub mod testrun;

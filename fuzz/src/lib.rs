@@ -1,6 +1,6 @@
-//! The fuzz targets' bodies ([`targets`]) and the test support they check
-//! against (the reference model and frame builder of `dhcpfix/tests`).
+//! The bodies of the fuzz targets ([`targets`]), checked against the test
+//! kit's reference model (`dhcpfix_lab::kit::reference`). cargo-fuzz runs
+//! them through `fuzz_targets/` (`cargo xtask fuzz`); dhcpfix's tests run
+//! them briefly on every `cargo test` (`fuzz_short`), without libFuzzer.
 
-#[path = "../../dhcpfix/tests/support/mod.rs"]
-pub mod support;
 pub mod targets;

@@ -1,14 +1,10 @@
 //! The bodies of the fuzz targets: one plain function per parser that takes
-//! outside input, with the properties it must keep. Shared by two crates:
+//! outside input, with the properties it must keep. Run two ways:
 //!
-//! - `fuzz/` (cargo-fuzz, libFuzzer + ASan): `cargo xtask fuzz` runs them
-//!   for minutes;
-//! - `dhcpfix/tests/fuzz_short.rs`: `cargo test` runs them on the seeds
+//! - `fuzz_targets/` (cargo-fuzz, libFuzzer + ASan): `cargo xtask fuzz`
+//!   runs them for minutes;
+//! - dhcpfix's tests (`fuzz_short`): `cargo test` runs them on the seeds
 //!   and a few thousand deterministic mutations, always.
-//!
-//! Both crates have the test support module (reference model, frame
-//! builder, Rng) at `crate::support`.
-#![allow(dead_code)]
 
 use std::path::Path;
 
@@ -17,7 +13,7 @@ use dhcpfix::{
         config::{FileConfig, Overrides, Settings},
         pattern::Patterns,
     },
-    bpffs::valid_ifname,
+    attach::valid_ifname,
     integrations::libvirt::{self, Plan},
     kernel_layout::{self, Btf, LayoutSpec},
 };
@@ -25,11 +21,15 @@ use dhcpfix_common::{
     checksum,
     config::{IfaceConfig, DEFAULT_PORTS, MAX_PORTS, MODE_FILL},
     event::{FillEvent, EVENT_FILLED},
+    key::IfaceKey,
     frame::{self, Parsed, MAX_UDP_LEN},
     layout::LAYOUT_VALID,
 };
 
-use crate::support::{ref_classify, ref_udp_checksum, Check, FrameSpec, RefVerdict, Rng};
+use dhcpfix_lab::kit::{
+    btf::{BtfWriter, Kind},
+    reference::{ref_addresses, ref_classify, ref_udp_checksum, Check, FrameSpec, RefVerdict, Rng},
+};
 
 /// Every target, in the order `cargo xtask fuzz` runs them.
 pub const TARGETS: [&str; 6] = ["frame", "btf", "layout_spec", "pattern", "config", "libvirt_xml"];
@@ -71,27 +71,38 @@ pub fn frame(data: &[u8]) {
                 (d.l3 as usize, d.l4 as usize, usize::from(d.udp_len)),
                 (l3, l4, udp_len)
             );
-            assert_eq!(&d.src[..], &data[l3 + 12..l3 + 16]);
-            assert_eq!(&d.dst[..], &data[l3 + 16..l3 + 20]);
+            let (src, dst) = ref_addresses(data, l3);
+            assert_eq!(&d.src[..src.len()], src);
+            assert_eq!(&d.dst[..dst.len()], dst);
             assert_eq!(d.dport, u16::from_be_bytes([data[l4 + 2], data[l4 + 3]]));
             let udp = &data[l4..l4 + udp_len];
             assert_eq!(
-                checksum::udp_ipv4_checksum(d.src, d.dst, udp),
-                ref_udp_checksum(&d.src, &d.dst, udp),
+                checksum::udp_checksum(&d, udp),
+                ref_udp_checksum(src, dst, udp),
                 "checksum differs from the reference"
             );
-            let event = FillEvent::read(data, 7, &d, EVENT_FILLED);
+            let key = IfaceKey::new(0x1234, 7);
+            let event = FillEvent::read(data, key, &d, EVENT_FILLED);
             let dhcp = &udp[8..];
             let field = |at: usize, n: usize| dhcp.get(at..at + n);
-            let xid = field(4, 4).map_or(0, |b| u32::from_be_bytes(b.try_into().unwrap()));
-            let mac: [u8; 6] = field(28, 6).map_or([0; 6], |b| b.try_into().unwrap());
+            let (xid, mac, msg_type) = if d.family == 6 {
+                // DHCPv6: type, then a 24-bit transaction id; the client is
+                // the frame's destination MAC.
+                let xid = field(1, 3).map_or(0, |b| u32::from_be_bytes([0, b[0], b[1], b[2]]));
+                let mac: [u8; 6] = if field(0, 4).is_some() { data[..6].try_into().unwrap() } else { [0; 6] };
+                (xid, mac, field(0, 1).map_or(0, |b| b[0]))
+            } else {
+                let xid = field(4, 4).map_or(0, |b| u32::from_be_bytes(b.try_into().unwrap()));
+                let mac: [u8; 6] = field(28, 6).map_or([0; 6], |b| b.try_into().unwrap());
+                (xid, mac, ref_message_type(dhcp))
+            };
             assert_eq!(
                 (event.xid, event.mac),
                 (xid, mac),
                 "event fields from outside the packet"
             );
-            assert_eq!(event.msg_type, ref_message_type(dhcp), "message type");
-            assert_eq!((event.ifindex, event.dport), (7, d.dport));
+            assert_eq!(event.msg_type, msg_type, "message type");
+            assert_eq!((event.netns, event.ifindex, event.dport, event.family), (0x1234, 7, d.dport, d.family));
         }
         (ours, reference) => panic!("parser says {ours:?}, reference says {reference:?}"),
     }
@@ -183,20 +194,6 @@ pub fn check_btf(blob: Vec<u8>) {
     let _ = btf.enum_value("NETIF_F_HW_CSUM_BIT");
 }
 
-const KIND_INT: u32 = 1;
-const KIND_PTR: u32 = 2;
-const KIND_ARRAY: u32 = 3;
-const KIND_STRUCT: u32 = 4;
-const KIND_UNION: u32 = 5;
-const KIND_ENUM: u32 = 6;
-const KIND_TYPEDEF: u32 = 8;
-const KIND_VOLATILE: u32 = 9;
-const KIND_FUNC: u32 = 12;
-const KIND_FUNC_PROTO: u32 = 13;
-const KIND_VAR: u32 = 14;
-const KIND_DATASEC: u32 = 15;
-const KIND_ENUM64: u32 = 19;
-
 /// A BTF blob shaped like the kernel's where it matters: `sk_buff` with
 /// `dev` inside an anonymous union inside an anonymous struct, `ip_summed`
 /// a 2-bit bitfield, `csum_start`/`csum_offset` in a union, `head`/`data`
@@ -204,13 +201,7 @@ const KIND_ENUM64: u32 = 19;
 /// enum (variant 1: an ENUM64); other kinds around them. Variant 2 makes
 /// `ip_summed` a plain byte; variant 3 drops `net_device.features`.
 pub fn sample_btf(variant: usize) -> Vec<u8> {
-    let mut strings = b"\0".to_vec();
-    let mut s = |name: &str| {
-        let off = strings.len() as u32;
-        strings.extend_from_slice(name.as_bytes());
-        strings.push(0);
-        off
-    };
+    let mut w = BtfWriter::new();
     let names: Vec<u32> = [
         "unsigned char",          // 0
         "__u16",                  // 1
@@ -238,35 +229,26 @@ pub fn sample_btf(variant: usize) -> Vec<u8> {
         "u8",                     // 23
     ]
     .iter()
-    .map(|n| s(n))
+    .map(|n| w.name(n))
     .collect();
     let n = |i: usize| names[i];
-    let mut types: Vec<u8> = Vec::new();
-    let mut ty = |name: u32, kind: u32, flag: bool, vlen: u32, size: u32, extra: &[u32]| {
-        types.extend_from_slice(&name.to_le_bytes());
-        types.extend_from_slice(&(((flag as u32) << 31) | (kind << 24) | vlen).to_le_bytes());
-        types.extend_from_slice(&size.to_le_bytes());
-        for e in extra {
-            types.extend_from_slice(&e.to_le_bytes());
-        }
-    };
     // 1: unsigned char, 2: __u16, 3: u64
-    ty(n(0), KIND_INT, false, 0, 1, &[8]);
-    ty(n(1), KIND_INT, false, 0, 2, &[16]);
-    ty(n(2), KIND_INT, false, 0, 8, &[64]);
+    w.ty(n(0), Kind::Int, false, 0, 1, &[8]);
+    w.ty(n(1), Kind::Int, false, 0, 2, &[16]);
+    w.ty(n(2), Kind::Int, false, 0, 8, &[64]);
     // 4: struct net_device *, 5: unsigned char *
-    ty(0, KIND_PTR, false, 0, 12, &[]);
-    ty(0, KIND_PTR, false, 0, 1, &[]);
+    w.ty(0, Kind::Ptr, false, 0, 12, &[]);
+    w.ty(0, Kind::Ptr, false, 0, 1, &[]);
     // 6: anonymous union { struct net_device *dev; unsigned long len; }
-    ty(0, KIND_UNION, false, 2, 8, &[n(4), 4, 0, n(18), 3, 0]);
+    w.ty(0, Kind::Union, false, 2, 8, &[n(4), 4, 0, n(18), 3, 0]);
     // 7: anonymous struct { struct sk_buff *next; union @64 }
-    ty(0, KIND_STRUCT, false, 2, 16, &[n(19), 13, 0, 0, 6, 64]);
+    w.ty(0, Kind::Struct, false, 2, 16, &[n(19), 13, 0, 0, 6, 64]);
     // 8: anonymous union { struct { __u16 csum_start; __u16 csum_offset; } }
-    ty(0, KIND_UNION, false, 1, 4, &[0, 9, 0]);
+    w.ty(0, Kind::Union, false, 1, 4, &[0, 9, 0]);
     // 9: struct { csum_start @0, csum_offset @16 }
-    ty(0, KIND_STRUCT, false, 2, 4, &[n(14), 2, 0, n(15), 2, 16]);
+    w.ty(0, Kind::Struct, false, 2, 4, &[n(14), 2, 0, n(15), 2, 16]);
     // 10: volatile unsigned char (a qualifier to skip)
-    ty(0, KIND_VOLATILE, false, 0, 1, &[]);
+    w.ty(0, Kind::Volatile, false, 0, 1, &[]);
     // 11: struct sk_buff (size 232)
     let summed = if variant == 2 {
         [n(5), 10, 128 * 8]
@@ -276,31 +258,31 @@ pub fn sample_btf(variant: usize) -> Vec<u8> {
     let mut skb = vec![0, 7, 0];
     skb.extend_from_slice(&summed);
     skb.extend_from_slice(&[0, 8, 152 * 8, n(16), 5, 192 * 8, n(17), 5, 200 * 8]);
-    ty(n(3), KIND_STRUCT, variant != 2, 5, 232, &skb);
+    w.ty(n(3), Kind::Struct, variant != 2, 5, 232, &skb);
     // 12: struct net_device { netdev_features_t features @184 }
     if variant == 3 {
-        ty(n(6), KIND_STRUCT, false, 1, 2048, &[n(4), 4, 184 * 8]);
+        w.ty(n(6), Kind::Struct, false, 1, 2048, &[n(4), 4, 184 * 8]);
     } else {
-        ty(n(6), KIND_STRUCT, false, 1, 2048, &[n(7), 14, 184 * 8]);
+        w.ty(n(6), Kind::Struct, false, 1, 2048, &[n(7), 14, 184 * 8]);
     }
     // 13: struct sk_buff * (for next)
-    ty(0, KIND_PTR, false, 0, 11, &[]);
+    w.ty(0, Kind::Ptr, false, 0, 11, &[]);
     // 14: typedef netdev_features_t -> u64
-    ty(n(8), KIND_TYPEDEF, false, 0, 3, &[]);
+    w.ty(n(8), Kind::Typedef, false, 0, 3, &[]);
     // 15: the feature bits
     if variant == 1 {
-        ty(
+        w.ty(
             n(9),
-            KIND_ENUM64,
+            Kind::Enum64,
             false,
             4,
             8,
             &[n(10), 0, 0, n(11), 1, 0, n(12), 2, 0, n(13), 3, 0],
         );
     } else {
-        ty(
+        w.ty(
             n(9),
-            KIND_ENUM,
+            Kind::Enum,
             false,
             4,
             4,
@@ -308,25 +290,15 @@ pub fn sample_btf(variant: usize) -> Vec<u8> {
         );
     }
     // 16: array of 4 bytes; 17: func proto void(struct sk_buff *); 18: func
-    ty(0, KIND_ARRAY, false, 0, 0, &[1, 3, 4]);
-    ty(0, KIND_FUNC_PROTO, false, 1, 0, &[0, 13]);
-    ty(n(20), KIND_FUNC, false, 0, 17, &[]);
+    w.ty(0, Kind::Array, false, 0, 0, &[1, 3, 4]);
+    w.ty(0, Kind::FuncProto, false, 1, 0, &[0, 13]);
+    w.ty(n(20), Kind::Func, false, 0, 17, &[]);
     // 19: var, 20: datasec holding it
-    ty(n(22), KIND_VAR, false, 0, 11, &[1]);
-    ty(n(21), KIND_DATASEC, false, 1, 232, &[19, 0, 232]);
+    w.ty(n(22), Kind::Var, false, 0, 11, &[1]);
+    w.ty(n(21), Kind::Datasec, false, 1, 232, &[19, 0, 232]);
     // 21: a typedef of unsigned char named u8
-    ty(n(23), KIND_TYPEDEF, false, 0, 1, &[]);
-    let mut blob = Vec::new();
-    blob.extend_from_slice(&0xeb9fu16.to_le_bytes());
-    blob.extend_from_slice(&[1, 0]);
-    blob.extend_from_slice(&24u32.to_le_bytes());
-    blob.extend_from_slice(&0u32.to_le_bytes());
-    blob.extend_from_slice(&(types.len() as u32).to_le_bytes());
-    blob.extend_from_slice(&(types.len() as u32).to_le_bytes());
-    blob.extend_from_slice(&(strings.len() as u32).to_le_bytes());
-    blob.extend_from_slice(&types);
-    blob.extend_from_slice(&strings);
-    blob
+    w.ty(n(23), Kind::Typedef, false, 0, 1, &[]);
+    w.finish()
 }
 
 // --- layout_spec: --kernel-layout ----------------------------------------

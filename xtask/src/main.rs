@@ -30,8 +30,9 @@ enum Task {
     Setup,
     /// Set up, then build target/release/dhcpfix.
     Build,
-    /// Set up, check formatting and lints, build the image and the .deb,
-    /// run every test (the deploy tests use that image and .deb).
+    /// Set up, check formatting and lints, build the fuzz targets, the
+    /// image and the .deb, run every test (the deploy tests use that image
+    /// and .deb).
     Test {
         /// Skip cargo fmt and clippy.
         #[arg(long)]
@@ -109,6 +110,7 @@ fn run(cli: Cli) -> Result<()> {
             if !no_lint {
                 lint(&env)?;
             }
+            fuzz_build(&env)?;
             // The image and the .deb first (one static build for both),
             // so the deploy tests use them instead of building their own.
             let deploy_env = if no_deploy {
@@ -161,7 +163,8 @@ fn run(cli: Cli) -> Result<()> {
 const FUZZ_TARGETS: [&str; 6] = ["frame", "btf", "layout_spec", "pattern", "config", "libvirt_xml"];
 
 /// `cargo xtask fuzz`: seeds from the short version's test
-/// (tests/fuzz_short.rs), then `cargo +nightly fuzz run` per target.
+/// (dhcpfix/tests/integration/fuzz_short.rs), then `cargo +nightly fuzz
+/// run` per target.
 fn fuzz(seconds: u64, only: Option<&str>) -> Result<()> {
     let targets: Vec<&str> = match only {
         Some(t) if FUZZ_TARGETS.contains(&t) => vec![t],
@@ -169,7 +172,6 @@ fn fuzz(seconds: u64, only: Option<&str>) -> Result<()> {
         None => FUZZ_TARGETS.to_vec(),
     };
     let env = setup::all()?;
-    let fuzz_bin = setup::cargo_fuzz()?;
     let root = workspace_root();
     let seeds = root.join("fuzz/seeds");
     let mut write_seeds = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
@@ -179,34 +181,59 @@ fn fuzz(seconds: u64, only: Option<&str>) -> Result<()> {
             "-p",
             "dhcpfix",
             "--test",
-            "fuzz_short",
+            "integration",
             "--",
             "--ignored",
             "--exact",
-            "write_seeds",
+            "fuzz_short::write_seeds",
         ])
         .current_dir(&root)
         .envs(env.vars())
         .env("DHCPFIX_FUZZ_SEEDS_DIR", &seeds);
     run_cmd(&mut write_seeds)?;
-    let path = format!("{}:{}", fuzz_bin.display(), env.vars()["PATH"]);
     for target in targets {
         let corpus = root.join("fuzz/corpus").join(target);
         std::fs::create_dir_all(&corpus)?;
         run_cmd(
-            Command::new("cargo")
-                .args(["+nightly", "fuzz", "run", target])
+            cargo_fuzz(&env)?
+                .args(["run", "--target-dir"])
+                .arg(root.join("target/fuzz"))
+                .arg(target)
                 .arg(&corpus)
                 .arg(seeds.join(target))
                 .arg("--")
-                .arg(format!("-max_total_time={seconds}"))
-                .current_dir(&root)
-                .env("PATH", &path)
-                // The fuzz targets do not load the eBPF object.
-                .env("AYA_BUILD_SKIP", "1"),
+                .arg(format!("-max_total_time={seconds}")),
         )?;
     }
     Ok(())
+}
+
+/// What `cargo xtask test` checks of the fuzz targets: that they build with
+/// libFuzzer and ASan as `cargo xtask fuzz` builds them, but unoptimized
+/// (`--dev`: a cold build takes about 2 minutes here, the release build
+/// `cargo fuzz run` makes about 6), in a target directory of their own.
+fn fuzz_build(env: &setup::Env) -> Result<()> {
+    run_cmd(
+        cargo_fuzz(env)?
+            .args(["build", "--dev", "--target-dir"])
+            .arg(workspace_root().join("target/fuzz-check")),
+    )
+}
+
+/// `cargo +nightly fuzz` (cargo-fuzz set up first), run from the workspace
+/// root on fuzz/.
+fn cargo_fuzz(env: &setup::Env) -> Result<Command> {
+    let fuzz_bin = setup::cargo_fuzz()?;
+    let mut cmd = Command::new("rustup");
+    cmd.args(["run", "nightly", "cargo", "fuzz"])
+        .current_dir(workspace_root())
+        .env("PATH", format!("{}:{}", fuzz_bin.display(), env.vars()["PATH"]))
+        // The fuzz targets do not load the eBPF object.
+        .env("AYA_BUILD_SKIP", "1")
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("RUSTUP_TOOLCHAIN");
+    Ok(cmd)
 }
 
 /// `cargo xtask bench`: set-up, release build, then the benchmark binary
@@ -336,4 +363,55 @@ pub fn run_cmd(cmd: &mut Command) -> Result<()> {
         bail!("{shown} failed: {status}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Defect 4: dhcpfix's build.rs builds the classifier (dhcpfix-ebpf's
+    /// binary) through aya-build, behind cargo's back. Only a declared
+    /// build-dependency on dhcpfix-ebpf (its library target, built for the
+    /// host) makes cargo run that build script again when the classifier's
+    /// dependencies (dhcpfix-common, aya-ebpf) change; without it the
+    /// object can be stale.
+    #[test]
+    fn dhcpfix_declares_its_classifier_as_a_build_dependency() {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let out = Command::new(cargo)
+            .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+            .current_dir(workspace_root())
+            .output()
+            .expect("run cargo metadata");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("cargo metadata JSON");
+        let package = |name: &str| {
+            meta["packages"]
+                .as_array()
+                .and_then(|p| p.iter().find(|p| p["name"] == name))
+                .unwrap_or_else(|| panic!("no package {name} in the workspace"))
+                .clone()
+        };
+        let kinds: Vec<String> = package("dhcpfix")["dependencies"]
+            .as_array()
+            .expect("dependencies")
+            .iter()
+            .filter(|d| d["name"] == "dhcpfix-ebpf")
+            .map(|d| d["kind"].as_str().unwrap_or("normal").to_owned())
+            .collect();
+        assert_eq!(
+            kinds,
+            ["build"],
+            "dhcpfix's dependencies on dhcpfix-ebpf, by kind"
+        );
+        let has_lib = package("dhcpfix-ebpf")["targets"]
+            .as_array()
+            .expect("targets")
+            .iter()
+            .any(|t| t["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "lib")));
+        assert!(
+            has_lib,
+            "dhcpfix-ebpf needs a library target to be a build-dependency"
+        );
+    }
 }

@@ -11,6 +11,8 @@
 //! - bpf-linker 0.13.0, built against the nightly's own libLLVM (same major
 //!   version as the compiler, no system LLVM needed), cached in
 //!   `~/.cache/dhcpfix/bpf-linker-<llvm>` (override: DHCPFIX_CACHE_DIR).
+//! - cargo-fuzz (pinned), cached there too, for the fuzz targets' build in
+//!   `cargo xtask test` and for `cargo xtask fuzz`.
 
 use std::{
     collections::BTreeMap,
@@ -40,7 +42,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("util-linux", "nsenter"),
     ("curl", "curl"),
     ("shellcheck", "shellcheck"),
-    // tests/security.rs: which programs dhcpfix executes (execve).
+    // tests/integration/security.rs: which programs dhcpfix executes (execve).
     ("strace", "strace"),
     // tests/libvirt_real.rs: a real libvirtd (+ virsh, the default network's
     // XML), QEMU for TCG guests, and the iPXE ROM QEMU loads for virtio-net.
@@ -52,6 +54,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("ipxe-qemu", "/usr/lib/ipxe/qemu/efi-virtio.rom"),
     // The bench: `bpftool prog run` on the attached program, next to its own figures.
     ("bpftool", "bpftool"),
+    // libfuzzer-sys compiles libFuzzer (C++) for the fuzz targets.
+    ("g++", "g++"),
 ];
 
 /// The guest kernel for tests/libvirt_real.rs: Debian's cloud kernel (a
@@ -361,8 +365,9 @@ fn cache_dir() -> PathBuf {
 
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
-/// Installs cargo-fuzz (for `cargo xtask fuzz`) into the cache unless it is
-/// there; returns the directory holding the `cargo-fuzz` binary.
+/// Installs cargo-fuzz (for `cargo xtask fuzz` and the fuzz build of
+/// `cargo xtask test`) into the cache unless it is there; returns the
+/// directory holding the `cargo-fuzz` binary.
 pub fn cargo_fuzz() -> Result<PathBuf> {
     let root = cache_dir().join(format!("cargo-fuzz-{CARGO_FUZZ_VERSION}"));
     let bin_dir = root.join("bin");

@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{bail, Context};
 
-use dhcpfix::lab::{self, ClientOutcome, GuestKind, Lab, LabOptions, Offload};
+use dhcpfix_lab::lab::{self, ClientOutcome, GuestKind, Lab, LabOptions, Offload};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

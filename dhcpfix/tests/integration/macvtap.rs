@@ -8,48 +8,44 @@
 //!  netns -p: vB (veth peer)
 //! ```
 
-mod support;
-
 use std::{
-    ffi::CString,
     fs,
     io::{self, Read},
     net::{Ipv4Addr, UdpSocket},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, OwnedFd},
     path::{Path, PathBuf},
     process::{Command, Output},
     time::{Duration, Instant},
 };
 
+use dhcpfix_lab::kit::{dev, privileged, Netns};
 use serde_json::Value;
-use support::{ip, privileged, run_dhcpfix, BIN};
+
+use crate::support::{ip, run_dhcpfix, Sandbox, BIN};
 
 /// An unusual ifindex, so the macvtap's /dev/tap<ifindex> does not collide
 /// with another namespace's macvtap.
 const MACVTAP_INDEX: u32 = 31_337;
 const PAYLOAD: &[u8] = b"dhcpfix macvtap probe";
 
-/// The namespaces and the pin directory; removed on drop.
+/// The namespaces (the sandbox's own: the host; `-p`: the peer) and the
+/// pin directory; removed on drop.
 struct Net {
-    host: String,
-    peer: String,
-    dir: PathBuf,
+    sb: Sandbox,
+    peer: Netns,
     subnet: u8,
 }
 
 impl Net {
     fn new() -> Net {
-        let pid = std::process::id();
+        let sb = Sandbox::new();
+        let peer = sb.netns("p");
         let net = Net {
-            host: format!("dfxmv-{pid}-h"),
-            peer: format!("dfxmv-{pid}-p"),
-            dir: PathBuf::from(format!("/run/dhcpfix-macvtap-test-{pid}")),
-            subnet: (pid % 200) as u8 + 20,
+            subnet: (std::process::id() % 200) as u8 + 20,
+            sb,
+            peer,
         };
-        fs::create_dir_all(&net.dir).unwrap();
-        let (h, p) = (net.host.as_str(), net.peer.as_str());
-        ip(&["netns", "add", h]);
-        ip(&["netns", "add", p]);
+        let (h, p) = (net.host(), net.peer.name());
         let idx = MACVTAP_INDEX.to_string();
         let host_ip = format!("{}/24", net.ip(1));
         let peer_ip = format!("{}/24", net.ip(2));
@@ -76,43 +72,28 @@ impl Net {
         net
     }
 
+    /// The host namespace's name.
+    fn host(&self) -> &str {
+        &self.sb.name
+    }
+
     fn ip(&self, last: u8) -> Ipv4Addr {
         Ipv4Addr::new(10, 231, self.subnet, last)
     }
 
     fn pin_dir(&self) -> PathBuf {
-        self.dir.join("bpf")
+        self.sb.pin_dir()
     }
 
-    /// `program` in the host namespace (nsenter keeps our mount namespace).
+    /// `program` in the host namespace (keeping our mount namespace).
     fn command(&self, program: &str) -> Command {
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net=/run/netns/{}", self.host)).arg(program);
-        cmd
+        self.sb.command(program)
     }
 
     /// Runs dhcpfix in the host namespace.
     fn dhcpfix(&self, args: &[&str]) -> Output {
         run_dhcpfix(self.command(BIN), &self.pin_dir(), args)
     }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        if let Ok(c) = CString::new(self.pin_dir().as_os_str().as_encoded_bytes()) {
-            // SAFETY: a valid NUL-terminated path; failure (not mounted) is fine.
-            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-        }
-        let _ = fs::remove_dir_all(&self.dir);
-        for ns in [&self.host, &self.peer] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
-    }
-}
-
-/// Runs `f` on a thread inside network namespace `ns`.
-fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    support::in_netns(&Path::new("/run/netns").join(ns), f)
 }
 
 /// The guest's end of the macvtap: /dev/tap<ifindex> with a vnet header.
@@ -122,36 +103,9 @@ fn open_guest(offload: u32) -> fs::File {
     while !Path::new(&path).exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
-        .unwrap_or_else(|e| panic!("open {path}: {e}"));
-    #[repr(C)]
-    struct IfReq {
-        name: [u8; 16],
-        flags: libc::c_short,
-        _pad: [u8; 22],
-    }
-    let mut req = IfReq {
-        name: [0; 16],
-        flags: (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short,
-        _pad: [0; 22],
-    };
-    // SAFETY: TUNSETIFF reads/writes a struct ifreq, which `req` lays out.
-    let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req) };
-    assert_eq!(rc, 0, "TUNSETIFF: {}", io::Error::last_os_error());
-    // SAFETY: TUNSETOFFLOAD takes its argument by value.
-    let rc = unsafe {
-        libc::ioctl(
-            file.as_raw_fd(),
-            libc::TUNSETOFFLOAD,
-            libc::c_ulong::from(offload),
-        )
-    };
-    assert_eq!(rc, 0, "TUNSETOFFLOAD: {}", io::Error::last_os_error());
-    // SAFETY: fcntl on our own descriptor.
-    unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+    let file = dev::open_tun_device(Path::new(&path)).unwrap_or_else(|e| panic!("open {path}: {e}"));
+    dev::set_tap(&file, "", true).unwrap_or_else(|e| panic!("TUNSETIFF: {e}"));
+    dev::set_tap_offload(&file, offload).unwrap_or_else(|e| panic!("TUNSETOFFLOAD: {e}"));
     file
 }
 
@@ -172,40 +126,10 @@ fn guest_reads_probe(guest: &mut fs::File) -> Option<u8> {
 
 /// An AF_PACKET socket on `ifindex` (in the calling thread's namespace).
 fn packet_socket(ifindex: u32) -> OwnedFd {
-    let proto = (libc::ETH_P_ALL as u16).to_be();
-    // SAFETY: socket(2) has no memory preconditions.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
-    assert!(fd >= 0, "socket(AF_PACKET): {}", io::Error::last_os_error());
-    // SAFETY: socket(2) returned a new descriptor we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: zeroed sockaddr_ll is valid; we set its fields.
-    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    sll.sll_family = libc::AF_PACKET as u16;
-    sll.sll_protocol = proto;
-    sll.sll_ifindex = ifindex as i32;
-    // SAFETY: `sll` is a valid sockaddr_ll of the size passed.
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&sll as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
-        )
-    };
-    assert_eq!(rc, 0, "bind AF_PACKET: {}", io::Error::last_os_error());
-    let tv = libc::timeval {
-        tv_sec: 0,
-        tv_usec: 100_000,
-    };
-    // SAFETY: SO_RCVTIMEO takes a timeval of the size passed.
-    unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as u32,
-        )
-    };
+    let proto = libc::ETH_P_ALL as u16;
+    let fd = dev::packet_socket(proto).unwrap_or_else(|e| panic!("socket(AF_PACKET): {e}"));
+    dev::bind_packet(&fd, ifindex, proto).unwrap_or_else(|e| panic!("bind AF_PACKET: {e}"));
+    dev::set_recv_timeout(&fd, Duration::from_millis(100)).unwrap_or_else(|e| panic!("SO_RCVTIMEO: {e}"));
     fd
 }
 
@@ -244,7 +168,7 @@ fn send_probe(net: &Net, guest_mac: &str) -> Vec<u8> {
     let (src, dst) = (net.ip(1), net.ip(3));
     ip(&[
         "-n",
-        &net.host,
+        net.host(),
         "neigh",
         "replace",
         &dst.to_string(),
@@ -253,7 +177,7 @@ fn send_probe(net: &Net, guest_mac: &str) -> Vec<u8> {
         "dev",
         "mvhost",
     ]);
-    in_netns(&net.host, || {
+    net.sb.in_netns(|| {
         let tap = packet_socket(MACVTAP_INDEX);
         let sock = UdpSocket::bind((src, 67)).expect("bind UDP 67 on mvhost");
         sock.send_to(PAYLOAD, (dst, 68)).expect("send probe");
@@ -282,7 +206,7 @@ fn macvtap_is_refused_for_the_reasons_measured() {
         return;
     }
     let net = Net::new();
-    let mac = link_mac(&net.host, "macvtap0");
+    let mac = link_mac(net.host(), "macvtap0");
     let csum_mask = dhcpfix::kernel_layout::csum_feature_mask();
 
     // 1. The bug exists for macvtap guests too: with the guest's checksum
@@ -305,10 +229,13 @@ fn macvtap_is_refused_for_the_reasons_measured() {
     // 3. macvtap0 advertises checksum offload whatever the guest negotiated,
     //    so the classifier's offload test cannot tell a firmware-phase guest
     //    (which a fill would break) from one that needs the fill.
-    let with_offload = in_netns(&net.host, || dhcpfix::netdev::features("macvtap0")).unwrap();
+    let with_offload = net
+        .sb
+        .in_netns(|| dhcpfix::netdev::features("macvtap0"))
+        .unwrap();
     // Control: what the guest sends does leave through macvtap0's transmit
     // path, and the socket sees it as PACKET_OUTGOING.
-    let sent = in_netns(&net.host, || {
+    let sent = net.sb.in_netns(|| {
         let tap = packet_socket(MACVTAP_INDEX);
         let mut frame = vec![0u8; 10]; // virtio_net_hdr: nothing to do
         frame.extend_from_slice(&[0xff; 6]);
@@ -324,7 +251,10 @@ fn macvtap_is_refused_for_the_reasons_measured() {
     );
     drop(guest);
     let mut guest = open_guest(0);
-    let without = in_netns(&net.host, || dhcpfix::netdev::features("macvtap0")).unwrap();
+    let without = net
+        .sb
+        .in_netns(|| dhcpfix::netdev::features("macvtap0"))
+        .unwrap();
     assert_ne!(with_offload & csum_mask, 0);
     assert_ne!(
         without & csum_mask,
@@ -373,7 +303,7 @@ fn macvtap_is_refused_for_the_reasons_measured() {
         .arg("--pin-dir")
         .arg(net.pin_dir())
         .args(["libvirt-hook", "--", "lan", "started", "begin", "-"])
-        .env("DHCPFIX_SYSLOG_SOCKET", net.dir.join("no-syslog"))
+        .env("DHCPFIX_SYSLOG_SOCKET", net.sb.dir.join("no-syslog"))
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -6,32 +6,36 @@
 //! `clean --all` remove what they should, and the systemd unit's
 //! capabilities are exactly enough.
 
-mod support;
-
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus},
+    process::Command,
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use dhcpfix::lab::{self, GuestKind, Lab, Offload};
+use dhcpfix_lab::{
+    kit::{poll, privileged},
+    lab::{self, GuestKind, Lab, Offload},
+};
 use serde_json::Value;
-use support::{dhcpfix_ok_at, interface_names, leased, mount_bpffs, privileged, spawn_agent, stats};
+
+use crate::support::{dhcpfix_ok_at, interface_names, leased, mount_bpffs, stats, Agent};
 
 const OK_TIMEOUT: Duration = Duration::from_secs(8);
 /// The brief: attached within 100 ms of the interface's appearance.
 const ATTACH_DEADLINE: Duration = Duration::from_millis(100);
 const METRICS: &str = "127.0.0.1:9788";
+/// How long the agent may take to start (its first full pass).
+const STARTUP: Duration = Duration::from_secs(10);
 
 fn lab(offload: Offload) -> Lab {
-    support::lab(offload, GuestKind::Legacy)
+    crate::support::lab(offload, GuestKind::Legacy)
 }
 
 /// `ip -n <lab host netns> ARGS`.
 fn ip(lab: &Lab, args: &[&str]) {
-    support::ip_in(lab.host_netns(), args);
+    crate::support::ip_in(lab.host_netns(), args);
 }
 
 fn add_tap(lab: &Lab, name: &str) {
@@ -45,68 +49,14 @@ fn del_link(lab: &Lab, name: &str) {
 /// Polls `done` every millisecond until it holds or `timeout` passes;
 /// returns how long it took.
 fn wait_until(timeout: Duration, done: impl FnMut() -> bool) -> Option<Duration> {
-    support::poll(timeout, Duration::from_millis(1), done)
+    poll(timeout, Duration::from_millis(1), done)
 }
 
-/// A running `dhcpfix run`, its stderr (the log) going to a file.
-struct Agent {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Agent {
-    fn start(lab: &Lab, pins: &Path, args: &[&str]) -> Agent {
-        Self::start_with(lab, pins, args, None)
-    }
-
-    fn start_with(lab: &Lab, pins: &Path, args: &[&str], wrapper: Option<Vec<String>>) -> Agent {
-        static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let log = lab.work_dir().join(format!("agent-{n}.log"));
-        let wrapper: Vec<&str> = wrapper.iter().flatten().map(String::as_str).collect();
-        let child = spawn_agent(|p| lab.host_command(p), &wrapper, pins, args, &log);
-        Agent { child, log }
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits for the end of the agent's start-up (first full pass done).
-    fn wait_running(&mut self) {
-        let up = wait_until(Duration::from_secs(10), || {
-            self.log().contains("running: ") || self.child.try_wait().ok().flatten().is_some()
-        });
-        assert!(
-            up.is_some() && self.child.try_wait().unwrap().is_none(),
-            "agent did not start:\n{}",
-            self.log()
-        );
-    }
-
-    fn signal(&self, sig: libc::c_int) {
-        // SAFETY: kill(2) on our own child, not yet reaped.
-        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
-    }
-
-    /// Sends `sig` and waits (up to 5 s) for the agent to exit.
-    fn stop(mut self, sig: libc::c_int) -> (ExitStatus, Duration, String) {
-        let start = Instant::now();
-        self.signal(sig);
-        let mut status = None;
-        wait_until(Duration::from_secs(5), || {
-            status = self.child.try_wait().unwrap();
-            status.is_some()
-        });
-        let took = start.elapsed();
-        let log = self.log();
-        eprintln!("--- agent log ---\n{log}--- end ---");
-        let status = status.unwrap_or_else(|| {
-            let _ = self.child.kill();
-            panic!("agent did not exit within 5 s of signal {sig}:\n{log}")
-        });
-        (status, took, log)
-    }
+/// `dhcpfix --pin-dir PINS run ARGS` in the lab's host namespace, behind
+/// `wrapper` (setpriv) if given, its log in the lab's work directory.
+fn start_agent(lab: &Lab, pins: &Path, args: &[&str], wrapper: &[String]) -> Agent {
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    Agent::start(|p| lab.host_command(p), lab.work_dir(), pins, args, &wrapper)
 }
 
 /// The pin of interface `name`'s link.
@@ -123,7 +73,7 @@ fn link_id(pins: &Path, name: &str) -> Option<u32> {
 /// Names of the programs attached (tcx) to the egress of `iface` in the
 /// lab's host namespace, as the kernel lists them.
 fn tcx_programs(lab: &Lab, iface: &str) -> Vec<String> {
-    support::tcx_programs(&lab.host_netns_path(), iface).expect("query tcx")
+    crate::support::tcx_programs(&lab.host_netns_path(), iface).expect("query tcx")
 }
 
 /// Whether `iface` has no tcx program within a second. Removing a link's
@@ -173,8 +123,8 @@ fn agent_attaches_new_taps_within_100ms_and_guests_get_leases() {
     }
     let lab = lab(Offload::On);
     let pins = lab.pin_dir();
-    let mut agent = Agent::start(&lab, &pins, &["--iface", "vnet*", "--metrics-addr", METRICS]);
-    agent.wait_running();
+    let mut agent = start_agent(&lab, &pins, &["--iface", "vnet*", "--metrics-addr", METRICS], &[]);
+    agent.wait_running(STARTUP);
     // vnet0 existed before the agent.
     assert!(link_pin(&pins, "vnet0").exists(), "{}", agent.log());
 
@@ -296,8 +246,8 @@ fn agent_restart_keeps_attachment_and_counters_and_forgets_deleted_taps() {
     let pins = lab.pin_dir();
     add_tap(&lab, "vnet1");
     let args = ["--iface", "vnet*", "--metrics-addr", "none"];
-    let mut agent = Agent::start(&lab, &pins, &args);
-    agent.wait_running();
+    let mut agent = start_agent(&lab, &pins, &args, &[]);
+    agent.wait_running(STARTUP);
     assert!(link_pin(&pins, "vnet0").exists() && link_pin(&pins, "vnet1").exists());
     assert!(leased(&lab, &lab.run_udhcpc(OK_TIMEOUT).unwrap()));
     let before = filled(&lab, &pins, "vnet0");
@@ -323,8 +273,8 @@ fn agent_restart_keeps_attachment_and_counters_and_forgets_deleted_taps() {
 
     // ...which the restarted agent removes; vnet0 keeps its one link and
     // its counters.
-    let mut agent = Agent::start(&lab, &pins, &args);
-    agent.wait_running();
+    let mut agent = start_agent(&lab, &pins, &args, &[]);
+    agent.wait_running(STARTUP);
     assert!(!link_pin(&pins, "vnet1").exists(), "{}", agent.log());
     assert_eq!(link_id(&pins, "vnet0"), Some(id));
     assert_eq!(tcx_programs(&lab, "vnet0"), ["dhcpfix"]);
@@ -343,19 +293,20 @@ fn agent_restart_keeps_attachment_and_counters_and_forgets_deleted_taps() {
     assert_eq!(tcx_programs(&lab, "vnet0"), ["dhcpfix"]);
 
     // --detach-on-exit: SIGTERM removes the attachments it covers.
-    let mut agent = Agent::start(
+    let mut agent = start_agent(
         &lab,
         &pins,
         &["--iface", "vnet*", "--metrics-addr", "none", "--detach-on-exit"],
+        &[],
     );
-    agent.wait_running();
+    agent.wait_running(STARTUP);
     let (status, _, _) = agent.stop(libc::SIGTERM);
     assert!(status.success(), "{status}");
     assert!(!link_pin(&pins, "vnet0").exists());
     // Started again at once (while the kernel may still be releasing the
     // old link), it attaches again.
-    let mut agent = Agent::start(&lab, &pins, &args);
-    agent.wait_running();
+    let mut agent = start_agent(&lab, &pins, &args, &[]);
+    agent.wait_running(STARTUP);
     assert!(link_pin(&pins, "vnet0").exists(), "{}", agent.log());
     assert_eq!(tcx_programs(&lab, "vnet0"), ["dhcpfix"]);
     agent.stop(libc::SIGTERM);
@@ -460,12 +411,13 @@ fn audit_mode_logs_what_would_be_filled() {
     }
     let lab = lab(Offload::On);
     let pins = lab.pin_dir();
-    let mut agent = Agent::start(
+    let mut agent = start_agent(
         &lab,
         &pins,
         &["--iface", "vnet*", "--audit", "--metrics-addr", "none"],
+        &[],
     );
-    agent.wait_running();
+    agent.wait_running(STARTUP);
     // Nothing is fixed, so no lease; the OFFERs are counted and logged.
     let out = lab.run_udhcpc(Duration::from_secs(2)).unwrap();
     assert!(!leased(&lab, &out), "audit mode fixed something");
@@ -539,8 +491,8 @@ fn systemd_unit_capabilities_are_enough_and_each_is_needed() {
     let args = ["--iface", "vnet*", "--metrics-addr", METRICS];
 
     // Exactly the unit's capabilities: it attaches, and serves metrics.
-    let mut agent = Agent::start_with(&lab, &pins, &args, Some(setpriv(&caps, nnp)));
-    agent.wait_running();
+    let mut agent = start_agent(&lab, &pins, &args, &setpriv(&caps, nnp));
+    agent.wait_running(STARTUP);
     assert!(link_pin(&pins, "vnet0").exists(), "{}", agent.log());
     assert_eq!(tcx_programs(&lab, "vnet0"), ["dhcpfix"]);
     let page = wait_until(Duration::from_secs(3), || scrape(&lab).is_some()).and_then(|_| scrape(&lab));
@@ -560,7 +512,7 @@ fn systemd_unit_capabilities_are_enough_and_each_is_needed() {
     // One capability fewer: a clear one-line error naming it, nothing attached.
     for missing in &caps {
         let fewer: Vec<String> = caps.iter().filter(|c| *c != missing).cloned().collect();
-        let mut agent = Agent::start_with(&lab, &pins, &args, Some(setpriv(&fewer, nnp)));
+        let mut agent = start_agent(&lab, &pins, &args, &setpriv(&fewer, nnp));
         let mut status = None;
         wait_until(Duration::from_secs(10), || {
             status = agent.child.try_wait().unwrap();

@@ -5,19 +5,21 @@
 //! Exit status contract: 2 when something needs action (a tap at risk), 0
 //! otherwise (warnings included), 1 when doctor itself fails.
 
-mod support;
-
 use std::time::Duration;
 
-use dhcpfix::lab::{GuestKind, Lab, Offload};
+use dhcpfix_lab::{
+    kit::{checksum_fill_rule, privileged},
+    lab::{GuestKind, Lab, Offload},
+};
 use serde_json::Value;
-use support::{dhcpfix, ip_in, leased, privileged};
+
+use crate::support::{dhcpfix, ip_in, leased};
 
 const OK_TIMEOUT: Duration = Duration::from_secs(8);
 const FAIL_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn lab(offload: Offload) -> Lab {
-    support::lab(offload, GuestKind::Legacy)
+    crate::support::lab(offload, GuestKind::Legacy)
 }
 
 /// `doctor --json`: the report and the exit status.
@@ -118,23 +120,7 @@ fn iptables_checksum_rule_counts_as_a_fix() {
     }
     let lab = lab(Offload::On);
     // The rule libvirt's iptables backend installs, inside the lab only.
-    let rule = [
-        "-t",
-        "mangle",
-        "-A",
-        "POSTROUTING",
-        "-o",
-        "br0",
-        "-p",
-        "udp",
-        "-m",
-        "udp",
-        "--dport",
-        "68",
-        "-j",
-        "CHECKSUM",
-        "--checksum-fill",
-    ];
+    let rule = checksum_fill_rule(Some("br0"));
     let out = lab
         .host_command("iptables")
         .args(rule)

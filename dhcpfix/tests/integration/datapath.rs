@@ -1,15 +1,16 @@
 //! The classifier in the real kernel, through `BPF_PROG_TEST_RUN`, checked
 //! against the independent reference in `support`.
 
-mod support;
-
 use dhcpfix::testrun::{TestProgram, TEST_MARK_OFFLOAD, TEST_MARK_PARTIAL};
 use dhcpfix_common::{
     config::{IfaceConfig, DEFAULT_PORTS, MODE_AUDIT, MODE_FILL},
     counters::Counters,
     frame::MAX_UDP_LEN,
 };
-use support::{privileged, ref_classify, ref_verifies, Check, FrameSpec, RefVerdict, Rng};
+use dhcpfix_lab::kit::{
+    privileged,
+    reference::{ref_addresses, ref_classify, ref_verifies, Check, FrameSpec, RefVerdict, Rng},
+};
 
 const PARTIAL_OFFLOAD: u32 = TEST_MARK_PARTIAL | TEST_MARK_OFFLOAD;
 /// TCX_NEXT / TC_ACT_UNSPEC.
@@ -286,8 +287,7 @@ fn random_and_mutated_frames_match_the_reference() {
                 expect.seen += 1;
                 if mark == PARTIAL_OFFLOAD {
                     only_check_changed(&frame, &run.frame, Some(l4));
-                    let src = &frame[l3 + 12..l3 + 16];
-                    let dst = &frame[l3 + 16..l3 + 20];
+                    let (src, dst) = ref_addresses(&frame, l3);
                     assert!(
                         ref_verifies(src, dst, &run.frame[l4..l4 + udp_len]),
                         "case {case}: fill does not verify"

@@ -3,8 +3,6 @@
 //! domain XML on stdin. Whatever the input: exit 0, nothing on stdout, no
 //! command run; the right taps attached and detached.
 
-mod support;
-
 use std::{
     collections::BTreeSet,
     ffi::OsString,
@@ -19,9 +17,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dhcpfix::lab::{GuestKind, Lab, Offload};
+use dhcpfix_lab::{
+    kit::privileged,
+    lab::{GuestKind, Lab, Offload},
+};
 use serde_json::Value;
-use support::{attached_interfaces, dhcpfix_ok, interface_names, ip, privileged, BIN};
+
+use crate::support::{attached_interfaces, dhcpfix_ok, interface_names, ip, BIN};
 /// The domain MAC in the fixtures; libvirt gives the tap the same MAC with
 /// the first byte 0xfe.
 const TAP_MAC: &str = "fe:54:00:12:34:56";
@@ -52,7 +54,7 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Self {
-        let lab = support::lab(Offload::On, GuestKind::Legacy);
+        let lab = crate::support::lab(Offload::On, GuestKind::Legacy);
         let ns = lab.host_netns().to_owned();
         ip(&["-n", &ns, "link", "set", "vnet0", "address", TAP_MAC]);
         ip(&["-n", &ns, "tuntap", "add", "vnet1", "mode", "tap"]);

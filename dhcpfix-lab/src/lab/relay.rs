@@ -6,15 +6,15 @@
 //! two fds until told to stop. The only byte change it ever makes is adding
 //! or removing the 10-byte `virtio_net_hdr`.
 
-use std::fs::OpenOptions;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::{self, JoinHandle};
 
-use super::{netns, GuestKind, LabError, Offload};
+use super::{GuestKind, LabError, Offload};
+use crate::kit::{dev, netns, KitError};
 
 /// `sizeof(struct virtio_net_hdr)`, the tun default `TUNSETVNETHDRSZ`.
 pub(crate) const VNET_HDR_LEN: usize = 10;
@@ -46,10 +46,10 @@ struct Counters {
 }
 
 pub(crate) struct RelayConfig {
-    pub host_ns: OwnedFd,
-    pub host_ns_name: String,
-    pub guest_ns: OwnedFd,
-    pub guest_ns_name: String,
+    /// `/run/netns/<host namespace>`.
+    pub host_ns: PathBuf,
+    /// `/run/netns/<guest namespace>`.
+    pub guest_ns: PathBuf,
     pub host_tap: String,
     pub guest_tap: String,
     pub offload: Offload,
@@ -111,16 +111,13 @@ impl Drop for RelayHandle {
 /// Creates both taps (in their namespaces) and starts the relay; returns
 /// once the taps exist or the setup failed.
 pub(crate) fn start(cfg: RelayConfig) -> Result<RelayHandle, LabError> {
-    let stop = netns::eventfd()?;
-    let stop_for_thread = stop.try_clone().map_err(|source| LabError::Sys {
-        op: "dup eventfd",
-        source,
-    })?;
+    let stop = eventfd()?;
+    let stop_for_thread = stop.try_clone().map_err(KitError::sys("dup eventfd"))?;
     let counters = Arc::new(Counters::default());
     let counters_thread = Arc::clone(&counters);
     let (tx, rx) = mpsc::sync_channel::<Result<(), LabError>>(1);
-    let thread_name = format!("relay-{}", cfg.guest_ns_name);
-    let relay_ns = cfg.guest_ns_name.clone();
+    let relay_ns = ns_name(&cfg.guest_ns);
+    let thread_name = format!("relay-{relay_ns}");
 
     let thread = thread::Builder::new()
         .name(thread_name)
@@ -138,10 +135,7 @@ pub(crate) fn start(cfg: RelayConfig) -> Result<RelayHandle, LabError> {
             drop(tx);
             run(&host, &guest, &stop_for_thread, guest_kind, &counters_thread);
         })
-        .map_err(|source| LabError::Sys {
-            op: "spawn relay thread",
-            source,
-        })?;
+        .map_err(KitError::sys("spawn relay thread"))?;
 
     let mut handle = RelayHandle {
         stop,
@@ -166,7 +160,7 @@ pub(crate) fn start(cfg: RelayConfig) -> Result<RelayHandle, LabError> {
 
 /// Runs on the relay thread: creates the taps in their namespaces.
 fn setup(cfg: RelayConfig) -> Result<(OwnedFd, OwnedFd, GuestKind), LabError> {
-    netns::enter(cfg.host_ns.as_fd(), &cfg.host_ns_name)?;
+    netns::enter(&cfg.host_ns)?;
     let host = open_tap(&cfg.host_tap, true)?;
     let host_offload = match cfg.offload {
         Offload::On => libc::TUN_F_CSUM,
@@ -174,7 +168,7 @@ fn setup(cfg: RelayConfig) -> Result<(OwnedFd, OwnedFd, GuestKind), LabError> {
     };
     set_offload(&host, &cfg.host_tap, host_offload)?;
 
-    netns::enter(cfg.guest_ns.as_fd(), &cfg.guest_ns_name)?;
+    netns::enter(&cfg.guest_ns)?;
     let guest = match cfg.guest {
         GuestKind::Legacy => open_tap(&cfg.guest_tap, false)?,
         GuestKind::Modern => {
@@ -186,67 +180,48 @@ fn setup(cfg: RelayConfig) -> Result<(OwnedFd, OwnedFd, GuestKind), LabError> {
     Ok((host, guest, cfg.guest))
 }
 
-/// `struct ifreq` as used by TUNSETIFF: name + flags, padded to 40 bytes.
-#[repr(C)]
-struct IfReqFlags {
-    name: [libc::c_char; libc::IFNAMSIZ],
-    flags: libc::c_short,
-    _pad: [u8; 22],
-}
-
 /// Opens /dev/net/tun in the calling thread's network namespace (the tun
 /// device lands in the namespace of the opener) and attaches a tap.
 fn open_tap(name: &str, vnet_hdr: bool) -> Result<OwnedFd, LabError> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open("/dev/net/tun")
-        .map_err(|source| LabError::TunOpen { source })?;
+    let file =
+        dev::open_tun_device(Path::new("/dev/net/tun")).map_err(|error| LabError::TunOpen { error })?;
     let fd = OwnedFd::from(file);
-
-    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
-        return Err(LabError::TunSetIff {
-            name: name.to_owned(),
-            source: io::Error::from_raw_os_error(libc::EINVAL),
-        });
-    }
-    let mut req = IfReqFlags {
-        name: [0; libc::IFNAMSIZ],
-        flags: 0,
-        _pad: [0; 22],
+    let set = if name.is_empty() {
+        Err(io::Error::from_raw_os_error(libc::EINVAL))
+    } else {
+        dev::set_tap(&fd, name, vnet_hdr)
     };
-    for (dst, src) in req.name.iter_mut().zip(name.bytes()) {
-        *dst = src as libc::c_char;
-    }
-    let mut flags = libc::IFF_TAP | libc::IFF_NO_PI;
-    if vnet_hdr {
-        flags |= libc::IFF_VNET_HDR;
-    }
-    req.flags = flags as libc::c_short;
-    // SAFETY: TUNSETIFF reads/writes a `struct ifreq`; `req` has its layout
-    // and size (40 bytes) and lives across the call.
-    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req as *mut IfReqFlags) };
-    if rc < 0 {
-        return Err(LabError::TunSetIff {
-            name: name.to_owned(),
-            source: io::Error::last_os_error(),
-        });
-    }
+    set.map_err(|error| LabError::TunSetIff {
+        name: name.to_owned(),
+        error,
+    })?;
     Ok(fd)
 }
 
 fn set_offload(fd: &OwnedFd, name: &str, flags: libc::c_uint) -> Result<(), LabError> {
-    // SAFETY: TUNSETOFFLOAD takes its argument by value; no memory is passed.
-    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETOFFLOAD, libc::c_ulong::from(flags)) };
-    if rc < 0 {
-        return Err(LabError::TunSetOffload {
-            name: name.to_owned(),
-            flags,
-            source: io::Error::last_os_error(),
-        });
+    dev::set_tap_offload(fd, flags).map_err(|error| LabError::TunSetOffload {
+        name: name.to_owned(),
+        flags,
+        error,
+    })
+}
+
+/// An eventfd (CLOEXEC), used to stop the relay thread.
+fn eventfd() -> Result<OwnedFd, LabError> {
+    // SAFETY: eventfd has no pointer arguments.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(KitError::sys("eventfd")(io::Error::last_os_error()).into());
     }
-    Ok(())
+    // SAFETY: fd is a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The name of a namespace from its path under /run/netns.
+fn ns_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 fn read_fd(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {

@@ -11,7 +11,8 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::{netns, Lab, LabError, BRIDGE, GUEST_TAP};
+use super::{Lab, LabError, BRIDGE, GUEST_TAP};
+use crate::kit::{find_tool, one_line, process, KitError};
 
 /// Result of one DHCP client run in the guest namespace.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -34,32 +35,21 @@ pub(crate) const NOOP_SCRIPT: &str = "noop-script.sh";
 
 pub(crate) fn write_noop_script(dir: &Path) -> Result<(), LabError> {
     let p = dir.join(NOOP_SCRIPT);
-    fs::write(&p, "#!/bin/sh\nexit 0\n").map_err(|source| LabError::Io {
-        op: "write",
-        path: p.clone(),
-        source,
-    })?;
-    fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).map_err(|source| LabError::Io {
-        op: "chmod",
-        path: p,
-        source,
-    })
+    fs::write(&p, "#!/bin/sh\nexit 0\n").map_err(KitError::io("write", &p))?;
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).map_err(KitError::io("chmod", &p))?;
+    Ok(())
 }
 
 /// Starts dnsmasq (DHCP only) in the host namespace and waits until it has
 /// bound UDP port 67.
 pub(crate) fn start_dnsmasq(lab: &Lab) -> Result<Child, LabError> {
-    let dnsmasq = netns::find_tool("dnsmasq", "dnsmasq-base")?;
+    let dnsmasq = find_tool("dnsmasq", "dnsmasq-base")?;
     let dir = lab.work_dir();
     let net = lab.subnet().octets();
     let host = |last: u8| Ipv4Addr::new(net[0], net[1], net[2], last).to_string();
     let log_path = dir.join("dnsmasq.log");
     let stderr_path = dir.join("dnsmasq.stderr");
-    let stderr = fs::File::create(&stderr_path).map_err(|source| LabError::Io {
-        op: "create",
-        path: stderr_path.clone(),
-        source,
-    })?;
+    let stderr = fs::File::create(&stderr_path).map_err(KitError::io("create", &stderr_path))?;
 
     let mut cmd = lab.host_command(&dnsmasq);
     cmd.arg("--keep-in-foreground")
@@ -91,16 +81,13 @@ pub(crate) fn start_dnsmasq(lab: &Lab) -> Result<Child, LabError> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(stderr);
-    let mut child = cmd.spawn().map_err(|source| LabError::Spawn {
-        program: dnsmasq.display().to_string(),
-        source,
-    })?;
+    let mut child = process::spawn(&mut cmd)?;
 
     let tail = || {
         let mut s = fs::read_to_string(&stderr_path).unwrap_or_default();
         s.push('\n');
         s.push_str(&fs::read_to_string(&log_path).unwrap_or_default());
-        netns::one_line(&s)
+        one_line(&s)
     };
     let waited = Duration::from_secs(5);
     let deadline = Instant::now() + waited;
@@ -117,10 +104,7 @@ pub(crate) fn start_dnsmasq(lab: &Lab) -> Result<Child, LabError> {
             Err(source) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(LabError::Sys {
-                    op: "waitpid dnsmasq",
-                    source,
-                });
+                return Err(KitError::sys("waitpid dnsmasq")(source).into());
             }
         }
         if udp_port_bound(child.id(), 67) {
@@ -155,7 +139,7 @@ fn udp_port_bound(pid: u32, port: u16) -> bool {
 }
 
 pub(crate) fn run_dhclient(lab: &Lab, timeout: Duration) -> Result<ClientOutcome, LabError> {
-    let dhclient = netns::find_tool("dhclient", "isc-dhcp-client")?;
+    let dhclient = find_tool("dhclient", "isc-dhcp-client")?;
     let dir = lab.work_dir();
     let run = lab.next_run();
     let conf = dir.join(format!("dhclient-{run}.conf"));
@@ -170,11 +154,7 @@ pub(crate) fn run_dhclient(lab: &Lab, timeout: Duration) -> Result<ClientOutcome
     let conf_text = format!(
         "timeout {give_up};\nretry 1;\ninitial-interval 1;\nbackoff-cutoff 1;\nselect-timeout 0;\nreboot 0;\n"
     );
-    fs::write(&conf, conf_text).map_err(|source| LabError::Io {
-        op: "write",
-        path: conf.clone(),
-        source,
-    })?;
+    fs::write(&conf, conf_text).map_err(KitError::io("write", &conf))?;
     let _ = fs::remove_file(&leases);
 
     let mut cmd = lab.guest_command(&dhclient);
@@ -188,14 +168,7 @@ pub(crate) fn run_dhclient(lab: &Lab, timeout: Duration) -> Result<ClientOutcome
         .arg("-sf")
         .arg(dir.join(NOOP_SCRIPT))
         .arg(GUEST_TAP);
-    run_client(
-        cmd,
-        "dhclient",
-        &dhclient.display().to_string(),
-        timeout,
-        |line| ip_after(line, "bound to "),
-    )
-    .map(|mut out| {
+    run_client(cmd, "dhclient", timeout, |line| ip_after(line, "bound to ")).map(|mut out| {
         // A DHCPACK without the "bound to" line still means a lease was granted.
         if out.lease.is_none() {
             out.lease = out.log.lines().find_map(|l| ip_after(l, "DHCPACK of "));
@@ -205,7 +178,7 @@ pub(crate) fn run_dhclient(lab: &Lab, timeout: Duration) -> Result<ClientOutcome
 }
 
 pub(crate) fn run_udhcpc(lab: &Lab, timeout: Duration) -> Result<ClientOutcome, LabError> {
-    let busybox = netns::find_tool("busybox", "busybox")?;
+    let busybox = find_tool("busybox", "busybox")?;
     let dir = lab.work_dir();
     // One DISCOVER per second, ending a second before our deadline (1..=5).
     let tries = timeout.as_secs().saturating_sub(1).clamp(1, 5).to_string();
@@ -214,7 +187,7 @@ pub(crate) fn run_udhcpc(lab: &Lab, timeout: Duration) -> Result<ClientOutcome, 
         "udhcpc", "-i", GUEST_TAP, "-f", "-q", "-n", "-t", &tries, "-T", "1", "-s",
     ])
     .arg(dir.join(NOOP_SCRIPT));
-    run_client(cmd, "udhcpc", &busybox.display().to_string(), timeout, |line| {
+    run_client(cmd, "udhcpc", timeout, |line| {
         let lower = line.to_ascii_lowercase();
         if lower.contains("obtained") {
             ip_after(&lower, "lease of ")
@@ -239,7 +212,6 @@ fn ip_after(line: &str, marker: &str) -> Option<Ipv4Addr> {
 fn run_client(
     mut cmd: Command,
     client: &'static str,
-    program: &str,
     timeout: Duration,
     lease_in: impl Fn(&str) -> Option<Ipv4Addr>,
 ) -> Result<ClientOutcome, LabError> {
@@ -247,10 +219,7 @@ fn run_client(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let start = Instant::now();
-    let mut child = cmd.spawn().map_err(|source| LabError::Spawn {
-        program: program.to_owned(),
-        source,
-    })?;
+    let mut child = process::spawn(&mut cmd)?;
     let (tx, rx) = mpsc::channel::<String>();
     if let Some(out) = child.stdout.take() {
         forward_lines(out, tx.clone());

@@ -10,9 +10,6 @@
 //! - A pin directory that cannot be written; a kernel BTF without
 //!   `sk_buff.ip_summed`.
 
-mod sandbox;
-mod support;
-
 use std::{
     fs,
     os::unix::fs::PermissionsExt,
@@ -22,9 +19,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sandbox::{assert_one_line, pinned_link_ifindex, wait_until, Agent, Sandbox};
+use dhcpfix_lab::kit::{netns::command_in, privileged, reference::Rng, unmount_below};
 use serde_json::Value;
-use support::{privileged, Rng};
+
+use crate::support::{assert_one_line, pinned_link_ifindex, wait_until, Sandbox, AGENT_STARTUP, BIN};
 
 const SETTLE: Duration = Duration::from_secs(3);
 
@@ -69,7 +67,7 @@ fn assert_covered(sb: &Sandbox, pins: &Path, taps: &[&str]) {
 fn hook_until_attached(ns: &Path, pins: &Path, name: &str) -> String {
     let start = Instant::now();
     loop {
-        let out = sandbox::command_in(ns, sandbox::BIN)
+        let out = command_in(ns, BIN)
             .arg("--pin-dir")
             .arg(pins)
             .args(["attach", name])
@@ -196,16 +194,16 @@ fn sigkilled_agent_during_startup_then_a_restart_converges() {
             }
             _ => {}
         }
-        let agent = Agent::start(&sb, &pins, &args, &[]);
+        let agent = sb.agent(&pins, &args, &[]);
         thread::sleep(Duration::from_millis(rng.below(200)));
-        let (status, log) = agent.stop(libc::SIGKILL);
+        let (status, _, log) = agent.stop(libc::SIGKILL);
         assert!(!status.success());
         assert!(!log.contains(" ERROR "), "round {round}:\n{log}");
     }
-    let mut agent = Agent::start(&sb, &pins, &args, &[]);
-    agent.wait_running();
+    let mut agent = sb.agent(&pins, &args, &[]);
+    agent.wait_running(AGENT_STARTUP);
     assert_covered(&sb, &pins, &taps);
-    let (status, log) = agent.stop(libc::SIGTERM);
+    let (status, _, log) = agent.stop(libc::SIGTERM);
     assert!(status.success(), "{status}\n{log}");
     assert!(!log.contains(" ERROR "), "{log}");
 }
@@ -217,8 +215,8 @@ fn hook_and_agent_attaching_the_same_new_tap_at_once_leave_one_attachment() {
     }
     let sb = Sandbox::new();
     let pins = sb.pin_dir();
-    let mut agent = Agent::start(&sb, &pins, &["--iface", "vnet*", "--metrics-addr", "none"], &[]);
-    agent.wait_running();
+    let mut agent = sb.agent(&pins, &["--iface", "vnet*", "--metrics-addr", "none"], &[]);
+    agent.wait_running(AGENT_STARTUP);
     let names: Vec<String> = (0..12).map(|i| format!("vnet{i}")).collect();
     let mut rng = Rng::new(0x400c);
     let (mut new_by_hook, mut kept_by_hook) = (0, 0);
@@ -258,7 +256,7 @@ fn hook_and_agent_attaching_the_same_new_tap_at_once_leave_one_attachment() {
         agent.log()
     );
     assert_covered(&sb, &pins, &taps);
-    let (status, log) = agent.stop(libc::SIGTERM);
+    let (status, _, log) = agent.stop(libc::SIGTERM);
     assert!(status.success());
     assert!(!log.contains(" ERROR "), "{log}");
 }
@@ -290,8 +288,8 @@ fn tap_recreated_under_the_same_name_is_protected_again() {
     // pause (the agent races each deletion), then once more after a pause.
     let pins = sb.pin_dir();
     sb.add_tap("vnet0");
-    let mut agent = Agent::start(&sb, &pins, &["--iface", "vnet*", "--metrics-addr", "none"], &[]);
-    agent.wait_running();
+    let mut agent = sb.agent(&pins, &["--iface", "vnet*", "--metrics-addr", "none"], &[]);
+    agent.wait_running(AGENT_STARTUP);
     assert_covered(&sb, &pins, &["vnet0"]);
     for _ in 0..40 {
         sb.del_link("vnet0");
@@ -315,7 +313,7 @@ fn tap_recreated_under_the_same_name_is_protected_again() {
     let ifindex = sb.ifindex("vnet0").unwrap();
     assert!(wait_until(SETTLE, || pinned_link_ifindex(&pins, "vnet0") == Some(ifindex)));
     assert_covered(&sb, &pins, &["vnet0"]);
-    let (status, log) = agent.stop(libc::SIGTERM);
+    let (status, _, log) = agent.stop(libc::SIGTERM);
     assert!(status.success());
     assert!(log.contains("detached vnet0: the interface was deleted"), "{log}");
     assert!(!log.contains(" ERROR "), "{log}");
@@ -353,13 +351,12 @@ fn bpffs_unmounted_under_the_agent_is_mounted_again_or_the_agent_exits() {
     for tap in taps {
         sb.add_tap(tap);
     }
-    let mut agent = Agent::start(
-        &sb,
+    let mut agent = sb.agent(
         &pins,
         &["--iface", "vnet*", "--metrics-addr", "none", "--resync", "1"],
         &[],
     );
-    agent.wait_running();
+    agent.wait_running(AGENT_STARTUP);
     assert_covered(&sb, &pins, &taps);
     unmount(&pins);
     let start = Instant::now();
@@ -377,7 +374,7 @@ fn bpffs_unmounted_under_the_agent_is_mounted_again_or_the_agent_exits() {
     eprintln!("covered again {:?} after the umount", start.elapsed());
     assert_covered(&sb, &pins, &taps);
     assert!(agent.exited().is_none());
-    let (status, log) = agent.stop(libc::SIGTERM);
+    let (status, _, log) = agent.stop(libc::SIGTERM);
     assert!(status.success());
     assert!(log.contains("is no longer on a bpffs (unmounted?)"), "{log}");
     sb.dhcpfix_ok(&pins, &["clean", "--all"]);
@@ -388,7 +385,7 @@ fn bpffs_unmounted_under_the_agent_is_mounted_again_or_the_agent_exits() {
     // As under systemd: CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON only, the pin
     // directory inside a bpffs mounted beforehand.
     let bpffs = sb.dir.join("bpffs");
-    support::mount_bpffs(&bpffs);
+    crate::support::mount_bpffs(&bpffs);
     let pins = bpffs.join("dhcpfix");
     let setpriv = [
         "setpriv",
@@ -398,13 +395,12 @@ fn bpffs_unmounted_under_the_agent_is_mounted_again_or_the_agent_exits() {
         "-all",
         "--",
     ];
-    let mut agent = Agent::start(
-        &sb,
+    let mut agent = sb.agent(
         &pins,
         &["--iface", "vnet*", "--metrics-addr", "none", "--resync", "1"],
         &setpriv,
     );
-    agent.wait_running();
+    agent.wait_running(AGENT_STARTUP);
     assert_covered(&sb, &pins, &taps);
     unmount(&bpffs);
     let mut status = None;
@@ -479,7 +475,7 @@ fn unwritable_pin_directory_fails_with_one_line_and_attaches_nothing() {
     }
     // The file is untouched.
     assert_eq!(fs::read_to_string(&file).unwrap(), "not a directory");
-    sandbox::unmount_below(&ro);
+    unmount_below(&ro);
 }
 
 #[test]
@@ -550,7 +546,7 @@ fn not_root_fails_with_one_line_naming_the_privilege() {
             "--clear-groups",
             "--inh-caps=-all",
             "--",
-            sandbox::BIN,
+            BIN,
             "--pin-dir",
         ])
         .arg(&pins)
@@ -608,17 +604,17 @@ fn not_root_fails_with_one_line_naming_the_privilege() {
 /// and `clean --all` clears the way for a fresh attach.
 #[test]
 fn program_pinned_by_another_version_is_refused_with_advice() {
-    if !support::privileged("program_pinned_by_another_version_is_refused_with_advice") {
+    if !privileged("program_pinned_by_another_version_is_refused_with_advice") {
         return;
     }
-    let lab = support::lab(dhcpfix::lab::Offload::On, dhcpfix::lab::GuestKind::Legacy);
-    support::dhcpfix_ok(&lab, &["attach", lab.tap_name()]);
+    let lab = crate::support::lab(dhcpfix_lab::lab::Offload::On, dhcpfix_lab::lab::GuestKind::Legacy);
+    crate::support::dhcpfix_ok(&lab, &["attach", lab.tap_name()]);
     let marker = lab.pin_dir().join(format!("abi-{}", dhcpfix_common::PIN_ABI));
     assert!(marker.is_dir(), "no ABI marker at {}", marker.display());
     std::fs::remove_dir(&marker).unwrap();
     std::fs::create_dir(lab.pin_dir().join("abi-0")).unwrap();
 
-    let out = support::dhcpfix(&lab, &["attach", "--method", "netlink", lab.tap_name()]);
+    let out = crate::support::dhcpfix(&lab, &["attach", "--method", "netlink", lab.tap_name()]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
@@ -627,7 +623,7 @@ fn program_pinned_by_another_version_is_refused_with_advice() {
         "{err}"
     );
 
-    support::dhcpfix_ok(&lab, &["clean", "--all"]);
+    crate::support::dhcpfix_ok(&lab, &["clean", "--all"]);
     let left: Vec<_> = std::fs::read_dir(lab.pin_dir())
         .unwrap()
         .flatten()
@@ -637,7 +633,7 @@ fn program_pinned_by_another_version_is_refused_with_advice() {
         left.iter().all(|n| n.to_string_lossy().ends_with(".debug")),
         "left behind: {left:?}"
     );
-    support::dhcpfix_ok(&lab, &["attach", lab.tap_name()]);
+    crate::support::dhcpfix_ok(&lab, &["attach", lab.tap_name()]);
     assert!(marker.is_dir());
     lab.destroy().unwrap();
 }

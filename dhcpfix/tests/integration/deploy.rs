@@ -29,9 +29,7 @@
 //! without `--netns all`, and the assertions that need the new agent are
 //! skipped with a line saying so.
 
-mod support;
-
-#[path = "../../xtask/src/rules.rs"]
+#[path = "../../../xtask/src/rules.rs"]
 mod rules;
 
 use std::{
@@ -734,7 +732,7 @@ fn run_hook(hook: &Path) -> String {
 #[test]
 fn debian_package_installs_removes_and_purges_cleanly() {
     let test = "debian_package_installs_removes_and_purges_cleanly";
-    if !support::privileged(test) {
+    if !crate::support::privileged(test) {
         return;
     }
     let Some(deb) = from_env(test, "DHCPFIX_TEST_DEB") else {
@@ -931,7 +929,7 @@ fn podman() -> Command {
 const ULIMITS: [&str; 4] = ["--ulimit", "nofile=4096:4096", "--ulimit", "nproc=1024:1024"];
 
 fn image(test: &str) -> Option<String> {
-    if !support::privileged(test) || !need_tool(test, "podman") {
+    if !crate::support::privileged(test) || !need_tool(test, "podman") {
         return None;
     }
     let image = from_env(test, "DHCPFIX_TEST_IMAGE")?;
@@ -1060,7 +1058,7 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
 }
 
 fn wait_for(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
-    support::poll(timeout, Duration::from_millis(100), &mut done).is_some()
+    crate::support::poll(timeout, Duration::from_millis(100), &mut done).is_some()
 }
 
 /// Interfaces, namespaces, the container and the pins a container test
@@ -1106,7 +1104,7 @@ impl Drop for Scene {
         let _ = Command::new("ip").args(["netns", "del", &self.netns]).output();
         let pins = self.work.0.join("bpffs/dhcpfix");
         if pins.exists() {
-            let _ = Command::new(support::BIN)
+            let _ = Command::new(crate::support::BIN)
                 .arg("--pin-dir")
                 .arg(&pins)
                 .args(["clean", "--all"])
@@ -1163,7 +1161,7 @@ fn container_runs_with_the_daemonset_settings_and_stops_cleanly() {
 
     let tag = format!("dfxd{}", std::process::id() % 100_000);
     let work = WorkDir::new("podman");
-    support::mount_bpffs(&work.0.join("bpffs"));
+    crate::support::mount_bpffs(&work.0.join("bpffs"));
     fs::create_dir(work.0.join("config")).unwrap();
     fs::copy(kube("dhcpfix.toml"), work.0.join("config/dhcpfix.toml")).unwrap();
     fs::create_dir_all("/run/netns").unwrap();
@@ -1262,7 +1260,7 @@ fn container_runs_with_the_daemonset_settings_and_stops_cleanly() {
     assert!(scene.pinned(&scene.host_if));
     run_ok(Command::new("podman").args(["rm", &scene.container]));
     run_ok(
-        Command::new(support::BIN)
+        Command::new(crate::support::BIN)
             .arg("--pin-dir")
             .arg(scene.work.0.join("bpffs/dhcpfix"))
             .args(["clean", "--all"]),
@@ -1314,7 +1312,7 @@ fn with_caps(caps: &[&str]) -> Command {
 #[test]
 fn covering_other_network_namespaces_needs_sys_admin_net_broadcast_and_sys_ptrace() {
     let test = "covering_other_network_namespaces_needs_sys_admin_net_broadcast_and_sys_ptrace";
-    if !support::privileged(test) || !need_tool(test, "setpriv") || !need_tool(test, "nsenter") {
+    if !crate::support::privileged(test) || !need_tool(test, "setpriv") || !need_tool(test, "nsenter") {
         return;
     }
     let netns = format!("dfxc{}-ns", std::process::id() % 100_000);

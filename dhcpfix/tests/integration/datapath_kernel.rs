@@ -24,22 +24,21 @@
 //! `DHCPFIX_KERNEL_FRAMES=N` changes the number of frames (100,000);
 //! `DHCPFIX_KERNEL_DEBUG=1` prints the frames around a mismatch.
 
-mod sandbox;
-mod support;
-
 use std::{
     io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, OwnedFd},
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
 use dhcpfix_common::{config::DEFAULT_PORTS, counters::Counters, counters::Outcome, frame::MAX_UDP_LEN};
-use sandbox::Sandbox;
-use serde_json::Value;
-use support::{
-    privileged, ref_classify, ref_sum, ref_udp_checksum, ref_verifies, Check, FrameSpec, RefVerdict, Rng,
+use dhcpfix_lab::kit::{
+    dev, privileged,
+    reference::{ref_addresses, ref_classify, ref_sum, ref_udp_checksum, ref_verifies, Check, FrameSpec, RefVerdict, Rng},
 };
+use serde_json::Value;
+
+use crate::support::Sandbox;
 
 const TAP_ON: &str = "tapon";
 const TAP_OFF: &str = "tapoff";
@@ -324,7 +323,8 @@ fn expect(case: &Case, path: Path, offload: bool) -> Option<(Expected, Option<Ou
             if at_check {
                 let (l3, l4) = (l3 + shift, l4 + shift);
                 let f = &mut out.frame;
-                let sum = ref_udp_checksum(&f[l3 + 12..l3 + 16], &f[l3 + 16..l3 + 20], &f[l4..l4 + udp_len]);
+                let (src, dst) = ref_addresses(f, l3);
+                let sum = ref_udp_checksum(src, dst, &f[l4..l4 + udp_len]);
                 f[l4 + 6..l4 + 8].copy_from_slice(&sum.to_be_bytes());
                 out.filled_at = Some(l4 + 6);
                 out.verify = Some((l3, l4, udp_len));
@@ -352,78 +352,21 @@ fn expect(case: &Case, path: Path, offload: bool) -> Option<(Expected, Option<Ou
 /// `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR` tap, non-blocking, with
 /// `TUNSETOFFLOAD` `TUN_F_CSUM` or 0. Call on a thread inside the netns.
 fn open_tap(name: &str, offload: bool) -> OwnedFd {
-    #[repr(C)]
-    struct IfReq {
-        name: [u8; libc::IFNAMSIZ],
-        flags: libc::c_short,
-        _pad: [u8; 22],
-    }
-    // SAFETY: plain open(2) of a NUL-terminated path.
-    let fd = unsafe {
-        libc::open(
-            c"/dev/net/tun".as_ptr(),
-            libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
-        )
-    };
-    assert!(fd >= 0, "open /dev/net/tun: {}", io::Error::last_os_error());
-    // SAFETY: a fresh descriptor nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut req = IfReq {
-        name: [0; libc::IFNAMSIZ],
-        flags: (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short,
-        _pad: [0; 22],
-    };
-    req.name[..name.len()].copy_from_slice(name.as_bytes());
-    // SAFETY: TUNSETIFF reads and writes a struct ifreq (40 bytes), which
-    // `req` is laid out as; it outlives the call.
-    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req as *mut IfReq) };
-    assert_eq!(rc, 0, "TUNSETIFF {name}: {}", io::Error::last_os_error());
+    let fd = dev::open_tap(name, true).unwrap_or_else(|e| panic!("tap {name}: {e}"));
     let flags = if offload { libc::TUN_F_CSUM } else { 0 };
-    // SAFETY: TUNSETOFFLOAD takes its argument by value.
-    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETOFFLOAD, libc::c_ulong::from(flags)) };
-    assert_eq!(rc, 0, "TUNSETOFFLOAD {name}: {}", io::Error::last_os_error());
+    dev::set_tap_offload(&fd, flags).unwrap_or_else(|e| panic!("TUNSETOFFLOAD {name}: {e}"));
     fd
 }
 
 /// An `AF_PACKET` raw socket with `PACKET_VNET_HDR`, bound to `ifname`
 /// (protocol 0: it sends only). Call on a thread inside the netns.
 fn packet_socket(ifname: &str) -> OwnedFd {
-    // SAFETY: socket(2) with constant arguments.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-    assert!(fd >= 0, "socket(AF_PACKET): {}", io::Error::last_os_error());
-    // SAFETY: a fresh descriptor nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let fd = dev::packet_socket(0).unwrap_or_else(|e| panic!("socket(AF_PACKET): {e}"));
     let one: libc::c_int = 1;
-    // SAFETY: setsockopt reads one c_int from a live local.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_PACKET,
-            PACKET_VNET_HDR,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "PACKET_VNET_HDR: {}", io::Error::last_os_error());
+    dev::setsockopt(&fd, libc::SOL_PACKET, PACKET_VNET_HDR, &one)
+        .unwrap_or_else(|e| panic!("PACKET_VNET_HDR: {e}"));
     let ifindex = dhcpfix::netdev::ifindex(ifname).expect("injection interface");
-    // SAFETY: an all-zero sockaddr_ll is valid; fields are set below.
-    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    addr.sll_family = libc::AF_PACKET as u16;
-    addr.sll_ifindex = ifindex as i32;
-    // SAFETY: bind(2) reads `addr`, a live sockaddr_ll of the size given.
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&addr as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(
-        rc,
-        0,
-        "bind AF_PACKET to {ifname}: {}",
-        io::Error::last_os_error()
-    );
+    dev::bind_packet(&fd, ifindex, 0).unwrap_or_else(|e| panic!("bind AF_PACKET to {ifname}: {e}"));
     fd
 }
 
@@ -548,11 +491,10 @@ fn check_tap(tap: &str, sent: &[(u64, &Case, Option<Expected>)], got: &[Vec<u8>]
             // checksum verifies (the byte comparison above already showed
             // the kernel wrote what the reference computed).
             assert!(
-                ref_verifies(
-                    &frame[l3 + 12..l3 + 16],
-                    &frame[l3 + 16..l3 + 20],
-                    &frame[l4..l4 + udp_len]
-                ),
+                {
+                    let (src, dst) = ref_addresses(&frame, l3);
+                    ref_verifies(src, dst, &frame[l4..l4 + udp_len])
+                },
                 "{}: UDP checksum does not verify (filled at {:?})",
                 ctx(),
                 exp.filled_at

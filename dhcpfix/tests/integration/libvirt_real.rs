@@ -20,9 +20,6 @@
 //! the tests of this file run one at a time (a mutex), and the harness
 //! takes a machine-wide lock too.
 
-mod support;
-
-#[path = "support/libvirt_real.rs"]
 mod harness;
 
 use std::{
@@ -39,7 +36,7 @@ use harness::{
     VIRTIO_NET_F_GUEST_CSUM,
 };
 use serde_json::Value;
-use support::{privileged, run_dhcpfix, BIN};
+use crate::support::{privileged, run_dhcpfix, BIN};
 
 /// Fixed MACs (libvirt's 52:54:00 prefix), one per guest kind.
 const LINUX_MAC: &str = "52:54:00:d4:cf:01";
@@ -117,7 +114,7 @@ impl Bpffs {
             *n
         };
         let dir = std::env::temp_dir().join(format!("{BPFFS_PREFIX}{}-{n}", std::process::id()));
-        support::mount_bpffs(&dir);
+        crate::support::mount_bpffs(&dir);
         Self { dir }
     }
 }

@@ -1,13 +1,15 @@
 //! End to end: real dnsmasq, real ISC dhclient and busybox udhcpc, the
 //! emulated vhost-net tap, and the `dhcpfix` binary attached to it.
 
-mod support;
-
 use std::time::Duration;
 
-use dhcpfix::lab::{GuestKind, Lab, Offload};
+use dhcpfix_lab::{
+    kit::privileged,
+    lab::{GuestKind, Lab, Offload},
+};
 use serde_json::Value;
-use support::{dhcpfix, dhcpfix_ok, lab, leased, privileged, stats};
+
+use crate::support::{dhcpfix, dhcpfix_ok, lab, leased, stats};
 
 const OK_TIMEOUT: Duration = Duration::from_secs(8);
 const FAIL_TIMEOUT: Duration = Duration::from_secs(6);

@@ -1,16 +1,14 @@
-//! The short, always-on version of the fuzz targets: the same bodies as
-//! `fuzz/` (fuzz/src/targets.rs) on their seeds and a few thousand
-//! deterministic mutations each (`DHCPFIX_FUZZ_SHORT=N` changes the
-//! number). The long runs, with libFuzzer and ASan, are `cargo xtask fuzz`.
-
-mod support;
-#[path = "../../fuzz/src/targets.rs"]
-mod targets;
+//! The short, always-on version of the fuzz targets: the same bodies
+//! (`dhcpfix_fuzz::targets`, fuzz/src/targets.rs) on their seeds and a few
+//! thousand deterministic mutations each (`DHCPFIX_FUZZ_SHORT=N` changes
+//! the number). The long runs, with libFuzzer and ASan, are
+//! `cargo xtask fuzz`.
 
 use std::path::{Path, PathBuf};
 
 use dhcpfix::kernel_layout::{self, Btf};
-use support::Rng;
+use dhcpfix_fuzz::targets;
+use dhcpfix_lab::kit::reference::Rng;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -3,8 +3,6 @@
 //! Proxmox hookscript run for real in the lab, and the systemd unit checked
 //! by systemd-analyze.
 
-mod support;
-
 use std::{
     collections::BTreeSet,
     fs,
@@ -13,9 +11,14 @@ use std::{
     process::Command,
 };
 
-use dhcpfix::lab::{GuestKind, Lab, Offload};
+use dhcpfix_lab::{
+    kit::privileged,
+    lab::{GuestKind, Lab, Offload},
+};
 use serde_json::Value;
-use support::{attached_interfaces, dhcpfix, ip_in, privileged, show, BIN};
+
+use crate::support::{attached_interfaces, dhcpfix, ip_in, show, BIN};
+
 const MARKER: &str = "/tmp/dhcpfix-contrib-pwned";
 
 fn contrib(path: &str) -> PathBuf {
@@ -109,7 +112,7 @@ fn systemd_unit_and_udev_rule_are_well_formed() {
 }
 
 fn lab() -> Lab {
-    support::lab(Offload::On, GuestKind::Legacy)
+    crate::support::lab(Offload::On, GuestKind::Legacy)
 }
 
 fn attached(lab: &Lab) -> BTreeSet<String> {

@@ -2,14 +2,16 @@
 //! that the lab itself is sound. Needs root; skipped otherwise, unless
 //! CI=true, where skipping would hide a broken setup and the tests fail.
 
-mod support;
-
 use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use dhcpfix::lab::{ClientOutcome, GuestKind, Lab, Offload};
-use support::{in_subnet, privileged};
+use dhcpfix_lab::{
+    kit::privileged,
+    lab::{ClientOutcome, GuestKind, Lab, Offload},
+};
+
+use crate::support::in_subnet;
 
 /// Timeout for runs expected to succeed (leases come in well under 1 s).
 const OK_TIMEOUT: Duration = Duration::from_secs(8);
@@ -18,7 +20,7 @@ const FAIL_TIMEOUT: Duration = Duration::from_secs(7);
 
 fn lab(offload: Offload, guest: GuestKind) -> Lab {
     let t = Instant::now();
-    let lab = support::lab(offload, guest);
+    let lab = crate::support::lab(offload, guest);
     eprintln!(
         "lab {} ({offload:?}, {guest:?}, {}/24) up in {:.2?}",
         lab.name(),

@@ -2,14 +2,14 @@
 //! independent reference in `support`, over many random inputs. Runs
 //! without privileges.
 
-mod support;
-
 use dhcpfix_common::{
     checksum,
     config::DEFAULT_PORTS,
     frame::{self, Parsed, MAX_UDP_LEN},
 };
-use support::{ref_classify, ref_udp_checksum, ref_verifies, Check, FrameSpec, RefVerdict, Rng};
+use dhcpfix_lab::kit::reference::{
+    ref_classify, ref_partial_seed, ref_udp_checksum, ref_verifies, Check, FrameSpec, RefVerdict, Rng,
+};
 
 #[test]
 fn checksum_matches_reference_on_random_segments() {
@@ -27,7 +27,7 @@ fn checksum_matches_reference_on_random_segments() {
         // A partial skb's seed is the reference's pseudo-header sum.
         assert_eq!(
             checksum::partial_seed(src, dst, len as u16),
-            support::ref_partial_seed(&src, &dst, len)
+            ref_partial_seed(&src, &dst, len)
         );
     }
 }

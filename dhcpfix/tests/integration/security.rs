@@ -4,9 +4,6 @@
 //! the pin directory; and the capabilities dhcpfix needs are the ones
 //! its model says (measured).
 
-mod sandbox;
-mod support;
-
 use std::{
     fs,
     os::unix::{
@@ -18,8 +15,9 @@ use std::{
 };
 
 use dhcpfix::netdev::caps::{Capabilities, Capability, Operation};
-use sandbox::{assert_one_line, pinned_link_ifindex, wait_until, Agent, Sandbox};
-use support::privileged;
+use dhcpfix_lab::kit::privileged;
+
+use crate::support::{assert_one_line, pinned_link_ifindex, wait_until, Agent, Sandbox, AGENT_STARTUP, BIN};
 
 /// Every directory and file under `root` (and `root`): owned by root, no
 /// access for group or others; directories 0700 (bpffs adds the sticky
@@ -74,17 +72,12 @@ fn pins_and_directories_are_root_only_even_with_umask_0() {
 
     // And what the agent creates, in a pin directory of its own.
     let agent_pins = sb.dir.join("agent-bpf");
-    let mut agent = Agent::start(
-        &sb,
-        &agent_pins,
-        &["--iface", "vnet*", "--metrics-addr", "none"],
-        &[],
-    );
-    agent.wait_running();
+    let mut agent = sb.agent(&agent_pins, &["--iface", "vnet*", "--metrics-addr", "none"], &[]);
+    agent.wait_running(AGENT_STARTUP);
     let n = assert_root_only(&agent_pins);
     assert!(agent_pins.join("links/vnet1").exists() && agent_pins.join("maps/DHCPFIX_EVENTS").exists());
     eprintln!("after run: {n} entries, all root-only");
-    let (status, _) = agent.stop(libc::SIGTERM);
+    let (status, _, _) = agent.stop(libc::SIGTERM);
     assert!(status.success());
 }
 
@@ -118,8 +111,8 @@ fn metrics_listen_on_loopback_only_unless_told_otherwise() {
         ),
     ] {
         let pins = sb.dir.join(format!("bpf-{}", want.replace(':', "-")));
-        let mut agent = Agent::start(&sb, &pins, &args, &[]);
-        agent.wait_running();
+        let mut agent = sb.agent(&pins, &args, &[]);
+        agent.wait_running(AGENT_STARTUP);
         let pid = agent.child.id();
         assert!(
             wait_until(Duration::from_secs(3), || !listeners(pid, "tcp").is_empty()),
@@ -128,7 +121,7 @@ fn metrics_listen_on_loopback_only_unless_told_otherwise() {
         );
         assert_eq!(listeners(pid, "tcp"), [want], "{args:?}");
         assert_eq!(listeners(pid, "tcp6"), Vec::<String>::new(), "{args:?}");
-        let (status, _) = agent.stop(libc::SIGTERM);
+        let (status, _, _) = agent.stop(libc::SIGTERM);
         assert!(status.success());
     }
 }
@@ -173,7 +166,7 @@ fn hostile_interface_names_never_reach_a_shell() {
     for name in HOSTILE {
         sb.add_tap(name);
     }
-    let bin = fs::canonicalize(sandbox::BIN).unwrap();
+    let bin = fs::canonicalize(BIN).unwrap();
     let only_dhcpfix = |trace: &Path| {
         let execs = execs(trace);
         assert!(!execs.is_empty(), "strace saw nothing");
@@ -191,13 +184,12 @@ fn hostile_interface_names_never_reach_a_shell() {
     let trace = sb.dir.join("agent.strace");
     let wrapper = strace(&trace);
     let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
-    let mut agent = Agent::start(
-        &sb,
+    let mut agent = sb.agent(
         &pins,
         &["--iface", "v*", "--iface=-*", "--metrics-addr", "none"],
         &wrapper,
     );
-    agent.wait_running();
+    agent.wait_running(AGENT_STARTUP);
     for name in HOSTILE {
         let ifindex = sb.ifindex(name).unwrap();
         assert_eq!(
@@ -208,7 +200,7 @@ fn hostile_interface_names_never_reach_a_shell() {
         );
         assert_eq!(sb.tcx_programs(name).unwrap(), ["dhcpfix"], "{name}");
     }
-    let (status, log) = agent.stop_wrapped(libc::SIGTERM);
+    let (status, _, log) = agent.stop_wrapped(libc::SIGTERM);
     assert!(status.success(), "{log}");
     only_dhcpfix(&trace);
     sb.dhcpfix_ok(&pins, &["clean", "--all"]);
@@ -230,7 +222,7 @@ fn hostile_interface_names_never_reach_a_shell() {
         let out = sb
             .command(wrapper[0])
             .args(&strace(&trace)[1..])
-            .arg(sandbox::BIN)
+            .arg(BIN)
             .arg("--pin-dir")
             .arg(&pins)
             .args(&args)
@@ -245,7 +237,7 @@ fn hostile_interface_names_never_reach_a_shell() {
         only_dhcpfix(&trace);
         if args[0] == "status" {
             let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-            let mut listed = support::interface_names(&v);
+            let mut listed = crate::support::interface_names(&v);
             listed.sort();
             let mut want = HOSTILE.to_vec();
             want.sort();

@@ -1,0 +1,149 @@
+//! Tap devices (`/dev/net/tun`, macvtap's `/dev/tapN`) and `AF_PACKET`
+//! sockets, made in the calling thread's network namespace.
+
+use std::{
+    fs::{File, OpenOptions},
+    io, mem,
+    os::{
+        fd::{AsRawFd, OwnedFd},
+        unix::fs::OpenOptionsExt,
+    },
+    path::Path,
+    time::Duration,
+};
+
+/// `struct ifreq` as TUNSETIFF uses it: name and flags, padded to 40 bytes.
+#[repr(C)]
+struct IfReqFlags {
+    name: [libc::c_char; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+/// Opens a tun/tap character device (`/dev/net/tun`, `/dev/tapN`) for
+/// reading and writing, non-blocking, close-on-exec.
+pub fn open_tun_device(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// TUNSETIFF: attaches `fd` to the tap `name` (created if missing; empty
+/// for a macvtap's own device) as `IFF_TAP | IFF_NO_PI`, plus
+/// `IFF_VNET_HDR` with `vnet_hdr`.
+pub fn set_tap(fd: &impl AsRawFd, name: &str, vnet_hdr: bool) -> io::Result<()> {
+    if name.len() >= libc::IFNAMSIZ {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let mut req = IfReqFlags {
+        name: [0; libc::IFNAMSIZ],
+        flags: 0,
+        _pad: [0; 22],
+    };
+    for (dst, src) in req.name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    let mut flags = libc::IFF_TAP | libc::IFF_NO_PI;
+    if vnet_hdr {
+        flags |= libc::IFF_VNET_HDR;
+    }
+    req.flags = flags as libc::c_short;
+    // SAFETY: TUNSETIFF reads and writes a `struct ifreq`; `req` has its
+    // layout and size (40 bytes) and lives across the call.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req as *mut IfReqFlags) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A tap `name` in the calling thread's network namespace (the device lands
+/// in the namespace of the opener), non-blocking; it goes away with the fd.
+pub fn open_tap(name: &str, vnet_hdr: bool) -> io::Result<OwnedFd> {
+    if name.is_empty() {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let fd = OwnedFd::from(open_tun_device(Path::new("/dev/net/tun"))?);
+    set_tap(&fd, name, vnet_hdr)?;
+    Ok(fd)
+}
+
+/// TUNSETOFFLOAD: the offloads (`TUN_F_CSUM`, ...) the reader of the tap
+/// accepts.
+pub fn set_tap_offload(fd: &impl AsRawFd, flags: libc::c_uint) -> io::Result<()> {
+    // SAFETY: TUNSETOFFLOAD takes its argument by value; no memory is passed.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETOFFLOAD, libc::c_ulong::from(flags)) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// An `AF_PACKET` raw socket (close-on-exec) for `protocol` (an `ETH_P_*`
+/// in host order; 0 receives nothing), not bound yet.
+pub fn packet_socket(protocol: u16) -> io::Result<OwnedFd> {
+    // SAFETY: socket(2) has no memory preconditions.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            i32::from(protocol.to_be()),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: socket(2) just returned this descriptor; nothing else owns it.
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
+}
+
+/// Binds an `AF_PACKET` socket to the interface `ifindex` for `protocol`
+/// (host order).
+pub fn bind_packet(fd: &OwnedFd, ifindex: u32, protocol: u16) -> io::Result<()> {
+    // SAFETY: an all-zero sockaddr_ll is valid; the fields set below complete it.
+    let mut addr: libc::sockaddr_ll = unsafe { mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_protocol = protocol.to_be();
+    addr.sll_ifindex = ifindex as i32;
+    // SAFETY: bind(2) reads `addr`, a live sockaddr_ll of the size given.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_ll).cast(),
+            mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// setsockopt(2) with a value of type `T`.
+pub fn setsockopt<T>(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
+    // SAFETY: `value` points to a live T of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (value as *const T).cast(),
+            mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// SO_RCVTIMEO: a blocking read gives up after `timeout`.
+pub fn set_recv_timeout(fd: &OwnedFd, timeout: Duration) -> io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+    };
+    setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)
+}

@@ -1,0 +1,388 @@
+//! A self-contained reproduction of the vhost-net DHCP checksum problem,
+//! without VMs.
+//!
+//! ```text
+//!  host netns                                guest netns
+//!  dnsmasq --interface=br0                   DHCP client on eth0
+//!      br0 (10.199.N.1/24)                       |
+//!       |                                       eth0 = tap, no vnet header (Legacy)
+//!    vnet0 = tap with IFF_VNET_HDR                 or with vnet header + TUN_F_CSUM (Modern)
+//!       |   TUNSETOFFLOAD TUN_F_CSUM (On) / 0 (Off)
+//!       +--> relay thread ("vhost") holding both tap fds
+//! ```
+//!
+//! Host -> guest frames lose their 10-byte `virtio_net_hdr` (Legacy) or keep
+//! it (Modern); guest -> host frames get a zero header (Legacy) or keep
+//! theirs (Modern). With offload on and a legacy guest, DHCP replies reach
+//! the guest with an unfinished UDP checksum, as on a real KVM host.
+//!
+//! A lab is a [`Sandbox`] of [`PLACE`]: namespaces `dfx-<pid>-<n>-h` / `-g`
+//! and a work directory `/run/dhcpfix-lab/dfx-<pid>-<n>/`. [`Lab::destroy`]
+//! (or `Drop`) removes them, the sandbox's signal cleanup covers
+//! SIGINT/SIGTERM, and [`clean_stale`] covers labs whose process was
+//! SIGKILLed.
+
+mod clients;
+mod relay;
+
+use std::ffi::OsStr;
+use std::fs;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+pub use clients::ClientOutcome;
+pub use relay::RelayStats;
+
+use crate::kit::{find_tool, is_root, netns, process, KitError, Netns, Place, Sandbox};
+
+/// Name of the host tap (in the host namespace).
+pub const HOST_TAP: &str = "vnet0";
+/// Name of the guest tap (in the guest namespace).
+pub const GUEST_TAP: &str = "eth0";
+/// Name of the bridge dnsmasq serves (in the host namespace).
+pub const BRIDGE: &str = "br0";
+/// Parent of the per-lab work directories.
+pub const LAB_RUN_DIR: &str = "/run/dhcpfix-lab";
+/// Where labs live: `dfx-<pid>-<n>`, root-only work directories.
+pub const PLACE: Place = Place {
+    prefix: "dfx",
+    run_dir: LAB_RUN_DIR,
+    mode: 0o700,
+};
+
+/// Checksum offload of the host tap (`TUNSETOFFLOAD`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Offload {
+    /// `TUN_F_CSUM`: the host kernel may hand out CHECKSUM_PARTIAL frames.
+    On,
+    /// No offload: the host kernel finishes every checksum.
+    Off,
+}
+
+/// What the guest side of the relay looks like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum GuestKind {
+    /// Guest tap without vnet header: NEEDS_CSUM is lost, like an old guest
+    /// whose DHCP client verifies the (unfinished) UDP checksum.
+    Legacy,
+    /// Guest tap with vnet header and `TUN_F_CSUM`; the header is passed
+    /// through, like a guest kernel that honours NEEDS_CSUM.
+    Modern,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LabOptions {
+    pub offload: Offload,
+    pub guest: GuestKind,
+}
+
+/// Everything that can go wrong in the lab. Messages are one line: what
+/// failed, why, and where useful what to do (as [`KitError`]'s: the
+/// system's error in the message, not a separate source).
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error("the network lab needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN): re-run as root")]
+    NotRoot,
+    #[error(transparent)]
+    Kit(#[from] KitError),
+    #[error("open /dev/net/tun: {error}: load the tun module (modprobe tun)")]
+    TunOpen { error: std::io::Error },
+    #[error("TUNSETIFF {name}: {error}")]
+    TunSetIff { name: String, error: std::io::Error },
+    #[error("TUNSETOFFLOAD {name} (flags {flags:#x}): {error}")]
+    TunSetOffload {
+        name: String,
+        flags: u32,
+        error: std::io::Error,
+    },
+    #[error("dnsmasq in {netns} exited during startup ({status}): {log}")]
+    DnsmasqExited {
+        netns: String,
+        status: String,
+        log: String,
+    },
+    #[error("dnsmasq in {netns} did not bind UDP port 67 within {waited:?}: {log}")]
+    DnsmasqNotReady {
+        netns: String,
+        waited: Duration,
+        log: String,
+    },
+    #[error("relay for {netns}: {reason}")]
+    Relay { netns: String, reason: String },
+    #[error("teardown of lab {lab} incomplete: {details}; once this process exits, lab::clean_stale() (or `ip netns del`) removes the rest")]
+    Teardown { lab: String, details: String },
+}
+
+/// Per-process lab counter, for the subnets.
+static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
+
+/// A running lab: two namespaces, two taps, a relay thread and dnsmasq.
+pub struct Lab {
+    name: String,
+    host_ns: String,
+    guest_ns: String,
+    subnet: Ipv4Addr,
+    opts: LabOptions,
+    dir: PathBuf,
+    relay: Option<relay::RelayHandle>,
+    dnsmasq: Option<Child>,
+    runs: AtomicU32,
+    /// Removed in this order by the teardown.
+    host: Option<Netns>,
+    guest: Option<Netns>,
+    sandbox: Option<Sandbox>,
+}
+
+impl std::fmt::Debug for Lab {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lab")
+            .field("name", &self.name)
+            .field("subnet", &self.subnet)
+            .field("opts", &self.opts)
+            .field("dnsmasq_pid", &self.dnsmasq_pid())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Lab {
+    /// Builds the whole topology, starts dnsmasq and the relay; ready for
+    /// clients when it returns. On error, whatever was built is torn down.
+    pub fn create(opts: LabOptions) -> Result<Lab, LabError> {
+        if !is_root() {
+            return Err(LabError::NotRoot);
+        }
+        find_tool("ip", "iproute2")?;
+        find_tool("dnsmasq", "dnsmasq-base")?;
+
+        let sandbox = Sandbox::create(&PLACE)?;
+        let id = NEXT_LAB.fetch_add(1, Ordering::Relaxed);
+        let name = sandbox.name().to_owned();
+        let mut lab = Lab {
+            host_ns: format!("{name}-h"),
+            guest_ns: format!("{name}-g"),
+            dir: sandbox.dir().to_path_buf(),
+            name,
+            subnet: Ipv4Addr::new(10, 199, (id % 250) as u8, 0),
+            opts,
+            relay: None,
+            dnsmasq: None,
+            runs: AtomicU32::new(0),
+            host: None,
+            guest: None,
+            sandbox: Some(sandbox),
+        };
+        // `lab` tears down on any `?` below.
+        lab.build()?;
+        log::info!(
+            "lab {} up: {:?}, subnet {}/24, netns {} / {}",
+            lab.name,
+            opts,
+            lab.subnet,
+            lab.host_ns,
+            lab.guest_ns
+        );
+        Ok(lab)
+    }
+
+    fn build(&mut self) -> Result<(), LabError> {
+        clients::write_noop_script(&self.dir)?;
+        let (host, guest) = match &self.sandbox {
+            Some(sb) => (sb.netns("h")?, sb.netns("g")?),
+            None => unreachable!("a lab being built has its sandbox"),
+        };
+        debug_assert_eq!((host.name(), guest.name()), (&*self.host_ns, &*self.guest_ns));
+        self.relay = Some(relay::start(relay::RelayConfig {
+            host_ns: host.path().to_path_buf(),
+            guest_ns: guest.path().to_path_buf(),
+            host_tap: HOST_TAP.into(),
+            guest_tap: GUEST_TAP.into(),
+            offload: self.opts.offload,
+            guest: self.opts.guest,
+        })?);
+
+        let cidr = format!("{}/24", self.gateway());
+        host.ip(&["link", "add", BRIDGE, "type", "bridge", "stp_state", "0"])?;
+        host.ip(&["addr", "add", &cidr, "dev", BRIDGE])?;
+        host.ip(&["link", "set", HOST_TAP, "master", BRIDGE])?;
+        host.ip(&["link", "set", HOST_TAP, "up"])?;
+        host.ip(&["link", "set", BRIDGE, "up"])?;
+        guest.ip(&["link", "set", GUEST_TAP, "up"])?;
+        self.host = Some(host);
+        self.guest = Some(guest);
+
+        self.dnsmasq = Some(clients::start_dnsmasq(self)?);
+        Ok(())
+    }
+
+    /// Name of the host namespace (under `/run/netns`).
+    pub fn host_netns(&self) -> &str {
+        &self.host_ns
+    }
+
+    /// Name of the guest namespace (under `/run/netns`).
+    pub fn guest_netns(&self) -> &str {
+        &self.guest_ns
+    }
+
+    /// `/run/netns/<host_netns>`.
+    pub fn host_netns_path(&self) -> PathBuf {
+        netns::path(&self.host_ns)
+    }
+
+    /// `/run/netns/<guest_netns>`.
+    pub fn guest_netns_path(&self) -> PathBuf {
+        netns::path(&self.guest_ns)
+    }
+
+    /// The host tap (`vnet0`, in the host namespace): where a fix attaches.
+    pub fn tap_name(&self) -> &str {
+        HOST_TAP
+    }
+
+    /// The lab's /24, e.g. `10.199.7.0`. The bridge is `.1`, leases `.50-.150`.
+    pub fn subnet(&self) -> Ipv4Addr {
+        self.subnet
+    }
+
+    /// The bridge address (`.1`), which is also dnsmasq's address.
+    pub fn gateway(&self) -> Ipv4Addr {
+        let o = self.subnet.octets();
+        Ipv4Addr::new(o[0], o[1], o[2], 1)
+    }
+
+    /// Lab name `dfx-<pid>-<n>` (the namespaces add `-h` / `-g`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn options(&self) -> LabOptions {
+        self.opts
+    }
+
+    /// Per-lab work directory (`/run/dhcpfix-lab/<name>`): dnsmasq log,
+    /// leases and pid file, client config/lease files.
+    pub fn work_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Pid of the lab's dnsmasq.
+    pub fn dnsmasq_pid(&self) -> Option<u32> {
+        self.dnsmasq.as_ref().map(Child::id)
+    }
+
+    /// dnsmasq's log so far (`--log-dhcp` output).
+    pub fn dnsmasq_log(&self) -> String {
+        fs::read_to_string(self.dir.join("dnsmasq.log")).unwrap_or_default()
+    }
+
+    /// Frame counters of the relay.
+    pub fn relay_stats(&self) -> RelayStats {
+        self.relay
+            .as_ref()
+            .map(relay::RelayHandle::stats)
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn next_run(&self) -> u32 {
+        self.runs.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Runs ISC dhclient once in the guest namespace (no-op script, fresh
+    /// lease file) and kills it when it is bound or at `timeout`.
+    /// Do not run two clients of one lab at the same time.
+    pub fn run_dhclient(&self, timeout: Duration) -> Result<ClientOutcome, LabError> {
+        clients::run_dhclient(self, timeout)
+    }
+
+    /// Runs `busybox udhcpc -f -q -n` once in the guest namespace (no-op
+    /// script); killed at `timeout` if still running.
+    pub fn run_udhcpc(&self, timeout: Duration) -> Result<ClientOutcome, LabError> {
+        clients::run_udhcpc(self, timeout)
+    }
+
+    /// A command that runs in the host namespace (see
+    /// [`netns::command_in`]: it keeps the caller's mount namespace, so
+    /// bpffs mounts stay visible and persist; `/sys/class/net` in the child
+    /// still shows the caller's namespace, netlink and ioctls see the lab).
+    pub fn host_command(&self, program: impl AsRef<OsStr>) -> Command {
+        netns::command_in(&self.host_netns_path(), program)
+    }
+
+    /// Like [`Lab::host_command`], for the guest namespace.
+    pub fn guest_command(&self, program: impl AsRef<OsStr>) -> Command {
+        netns::command_in(&self.guest_netns_path(), program)
+    }
+
+    /// A pin directory for dhcpfix inside the lab's work directory; the lab
+    /// unmounts whatever bpffs is mounted there when it is torn down.
+    pub fn pin_dir(&self) -> PathBuf {
+        self.dir.join("bpf")
+    }
+
+    /// Explicit teardown; `Drop` does the same and logs errors.
+    pub fn destroy(mut self) -> Result<(), LabError> {
+        self.teardown()
+    }
+
+    fn teardown(&mut self) -> Result<(), LabError> {
+        let Some(sandbox) = self.sandbox.take() else {
+            return Ok(());
+        };
+        let mut problems = Vec::new();
+        if let Some(mut relay) = self.relay.take() {
+            if let Err(e) = relay.stop() {
+                problems.push(e);
+            }
+        }
+        if let Some(mut child) = self.dnsmasq.take() {
+            if let Err(e) = process::stop(&mut child, Duration::from_secs(2)) {
+                problems.push(format!("stop dnsmasq: {e}"));
+            }
+        }
+        // Every process left in the namespaces is killed with them.
+        for ns in [self.host.take(), self.guest.take()].into_iter().flatten() {
+            if let Err(e) = ns.remove() {
+                problems.push(e.to_string());
+            }
+        }
+        if let Err(e) = sandbox.remove() {
+            problems.push(e.to_string());
+        }
+        if problems.is_empty() {
+            log::info!("lab {} torn down", self.name);
+            Ok(())
+        } else {
+            Err(LabError::Teardown {
+                lab: self.name.clone(),
+                details: problems.join("; "),
+            })
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Err(e) = self.teardown() {
+            log::error!("{e}");
+        }
+    }
+}
+
+/// Removes leftovers of labs whose creating process is dead (the pid is in
+/// the names): processes in their namespaces (dnsmasq, clients), the
+/// namespaces, and work directories. Returns the number of labs removed.
+/// Labs of live processes, including this one, are never touched.
+pub fn clean_stale() -> Result<usize, LabError> {
+    Ok(crate::kit::sandbox::clean_stale(&PLACE)?)
+}
+
+/// Installs SIGINT/SIGTERM handling that tears down all live labs (and
+/// other sandboxes) of this process, then lets the signal end the process
+/// as it would have. Idempotent; [`Lab::create`] installs it too. See
+/// [`crate::kit::sandbox::install_cleanup`].
+pub fn install_interrupt_cleanup() -> Result<(), LabError> {
+    Ok(crate::kit::sandbox::install_cleanup()?)
+}

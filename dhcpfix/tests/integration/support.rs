@@ -1,0 +1,417 @@
+//! What the tests share beyond the kit (`dhcpfix_lab::kit`): running the
+//! `dhcpfix` binary itself (in the lab or in a [`Sandbox`]), reading its
+//! reports, and the agent (`dhcpfix run`) as a child process.
+
+use std::{
+    ffi::OsStr,
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use aya::programs::{SchedClassifier, TcAttachType};
+use dhcpfix_lab::{
+    kit::{self, netns, poll, Place},
+    lab::{ClientOutcome, GuestKind, Lab, LabOptions, Offload},
+};
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_dhcpfix");
+/// How long an agent in a [`Sandbox`] may take to start (its first full
+/// pass).
+pub const AGENT_STARTUP: Duration = Duration::from_secs(15);
+
+/// Echoes a finished command: `$ WHAT -> STATUS`, then its output.
+pub fn show(what: &str, out: &Output) {
+    eprintln!(
+        "$ {what} -> {:?}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `dhcpfix --pin-dir PINS ARGS` from `cmd` (a command for [`BIN`]
+/// that enters some namespace), echoing its output.
+pub fn run_dhcpfix(mut cmd: Command, pins: &Path, args: &[&str]) -> Output {
+    let out = cmd
+        .arg("--pin-dir")
+        .arg(pins)
+        .args(args)
+        .output()
+        .expect("run dhcpfix");
+    show(&format!("dhcpfix {}", args.join(" ")), &out);
+    out
+}
+
+/// Like [`run_dhcpfix`]; the run must succeed. Returns its stdout.
+pub fn run_dhcpfix_ok(cmd: Command, pins: &Path, args: &[&str]) -> String {
+    let out = run_dhcpfix(cmd, pins, args);
+    assert!(
+        out.status.success(),
+        "dhcpfix {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A lab (its sandbox removes it on ^C too).
+pub fn lab(offload: Offload, guest: GuestKind) -> Lab {
+    Lab::create(LabOptions { offload, guest }).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `dhcpfix --pin-dir PINS ARGS` in the lab's host namespace, echoed.
+pub fn dhcpfix_at(lab: &Lab, pins: &Path, args: &[&str]) -> Output {
+    run_dhcpfix(lab.host_command(BIN), pins, args)
+}
+
+/// Like [`dhcpfix_at`]; the run must succeed. Returns its stdout.
+pub fn dhcpfix_ok_at(lab: &Lab, pins: &Path, args: &[&str]) -> String {
+    run_dhcpfix_ok(lab.host_command(BIN), pins, args)
+}
+
+/// `dhcpfix ARGS` with the lab's pin directory, in its host namespace.
+pub fn dhcpfix(lab: &Lab, args: &[&str]) -> Output {
+    dhcpfix_at(lab, &lab.pin_dir(), args)
+}
+
+/// Like [`dhcpfix`]; the run must succeed. Returns its stdout.
+pub fn dhcpfix_ok(lab: &Lab, args: &[&str]) -> String {
+    dhcpfix_ok_at(lab, &lab.pin_dir(), args)
+}
+
+/// The entry of `iface` in `dhcpfix stats --json IFACE`.
+pub fn stats(lab: &Lab, pins: &Path, iface: &str) -> Value {
+    let stats: Value = serde_json::from_str(&dhcpfix_ok_at(lab, pins, &["stats", "--json", iface])).unwrap();
+    let s = &stats["interfaces"][0];
+    assert_eq!(s["name"], iface);
+    s.clone()
+}
+
+/// The interfaces `dhcpfix status --json` lists as attached.
+pub fn attached_interfaces(lab: &Lab) -> Vec<Value> {
+    let status: Value = serde_json::from_str(&dhcpfix_ok(lab, &["status", "--json"])).unwrap();
+    status["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["attached"] == true)
+        .cloned()
+        .collect()
+}
+
+/// Names of the interfaces in a `status --json` report, in its order.
+pub fn interface_names(status: &Value) -> Vec<&str> {
+    status["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect()
+}
+
+/// Whether the client got a lease in the lab's subnet.
+pub fn in_subnet(lab: &Lab, out: &ClientOutcome) -> bool {
+    out.lease
+        .is_some_and(|ip| ip.octets()[..3] == lab.subnet().octets()[..3])
+}
+
+/// [`in_subnet`], saying what the client got.
+pub fn leased(lab: &Lab, out: &ClientOutcome) -> bool {
+    eprintln!("{}: lease {:?} in {:.2?}", out.client, out.lease, out.elapsed);
+    in_subnet(lab, out)
+}
+
+/// `ip ARGS`, which must succeed.
+pub fn ip(args: &[&str]) {
+    netns::ip(args).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// `ip -n NS ARGS`, which must succeed.
+pub fn ip_in(ns: &str, args: &[&str]) {
+    netns::ip_in(ns, args).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Mounts a fresh bpffs at `dir` with the kernel's default root mode, as
+/// systemd has one at /sys/fs/bpf.
+pub fn mount_bpffs(dir: &Path) {
+    kit::mount_bpffs(dir, kit::mounts::BPFFS_DEFAULT_MODE).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Runs `f` on a thread inside the network namespace at `ns`.
+pub fn in_netns<T: Send>(ns: &Path, f: impl FnOnce() -> T + Send) -> T {
+    netns::in_netns(ns, f).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Names of the tcx programs at the egress of `iface` in the namespace
+/// `ns`, as the kernel lists them; `None` if the interface does not exist.
+pub fn tcx_programs(ns: &Path, iface: &str) -> Option<Vec<String>> {
+    in_netns(ns, || {
+        dhcpfix::sys::ifindex(iface)?;
+        let (_, progs) = SchedClassifier::query_tcx(iface, TcAttachType::Egress).ok()?;
+        Some(
+            progs
+                .iter()
+                .map(|p| p.name_as_str().unwrap_or("?").to_owned())
+                .collect(),
+        )
+    })
+}
+
+/// The interface a pinned tcx link is attached to (0: its interface is
+/// gone); `None` if there is no such pin.
+pub fn pinned_link_ifindex(pins: &Path, iface: &str) -> Option<u32> {
+    let fd = dhcpfix::sys::obj_get(&pins.join("links").join(iface)).ok()?;
+    dhcpfix::sys::link_info(&fd).ok().map(|i| i.ifindex)
+}
+
+/// Polls `done` every 5 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, done: impl FnMut() -> bool) -> bool {
+    poll(timeout, Duration::from_millis(5), done).is_some()
+}
+
+/// Asserts `stderr` is one line, with no panic in it.
+pub fn assert_one_line(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr).into_owned();
+    assert!(!text.contains("panicked"), "dhcpfix panicked: {text}");
+    assert_eq!(text.trim_end().lines().count(), 1, "not one line: {text:?}");
+    text.trim_end().to_owned()
+}
+
+/// Where the robustness tests' sandboxes live: `dfxr-<pid>-<n>`, work
+/// directories a user without privileges can enter (`not_root_...`).
+const ROBUST: Place = Place {
+    prefix: "dfxr",
+    run_dir: "/run/dhcpfix-robust",
+    mode: 0o755,
+};
+
+/// A bare network namespace and a work directory for the robustness
+/// tests (`datapath_kernel`, `faults`, `security`, `macvtap`): no DHCP
+/// server, no relay, just what each test builds in it. Removed on drop, on
+/// ^C, and (if the test process was killed) by the next test run.
+pub struct Sandbox {
+    /// The namespace's name (`ip -n`).
+    pub name: String,
+    /// The work directory (mode 0755).
+    pub dir: PathBuf,
+    /// Dropped before the work directory.
+    ns: kit::Netns,
+    _sandbox: kit::Sandbox,
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        let sandbox = kit::Sandbox::create(&ROBUST).unwrap_or_else(|e| panic!("{e}"));
+        let ns = sandbox.netns("n").unwrap_or_else(|e| panic!("{e}"));
+        Sandbox {
+            name: ns.name().to_owned(),
+            dir: sandbox.dir().to_path_buf(),
+            ns,
+            _sandbox: sandbox,
+        }
+    }
+
+    /// Another namespace of this sandbox, `<name>-<suffix>`.
+    pub fn netns(&self, suffix: &str) -> kit::Netns {
+        self._sandbox.netns(suffix).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn ns_path(&self) -> PathBuf {
+        self.ns.path().to_path_buf()
+    }
+
+    /// A pin directory for dhcpfix (bpffs is mounted there by dhcpfix).
+    pub fn pin_dir(&self) -> PathBuf {
+        self.dir.join("bpf")
+    }
+
+    /// `ip -n <sandbox> ARGS`, which must succeed.
+    pub fn ip(&self, args: &[&str]) {
+        self.ns.ip(args).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// A persistent tap (no process holds it; enough to attach to).
+    pub fn add_tap(&self, name: &str) {
+        self.ip(&["tuntap", "add", "dev", name, "mode", "tap"]);
+    }
+
+    pub fn del_link(&self, name: &str) {
+        self.ip(&["link", "del", name]);
+    }
+
+    /// A command whose child enters the sandbox's network namespace right
+    /// before exec, keeping this process's mount namespace (so bpffs
+    /// mounts it makes stay visible to the test).
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        self.ns.command(program)
+    }
+
+    /// `dhcpfix --pin-dir PINS ARGS` in the sandbox.
+    pub fn dhcpfix_cmd(&self, pins: &Path, args: &[&str]) -> Command {
+        let mut cmd = self.command(BIN);
+        cmd.arg("--pin-dir").arg(pins).args(args);
+        cmd
+    }
+
+    /// Runs `dhcpfix --pin-dir PINS ARGS`, echoing its output.
+    pub fn dhcpfix(&self, pins: &Path, args: &[&str]) -> Output {
+        run_dhcpfix(self.command(BIN), pins, args)
+    }
+
+    pub fn dhcpfix_ok(&self, pins: &Path, args: &[&str]) -> String {
+        run_dhcpfix_ok(self.command(BIN), pins, args)
+    }
+
+    /// Runs `f` on a thread that has entered the sandbox's network
+    /// namespace (sockets, tap fds and ioctls made there belong to it).
+    pub fn in_netns<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        in_netns(self.ns.path(), f)
+    }
+
+    /// The ifindex of `iface` in the sandbox.
+    pub fn ifindex(&self, iface: &str) -> Option<u32> {
+        self.in_netns(|| dhcpfix::sys::ifindex(iface))
+    }
+
+    /// Names of the tcx programs at the egress of `iface`, as the kernel
+    /// lists them; `None` if the interface does not exist.
+    pub fn tcx_programs(&self, iface: &str) -> Option<Vec<String>> {
+        tcx_programs(self.ns.path(), iface)
+    }
+
+    /// Waits (up to `timeout`) until `iface` has exactly the programs
+    /// `want` (a pin removal releases a link a moment later).
+    pub fn wait_programs(&self, iface: &str, want: &[&str], timeout: Duration) -> Vec<String> {
+        let mut now = Vec::new();
+        poll(timeout, Duration::from_millis(10), || {
+            now = self.tcx_programs(iface).unwrap_or_default();
+            now == want
+        });
+        now
+    }
+
+    /// Starts `dhcpfix --pin-dir PINS run ARGS` in the sandbox, behind
+    /// `wrapper` (e.g. setpriv or strace) if given.
+    pub fn agent(&self, pins: &Path, args: &[&str], wrapper: &[&str]) -> Agent {
+        Agent::start(|p| self.command(p), &self.dir, pins, args, wrapper)
+    }
+}
+
+/// A running `dhcpfix run`, its stderr (the log) going to a file.
+pub struct Agent {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Agent {
+    /// Starts `dhcpfix --pin-dir PINS run ARGS`, behind `wrapper` (e.g.
+    /// setpriv or strace) if not empty, its log in a new file in `dir`.
+    /// `command` makes the command for a program (in some namespace).
+    pub fn start(
+        command: impl Fn(&str) -> Command,
+        dir: &Path,
+        pins: &Path,
+        args: &[&str],
+        wrapper: &[&str],
+    ) -> Agent {
+        static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = dir.join(format!("agent-{n}.log"));
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = command(program);
+                c.args(rest).arg(BIN);
+                c
+            }
+            None => command(BIN),
+        };
+        let child = cmd
+            .env("RUST_LOG", "info")
+            .arg("--pin-dir")
+            .arg(pins)
+            .arg("run")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).expect("agent log file"))
+            .spawn()
+            .expect("start dhcpfix run");
+        Agent { child, log }
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("wait for the agent")
+    }
+
+    /// Waits (up to `within`) for the end of start-up (the first full pass).
+    pub fn wait_running(&mut self, within: Duration) {
+        let up = wait_until(within, || {
+            self.log().contains("running: ") || self.child.try_wait().ok().flatten().is_some()
+        });
+        assert!(
+            up && self.exited().is_none(),
+            "the agent did not start:\n{}",
+            self.log()
+        );
+    }
+
+    pub fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) on our own child, not yet reaped.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
+    }
+
+    /// Sends `sig`, waits (up to 5 s) for the exit; returns the status, how
+    /// long it took and the log, which must not show a panic.
+    pub fn stop(self, sig: libc::c_int) -> (ExitStatus, Duration, String) {
+        let start = Instant::now();
+        self.signal(sig);
+        self.wait_exit(sig, start)
+    }
+
+    /// Like [`Agent::stop`] for an agent started behind a wrapper (strace):
+    /// signals the wrapper's child, the agent itself.
+    pub fn stop_wrapped(self, sig: libc::c_int) -> (ExitStatus, Duration, String) {
+        let start = Instant::now();
+        let pid = self.child.id();
+        let children = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        let inner: i32 = children
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("the wrapper has no child");
+        // SAFETY: kill(2) on a process this test started (through the wrapper).
+        assert_eq!(unsafe { libc::kill(inner, sig) }, 0);
+        self.wait_exit(sig, start)
+    }
+
+    fn wait_exit(mut self, sig: libc::c_int, start: Instant) -> (ExitStatus, Duration, String) {
+        let mut status = None;
+        wait_until(Duration::from_secs(5), || {
+            status = self.exited();
+            status.is_some()
+        });
+        let took = start.elapsed();
+        let log = self.log();
+        eprintln!("--- agent log ---\n{log}--- end ---");
+        let Some(status) = status else {
+            panic!("the agent did not exit within 5 s of signal {sig}:\n{log}");
+        };
+        assert!(!log.contains("panicked"), "the agent panicked:\n{log}");
+        (status, took, log)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
