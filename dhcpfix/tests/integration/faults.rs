@@ -288,6 +288,43 @@ fn hook_and_agent_attaching_the_same_new_tap_at_once_leave_one_attachment() {
     assert!(!log.contains(" ERROR "), "{log}");
 }
 
+/// The agent holds the pin directory's lock only while it changes
+/// something: the commands a hook or an operator runs beside it (each
+/// waiting up to a minute for the lock) go through at once.
+#[test]
+fn commands_run_beside_a_running_agent() {
+    if !privileged("commands_run_beside_a_running_agent") {
+        return;
+    }
+    let sb = Sandbox::new();
+    let pins = sb.pin_dir();
+    sb.add_tap("vnet0");
+    sb.add_tap("hook0");
+    let mut agent = sb.agent(&pins, &["--iface", "vnet*", "--metrics-addr", "none"], &[]);
+    agent.wait_running(AGENT_STARTUP);
+    for (args, want) in [
+        (["attach", "hook0"], &["dhcpfix"][..]),
+        (["detach", "hook0"], &[]),
+        (["attach", "hook0"], &["dhcpfix"]),
+    ] {
+        let start = Instant::now();
+        let out = sb.dhcpfix(&pins, &args);
+        let took = start.elapsed();
+        assert!(
+            out.status.success(),
+            "dhcpfix {args:?} beside the agent: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(took < SETTLE, "dhcpfix {args:?} took {took:?} beside the agent");
+        assert_eq!(sb.wait_programs("hook0", want, SETTLE), want, "after {args:?}");
+    }
+    assert!(sb.dhcpfix_ok(&pins, &["clean"]).contains("nothing to clean"));
+    assert_covered(&sb, &pins, &["vnet0", "hook0"]);
+    let (status, _, log) = agent.stop(libc::SIGTERM);
+    assert!(status.success(), "{log}");
+    assert!(!log.contains(" ERROR "), "{log}");
+}
+
 #[test]
 fn tap_recreated_under_the_same_name_is_protected_again() {
     if !privileged("tap_recreated_under_the_same_name_is_protected_again") {
