@@ -344,9 +344,14 @@ fn tap_recreated_under_the_same_name_is_protected_again() {
     assert_eq!(pinned_link_ifindex(&pins, &old), Some(0));
     assert!(!link_pin(&pins, &new).exists());
     assert_eq!(sb.tcx_programs("hook0").unwrap(), Vec::<String>::new());
-    // ...attach runs again (as the hook does when the guest restarts).
+    // ...attach runs again (as the hook does when the guest restarts),
+    // which replaces the old pin.
     let out = sb.dhcpfix_ok(&pins, &["attach", "hook0"]);
     assert!(out.contains("hook0: attached"), "{out}");
+    assert!(
+        !link_pin(&pins, &old).exists(),
+        "the dead pin of the old hook0 is left"
+    );
     assert_covered(&sb, &pins, &["hook0"]);
 
     // With the agent: deleted and re-created, 40 times in a row without a
