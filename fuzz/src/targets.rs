@@ -281,11 +281,10 @@ pub fn sample_btf(variant: usize) -> Vec<u8> {
     w.ty(n(3), Kind::Struct, variant != 2, 5, 232, &skb);
     // 12: struct net_device { netdev_features_t features @184;
     // possible_net_t nd_net @288 }
-    if variant == 3 {
-        w.ty(n(6), Kind::Struct, false, 2, 2048, &[n(4), 4, 184 * 8, n(24), 22, 288 * 8]);
-    } else {
-        w.ty(n(6), Kind::Struct, false, 2, 2048, &[n(7), 14, 184 * 8, n(24), 22, 288 * 8]);
-    }
+    // (variant 3: a pointer member named `dev` instead of `features`)
+    let [first, first_type] = if variant == 3 { [n(4), 4] } else { [n(7), 14] };
+    let dev = [first, first_type, 184 * 8, n(24), 22, 288 * 8];
+    w.ty(n(6), Kind::Struct, false, 2, 2048, &dev);
     // 13: struct sk_buff * (for next)
     w.ty(0, Kind::Ptr, false, 0, 11, &[]);
     // 14: typedef netdev_features_t -> u64
