@@ -1303,15 +1303,16 @@ fn with_caps(caps: &[&str]) -> Command {
     c
 }
 
-/// Why the every-namespace agent needs SYS_ADMIN, NET_BROADCAST and
-/// SYS_PTRACE, measured with nsenter and python (the operations, without the
-/// agent): setns(2) into another network namespace needs CAP_SYS_ADMIN;
-/// NETLINK_LISTEN_ALL_NSID needs CAP_NET_BROADCAST; opening /proc/PID/ns/net of a
-/// process of another user, or of one with capabilities the caller lacks,
-/// needs CAP_SYS_PTRACE (ptrace access mode read).
+/// Why the every-namespace agent needs SYS_ADMIN, NET_ADMIN, NET_BROADCAST
+/// and SYS_PTRACE, measured with nsenter, ip and python (the operations,
+/// without the agent): setns(2) into another network namespace needs
+/// CAP_SYS_ADMIN; giving it an id (RTM_NEWNSID) needs CAP_NET_ADMIN;
+/// NETLINK_LISTEN_ALL_NSID needs CAP_NET_BROADCAST; opening /proc/PID/ns/net
+/// of a process of another user, or of one with capabilities the caller
+/// lacks, needs CAP_SYS_PTRACE (ptrace access mode read).
 #[test]
-fn covering_other_network_namespaces_needs_sys_admin_net_broadcast_and_sys_ptrace() {
-    let test = "covering_other_network_namespaces_needs_sys_admin_net_broadcast_and_sys_ptrace";
+fn covering_other_network_namespaces_needs_sys_admin_net_admin_net_broadcast_and_sys_ptrace() {
+    let test = "covering_other_network_namespaces_needs_sys_admin_net_admin_net_broadcast_and_sys_ptrace";
     if !dhcpfix_lab::kit::privileged(test) || !need_tool(test, "setpriv") || !need_tool(test, "nsenter") {
         return;
     }
@@ -1339,6 +1340,23 @@ fn covering_other_network_namespaces_needs_sys_admin_net_broadcast_and_sys_ptrac
         "{out:?}"
     );
     assert!(enter(&["net_admin", "sys_admin"], &pinned).status.success());
+
+    // An id for that namespace in ours (RTM_NEWNSID, `ip netns set`): the
+    // agent's link events name namespaces by it. NET_ADMIN; SYS_ADMIN does
+    // not stand in for it. (Another agent on this machine may have given it
+    // one already: "File exists" is permitted too.)
+    let set_id = |caps: &[&str]| run(with_caps(caps).args(["ip", "netns", "set", &netns, "auto"]));
+    let out = set_id(&["sys_admin", "net_broadcast", "sys_ptrace", "bpf", "perfmon"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Operation not permitted"),
+        "{out:?}"
+    );
+    let out = set_id(&["net_admin"]);
+    assert!(
+        out.status.success() || String::from_utf8_lossy(&out.stderr).contains("File exists"),
+        "{out:?}"
+    );
 
     // One netlink socket hearing every namespace's link events
     // (NETLINK_LISTEN_ALL_NSID = 8 at SOL_NETLINK = 270) needs
