@@ -14,6 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use aya::programs::TcAttachType;
 use dhcpfix::pins::{maps::Maps, PinDir};
 use dhcpfix_common::key::IfaceKey;
 use dhcpfix_lab::{
@@ -243,7 +244,15 @@ fn agent_attaches_new_taps_within_100ms_and_guests_get_leases() {
         latencies.push(took.unwrap_or_else(|| panic!("{name} was not attached:\n{}", agent.log())));
         assert!(!pinned(&lab, &pins, &format!("other{i}")));
         assert_eq!(tcx_programs(&lab, &name), ["dhcpfix"]);
-        assert_eq!(tcx_ingress_programs(&lab, &name), ["dhcpfix_ingress"]);
+        // The ingress link follows the egress one, in the same attach.
+        let ingress = crate::support::wait_tcx_programs(
+            &lab.host_netns_path(),
+            &name,
+            TcAttachType::Ingress,
+            &["dhcpfix_ingress"],
+            Duration::from_secs(2),
+        );
+        assert_eq!(ingress, ["dhcpfix_ingress"], "{name}");
     }
     eprintln!("attach latency after `ip tuntap add` returned: {latencies:?}");
     for (i, took) in latencies.iter().enumerate() {

@@ -37,7 +37,7 @@ fn assert_covered(sb: &Sandbox, pins: &Path, taps: &[&str]) {
         let progs = sb.wait_programs(tap, &["dhcpfix"], SETTLE);
         assert_eq!(progs, ["dhcpfix"], "{tap}: programs at egress");
         assert_eq!(
-            sb.tcx_ingress_programs(tap).unwrap(),
+            sb.wait_ingress_programs(tap, &["dhcpfix_ingress"], SETTLE),
             ["dhcpfix_ingress"],
             "{tap}: programs at ingress"
         );
