@@ -181,15 +181,29 @@ const NS: u64 = 1_000_000_000;
 
 impl GuestState {
     /// Records a message the guest sent at `now`.
+    ///
+    /// A request counts as a repeat (a reply thrown away) when it asks
+    /// again, in the same transaction and the same words, what a reply that
+    /// reached the guest since its last request answered. The count starts
+    /// over when the guest moves on: another transaction, another message
+    /// (a REQUEST after OFFERs: it took one), or a DHCPv4 REQUEST from an
+    /// address of its own (`ciaddr`), which renews or rebinds a lease the
+    /// guest took. ISC dhclient keeps the transaction id of its first
+    /// exchange for every renewal, so without that last rule each renewal
+    /// would look like an ACK thrown away. (The price: a renewing guest
+    /// that throws its renewal's ACK away is not seen rejecting; it shows
+    /// as bound, asking again and again.)
     #[inline(always)]
     pub fn on_request(&mut self, now: u64, m: &Message) {
         let reply = Role::from_raw(self.reply_role);
         let replied_since = self.last_reply > self.last_request;
-        if m.xid == self.xid && m.xid == self.reply_xid && replied_since && reply.answers(m.role) {
+        let renewing = m.family == crate::dhcp::FAMILY_V4 && m.role == Role::Request && m.addr != [0; 4];
+        let same = m.xid == self.xid && m.role as u8 == self.request_role;
+        if !same || renewing {
+            self.repeats = 0;
+        } else if m.xid == self.reply_xid && replied_since && reply.answers(m.role) {
             self.repeats = self.repeats.saturating_add(1);
             self.rejected = self.rejected.saturating_add(1);
-        } else if m.xid != self.xid {
-            self.repeats = 0;
         }
         self.xid = m.xid;
         self.mac = m.client;
@@ -338,7 +352,8 @@ mod tests {
             role,
             xid,
             client: [0x52, 0x54, 0, 1, 2, 3],
-            addr: [10, 0, 0, 5],
+            // yiaddr of a reply; a request from a client without an address.
+            addr: if role.from_client() { [0; 4] } else { [10, 0, 0, 5] },
             ..Default::default()
         }
     }
@@ -348,7 +363,15 @@ mod tests {
         let m = msg(role, xid);
         g.on_reply(now, &m);
         if g.keeps_reply_options(role) {
-            let opts = [51, 4, (lease >> 24) as u8, (lease >> 16) as u8, (lease >> 8) as u8, lease as u8, 255];
+            let opts = [
+                51,
+                4,
+                (lease >> 24) as u8,
+                (lease >> 16) as u8,
+                (lease >> 8) as u8,
+                lease as u8,
+                255,
+            ];
             g.reply_options[..opts.len()].copy_from_slice(&opts);
             g.reply_options_len = opts.len() as u8;
         }
@@ -359,7 +382,10 @@ mod tests {
     #[test]
     fn record_sizes() {
         assert_eq!(core::mem::size_of::<GuestKey>(), 16);
-        assert_eq!(core::mem::size_of::<GuestState>(), 24 + 24 + 12 + 4 + 2 * OPTIONS_LEN);
+        assert_eq!(
+            core::mem::size_of::<GuestState>(),
+            24 + 24 + 12 + 4 + 2 * OPTIONS_LEN
+        );
     }
 
     #[test]
@@ -409,6 +435,60 @@ mod tests {
         h.on_request(S, &msg(Role::Discover, 9));
         h.on_request(4 * S, &msg(Role::Discover, 9));
         assert_eq!(h.state(5 * S), State::Requesting);
+    }
+
+    /// ISC dhclient renews (and rebinds) with the transaction id of its
+    /// first exchange, from the address it holds (ciaddr): as seen in the
+    /// lab, with dnsmasq (T1 6 s) and with udhcpd stopped after the ACK.
+    #[test]
+    fn renewals_in_the_first_transaction_are_not_rejections() {
+        let renew = |xid| Message {
+            addr: [10, 0, 0, 5],
+            ..msg(Role::Request, xid)
+        };
+        let mut g = GuestState::default();
+        g.on_request(S, &msg(Role::Discover, 7));
+        reply(&mut g, S + 1, Role::Offer, 7, 20);
+        g.on_request(S + 2, &msg(Role::Request, 7));
+        reply(&mut g, S + 3, Role::Ack, 7, 20);
+        assert_eq!(g.state(2 * S), State::Bound);
+        // T1: a renewal, same transaction; the server answers.
+        g.on_request(10 * S + 3, &renew(7));
+        assert_eq!((g.state(11 * S + 3), g.repeats), (State::Renewing, 0));
+        reply(&mut g, 10 * S + 4, Role::Ack, 7, 20);
+        assert_eq!((g.state(11 * S), g.rejected), (State::Bound, 0));
+        // Next renewal; the server is gone now: renewing, rebinding (the
+        // REQUESTs broadcast, still from the address), expired.
+        for t in 20..30 {
+            g.on_request(t * S, &renew(7));
+            assert_eq!(g.repeats, 0, "at {t} s");
+        }
+        assert_eq!(g.state(21 * S), State::Renewing);
+        assert_eq!(g.state(28 * S), State::Rebinding);
+        assert_eq!(g.state(31 * S), State::Expired);
+        assert_eq!(g.rejected, 0);
+        // Then it starts over: DISCOVERs of a new transaction, unanswered.
+        g.on_request(31 * S, &msg(Role::Discover, 8));
+        g.on_request(32 * S, &msg(Role::Discover, 8));
+        assert_eq!((g.state(33 * S), g.rejected), (State::Expired, 0));
+    }
+
+    /// OFFERs thrown away, then one taken (the fix came in): the REQUEST
+    /// that follows is progress, not rejection.
+    #[test]
+    fn a_request_after_rejected_offers_starts_the_count_over() {
+        let mut g = GuestState::default();
+        g.on_request(S, &msg(Role::Discover, 7));
+        reply(&mut g, 2 * S, Role::Offer, 7, 120);
+        g.on_request(3 * S, &msg(Role::Discover, 7));
+        assert_eq!(g.state(3 * S), State::Rejecting);
+        reply(&mut g, 4 * S, Role::Offer, 7, 120);
+        g.on_request(4 * S + 1, &msg(Role::Request, 7));
+        assert_eq!((g.state(5 * S), g.repeats, g.rejected), (State::Requesting, 0, 1));
+        // Its ACK thrown away too: REQUEST again, without an address.
+        reply(&mut g, 5 * S, Role::Ack, 7, 120);
+        g.on_request(6 * S, &msg(Role::Request, 7));
+        assert_eq!((g.state(6 * S), g.repeats, g.rejected), (State::Rejecting, 1, 2));
     }
 
     #[test]
