@@ -15,6 +15,13 @@ pub const SLOTS_PER_INTERFACE: u32 = 4;
 /// Entries of the guests map.
 pub const MAX_GUESTS: u32 = crate::MAX_INTERFACES * SLOTS_PER_INTERFACE;
 
+/// A request that reaches the tap less than this after a reply crossed it
+/// on the way (the guest sent it before the reply came): it is no sign of
+/// the reply thrown away. Retransmission timers start at a second or more
+/// (RFC 2131: 4 s; RFC 8415: SOL_TIMEOUT 1 s less 10 %), the way from the
+/// tap to the guest and back takes well under a millisecond.
+pub const CROSSING_NS: u64 = 250_000_000;
+
 /// [`GuestState::flags`]: the guest declined the address.
 pub const GUEST_DECLINED: u8 = 1 << 0;
 /// The server said no (NAK, or a DHCPv6 REPLY without an address).
@@ -184,7 +191,8 @@ impl GuestState {
     ///
     /// A request counts as a repeat (a reply thrown away) when it asks
     /// again, in the same transaction and the same words, what a reply that
-    /// reached the guest since its last request answered. The count starts
+    /// reached the guest since its last request answered (and not so soon
+    /// after it that the two crossed: [`CROSSING_NS`]). The count starts
     /// over when the guest moves on: another transaction, another message
     /// (a REQUEST after OFFERs: it took one), or a DHCPv4 REQUEST from an
     /// address of its own (`ciaddr`), which renews or rebinds a lease the
@@ -196,7 +204,11 @@ impl GuestState {
     #[inline(always)]
     pub fn on_request(&mut self, now: u64, m: &Message) {
         let reply = Role::from_raw(self.reply_role);
-        let replied_since = self.last_reply > self.last_request;
+        // A reply came after the last request, or that request crossed it;
+        // and this one did not.
+        let answered = self.last_reply != 0
+            && (self.last_reply > self.last_request || self.last_request - self.last_reply < CROSSING_NS);
+        let replied_since = answered && now.saturating_sub(self.last_reply) >= CROSSING_NS;
         let renewing = m.family == crate::dhcp::FAMILY_V4 && m.role == Role::Request && m.addr != [0; 4];
         let same = m.xid == self.xid && m.role as u8 == self.request_role;
         if !same || renewing {
@@ -489,6 +501,20 @@ mod tests {
         reply(&mut g, 5 * S, Role::Ack, 7, 120);
         g.on_request(6 * S, &msg(Role::Request, 7));
         assert_eq!((g.state(6 * S), g.repeats, g.rejected), (State::Rejecting, 1, 2));
+    }
+
+    /// A retransmission sent just before the reply came (ISC dhclient with
+    /// a one-second backoff cutoff retransmits at once, seen in the lab) is
+    /// no rejection; the next one, a second later, is.
+    #[test]
+    fn a_request_that_crossed_the_reply_is_no_rejection() {
+        let mut g = GuestState::default();
+        g.on_request(S, &msg(Role::Discover, 7));
+        reply(&mut g, 2 * S, Role::Offer, 7, 120);
+        g.on_request(2 * S + 1_000_000, &msg(Role::Discover, 7));
+        assert_eq!((g.state(3 * S), g.rejected), (State::Requesting, 0));
+        g.on_request(3 * S, &msg(Role::Discover, 7));
+        assert_eq!((g.state(3 * S), g.rejected), (State::Rejecting, 1));
     }
 
     #[test]
