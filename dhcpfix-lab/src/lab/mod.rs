@@ -23,6 +23,7 @@
 //! SIGKILLed.
 
 mod clients;
+pub mod flood;
 mod relay;
 
 use std::ffi::OsStr;
@@ -447,6 +448,14 @@ impl Lab {
     /// script); killed at `timeout` if still running.
     pub fn run_udhcpc(&self, timeout: Duration) -> Result<ClientOutcome, LabError> {
         clients::run_udhcpc(self, timeout)
+    }
+
+    /// A misbehaving guest: sends `count` DHCPDISCOVERs from random MACs
+    /// with random transaction ids (seeded by `seed`) out of the guest's
+    /// interface, in bursts the relay keeps up with; returns how many were
+    /// sent. They enter the host through the tap, as the real guest's do.
+    pub fn flood_discovers(&self, count: u64, seed: u64) -> Result<u64, LabError> {
+        flood::flood_discovers(self, count, seed)
     }
 
     /// A command that runs in the host namespace (see
