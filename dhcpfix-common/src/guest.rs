@@ -9,11 +9,14 @@
 
 use crate::dhcp::{self, Message, Options, Role, FAMILY_V6, OPTIONS_LEN};
 
-/// Guests tracked per interface: the slot is picked from the MAC, so a guest
-/// sending from random MACs churns only its own interface's slots.
+/// Guests tracked per interface and IP family: the slot is picked from the
+/// MAC, so a guest sending from random MACs churns only its own
+/// interface's slots, and the map cannot fill up before every interface
+/// has all of its slots.
 pub const SLOTS_PER_INTERFACE: u32 = 4;
-/// Entries of the guests map.
-pub const MAX_GUESTS: u32 = crate::MAX_INTERFACES * SLOTS_PER_INTERFACE;
+/// Entries of the guests map: every slot of both families of every
+/// interface the configuration map can hold.
+pub const MAX_GUESTS: u32 = crate::MAX_INTERFACES * SLOTS_PER_INTERFACE * 2;
 
 /// A request that reaches the tap less than this after a reply crossed it
 /// on the way (the guest sent it before the reply came): it is no sign of
@@ -66,6 +69,8 @@ impl GuestKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GuestState {
+    /// When the current transaction's first request was seen.
+    pub xid_start: u64,
     pub last_request: u64,
     pub last_reply: u64,
     pub last_ack: u64,
@@ -105,6 +110,7 @@ pub struct GuestState {
 impl Default for GuestState {
     fn default() -> Self {
         Self {
+            xid_start: 0,
             last_request: 0,
             last_reply: 0,
             last_ack: 0,
@@ -216,6 +222,9 @@ impl GuestState {
         } else if m.xid == self.reply_xid && replied_since && reply.answers(m.role) {
             self.repeats = self.repeats.saturating_add(1);
             self.rejected = self.rejected.saturating_add(1);
+        }
+        if m.xid != self.xid || self.xid_start == 0 {
+            self.xid_start = now;
         }
         self.xid = m.xid;
         self.mac = m.client;
@@ -329,7 +338,11 @@ impl GuestState {
             return State::Rejecting;
         }
         // A DHCPv6 REPLY without an address says no, as a NAK does.
-        let v6_no = self.family == FAMILY_V6 && self.last_ack != 0 && self.reply().addr.is_none();
+        // (Only when all its options were kept: the address may lie beyond.)
+        let v6_no = self.family == FAMILY_V6
+            && self.last_ack != 0
+            && usize::from(self.reply_options_len) < OPTIONS_LEN
+            && self.reply().addr.is_none();
         if (self.flags & GUEST_NAK != 0 || v6_no) && self.last_reply >= self.last_request {
             return State::Nak;
         }
@@ -396,7 +409,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<GuestKey>(), 16);
         assert_eq!(
             core::mem::size_of::<GuestState>(),
-            24 + 24 + 12 + 4 + 2 * OPTIONS_LEN
+            32 + 24 + 12 + 4 + 2 * OPTIONS_LEN
         );
     }
 
@@ -441,6 +454,11 @@ mod tests {
         reply(&mut g, 6 * S, Role::Offer, 7, 120);
         g.on_request(9 * S, &msg(Role::Discover, 7));
         assert_eq!((g.repeats, g.rejected), (2, 2));
+        assert_eq!(
+            (g.xid_start, g.last_request),
+            (S, 9 * S),
+            "one transaction, 8 s long"
+        );
         assert_eq!(g.state(10 * S), State::Rejecting);
         // Retransmitting without a reply in between is not rejecting.
         let mut h = GuestState::default();

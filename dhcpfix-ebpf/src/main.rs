@@ -39,8 +39,8 @@ use dhcpfix_common::{
     dhcp::{self, Message, Role, FAMILY_V6, OPTIONS_LEN},
     event::{FillEvent, EVENTS_BYTES, EVENT_FILLED, EVENT_WOULD_FILL},
     frame::{
-        self, DhcpPacket, Frame, Header, Parsed, SkipReason, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP,
-        ETH_P_IPV6, IPPROTO_UDP, MAX_UDP_LEN, UDP_CHECK_OFFSET,
+        self, DhcpPacket, Frame, Header, Parsed, SkipReason, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6,
+        IPPROTO_UDP, MAX_UDP_LEN, UDP_CHECK_OFFSET,
     },
     guest::{GuestKey, GuestState, MAX_GUESTS},
     key::IfaceKey,
@@ -291,7 +291,14 @@ fn copy_options(ctx: &TcContext, m: &Message, out: &mut [u8; OPTIONS_LEN]) -> u8
     let n = ((len.min(OPTIONS_LEN as u32) - 1) & (OPTIONS_LEN as u32 - 1)) + 1;
     // SAFETY: `out` has OPTIONS_LEN writable bytes and n <= OPTIONS_LEN; the
     // helper fails, writing nothing, if the packet is shorter.
-    let ret = unsafe { bpf_skb_load_bytes(ctx.skb.skb.cast_const().cast(), m.options, out.as_mut_ptr().cast(), n) };
+    let ret = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb.cast_const().cast(),
+            m.options,
+            out.as_mut_ptr().cast(),
+            n,
+        )
+    };
     if ret == 0 {
         n as u8
     } else {

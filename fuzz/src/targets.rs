@@ -21,8 +21,8 @@ use dhcpfix_common::{
     checksum,
     config::{IfaceConfig, DEFAULT_PORTS, MAX_PORTS, MODE_FILL},
     event::{FillEvent, EVENT_FILLED},
-    key::IfaceKey,
     frame::{self, Parsed, MAX_UDP_LEN},
+    key::IfaceKey,
     layout::LAYOUT_VALID,
 };
 
@@ -89,7 +89,11 @@ pub fn frame(data: &[u8]) {
                 // DHCPv6: type, then a 24-bit transaction id; the client is
                 // the frame's destination MAC.
                 let xid = field(1, 3).map_or(0, |b| u32::from_be_bytes([0, b[0], b[1], b[2]]));
-                let mac: [u8; 6] = if field(0, 4).is_some() { data[..6].try_into().unwrap() } else { [0; 6] };
+                let mac: [u8; 6] = if field(0, 4).is_some() {
+                    data[..6].try_into().unwrap()
+                } else {
+                    [0; 6]
+                };
                 (xid, mac, field(0, 1).map_or(0, |b| b[0]))
             } else {
                 let xid = field(4, 4).map_or(0, |b| u32::from_be_bytes(b.try_into().unwrap()));
@@ -102,7 +106,10 @@ pub fn frame(data: &[u8]) {
                 "event fields from outside the packet"
             );
             assert_eq!(event.msg_type, msg_type, "message type");
-            assert_eq!((event.netns, event.ifindex, event.dport, event.family), (0x1234, 7, d.dport, d.family));
+            assert_eq!(
+                (event.netns, event.ifindex, event.dport, event.family),
+                (0x1234, 7, d.dport, d.family)
+            );
         }
         (ours, reference) => panic!("parser says {ours:?}, reference says {reference:?}"),
     }

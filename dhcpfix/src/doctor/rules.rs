@@ -16,8 +16,10 @@ use super::{
 use crate::{
     attach::{Attachment, Method, Mode},
     kernel_layout,
+    leases::{self, Guest},
     netdev::{caps::Operation, Link},
 };
+use dhcpfix_common::guest::State;
 
 /// What protects (or fails to protect) one guest tap, and why.
 ///
@@ -47,6 +49,10 @@ pub enum Verdict {
     Unsupported { kind: String },
     /// Its offload state could not be read.
     Unknown,
+    /// dhcpfix is attached (`mode`) and saw a guest throw replies away
+    /// (`evidence`, as [`leases::describe`] says it): in audit mode, the
+    /// proof the fix is needed; in fill mode, something else is wrong.
+    Rejecting { mode: Option<Mode>, evidence: String },
 }
 
 impl Verdict {
@@ -62,6 +68,7 @@ impl Verdict {
             Self::Exposed { .. } => "exposed",
             Self::Unsupported { .. } => "unsupported",
             Self::Unknown => "unknown",
+            Self::Rejecting { .. } => "rejecting",
         }
     }
 
@@ -72,7 +79,7 @@ impl Verdict {
             | Self::CoveredByIptables { .. }
             | Self::CoveredByTc { .. } => Level::Ok,
             Self::Audit | Self::Exposed { .. } | Self::Unsupported { .. } | Self::Unknown => Level::Warn,
-            Self::AtRisk { .. } => Level::Action,
+            Self::AtRisk { .. } | Self::Rejecting { .. } => Level::Action,
         }
     }
 
@@ -106,6 +113,13 @@ impl Verdict {
                  serve it (docs/macvtap.md)"
             ),
             Self::Unknown => "its checksum offload could not be read (ETHTOOL_GFEATURES failed)".into(),
+            Self::Rejecting {
+                mode: Some(Mode::Audit),
+                evidence,
+            } => format!("{evidence}; dhcpfix is in audit mode: attach in fill mode"),
+            Self::Rejecting { evidence, .. } => format!(
+                "{evidence}; dhcpfix fills here, so the replies are rejected for another reason: see `dhcpfix leases` and `dhcpfix stats`"
+            ),
         }
     }
 }
@@ -173,6 +187,23 @@ pub fn judge(
             bridge,
             servers: served_by.to_vec(),
         }
+    }
+}
+
+/// The verdict once the guests dhcpfix saw on the tap are known: a guest
+/// throwing replies away outweighs what the settings suggest.
+pub fn with_evidence(verdict: Verdict, guests: &[&Guest], host: Option<u64>) -> Verdict {
+    let mode = match &verdict {
+        Verdict::Covered { .. } => Some(Mode::Fill),
+        Verdict::Audit => Some(Mode::Audit),
+        _ => return verdict,
+    };
+    match guests.iter().find(|g| g.state == State::Rejecting) {
+        Some(g) => Verdict::Rejecting {
+            mode,
+            evidence: leases::describe(g, host),
+        },
+        None => verdict,
     }
 }
 
@@ -345,7 +376,16 @@ pub fn overlap(tap: &str, fixes: &[&OtherFix]) -> Check {
 pub fn actions(interfaces: &[TapReport]) -> Vec<String> {
     let at_risk: Vec<&str> = interfaces
         .iter()
-        .filter(|t| matches!(t.verdict, Verdict::AtRisk { .. }))
+        .filter(|t| {
+            matches!(
+                t.verdict,
+                Verdict::AtRisk { .. }
+                    | Verdict::Rejecting {
+                        mode: Some(Mode::Audit),
+                        ..
+                    }
+            )
+        })
         .map(|t| t.name.as_str())
         .collect();
     if at_risk.is_empty() {
@@ -434,12 +474,73 @@ mod tests {
         assert!(unsupported.detail().starts_with("macvtap device: "));
     }
 
+    fn guest(state: State) -> Guest {
+        Guest {
+            interface: "vnet5".into(),
+            ifindex: 5,
+            netns: crate::netns::NetnsInfo {
+                name: None,
+                cookie: 1,
+            },
+            family: 4,
+            mac: [0x52, 0x54, 0, 0, 0, 5],
+            state,
+            ip: None,
+            lease_s: None,
+            t1_s: None,
+            t2_s: None,
+            lease_remaining_s: None,
+            last_ack_s_ago: None,
+            last_request_s_ago: Some(1),
+            last_reply_s_ago: Some(2),
+            requests_since_ack: 6,
+            requests_after_reply: 5,
+            rejected_replies: 5,
+            xid: 0xabc,
+            transaction_s: Some(40),
+            last_request: "DISCOVER",
+            last_reply: "OFFER",
+            hostname: None,
+            vendor_class: None,
+        }
+    }
+
+    #[test]
+    fn a_guest_throwing_replies_away_is_evidence() {
+        let rejecting = guest(State::Rejecting);
+        let bound = guest(State::Bound);
+        let audit = with_evidence(Verdict::Audit, &[&bound, &rejecting], Some(1));
+        assert_eq!((audit.name(), audit.level()), ("rejecting", Level::Action));
+        assert!(
+            audit.detail().starts_with(
+                "vnet5 52:54:00:00:00:05: rejecting: the guest threw away 5 DHCP replies in 40 s"
+            ),
+            "{}",
+            audit.detail()
+        );
+        assert!(
+            audit.detail().ends_with("attach in fill mode"),
+            "{}",
+            audit.detail()
+        );
+        let covered = Verdict::Covered { method: Method::Tcx };
+        assert_eq!(with_evidence(covered.clone(), &[&bound], Some(1)), covered);
+        let still = with_evidence(covered, &[&rejecting], Some(1));
+        assert!(still.detail().contains("another reason"), "{}", still.detail());
+        // Without an attachment there is no evidence to weigh.
+        let at_risk = Verdict::Exposed { bridge: None };
+        assert_eq!(with_evidence(at_risk.clone(), &[&rejecting], Some(1)), at_risk);
+    }
+
     #[test]
     fn attachments_decide_first() {
         let attachment = |mode, ports: Vec<u16>| Attachment {
             name: "vnet5".into(),
             ifindex: 5,
-            netns: crate::netns::NetnsInfo { name: None, cookie: 1 },
+            netns: crate::netns::NetnsInfo {
+                name: None,
+                cookie: 1,
+            },
             attached: true,
             mode: Some(mode),
             method: Method::Tcx,

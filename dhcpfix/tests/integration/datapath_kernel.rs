@@ -34,7 +34,10 @@ use std::{
 use dhcpfix_common::{config::DEFAULT_PORTS, counters::Counters, counters::Outcome, frame::MAX_UDP_LEN};
 use dhcpfix_lab::kit::{
     dev, privileged,
-    reference::{ref_addresses, ref_classify, ref_sum, ref_udp_checksum, ref_verifies, Check, FrameSpec, RefVerdict, Rng},
+    reference::{
+        ref_addresses, ref_classify, ref_sum, ref_udp_checksum, ref_verifies, Check, FrameSpec, RefVerdict,
+        Rng,
+    },
 };
 use serde_json::Value;
 

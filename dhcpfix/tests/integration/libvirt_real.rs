@@ -31,12 +31,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::support::{privileged, run_dhcpfix, BIN};
 use harness::{
     eth0_feature, leases, marker, Boot, Domain, GuestKernel, GuestSpec, Initramfs, Libvirt,
     VIRTIO_NET_F_GUEST_CSUM,
 };
 use serde_json::Value;
-use crate::support::{privileged, run_dhcpfix, BIN};
 
 /// Fixed MACs (libvirt's 52:54:00 prefix), one per guest kind.
 const LINUX_MAC: &str = "52:54:00:d4:cf:01";
