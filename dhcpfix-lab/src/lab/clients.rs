@@ -363,10 +363,12 @@ exit 0
 
 /// Starts dhclient in the guest and leaves it running (no `-1`: it keeps
 /// asking, renews at T1, rebinds at T2, starts over when the lease runs
-/// out), retransmitting about every second.
+/// out), retransmitting every one or two seconds. (Not `backoff-cutoff 1`:
+/// past the cutoff dhclient waits `cutoff / 2 + random() % cutoff`, which
+/// is 0 for 1, and its retransmissions then cross the replies.)
 pub(crate) fn start_dhclient(lab: &Lab, opts: &Dhclient) -> Result<Client, LabError> {
     let conf_text =
-        "timeout 3600;\nretry 1;\ninitial-interval 1;\nbackoff-cutoff 1;\nselect-timeout 0;\nreboot 0;\n";
+        "timeout 3600;\nretry 1;\ninitial-interval 1;\nbackoff-cutoff 2;\nselect-timeout 0;\nreboot 0;\n";
     let mut cmd = dhclient_command(lab, opts, conf_text, &lab.work_dir().join(CONFIGURE_SCRIPT), &[])?;
     Client::start(&mut cmd, if opts.v6 { "dhclient -6" } else { "dhclient" })
 }

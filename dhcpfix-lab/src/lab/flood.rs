@@ -88,7 +88,7 @@ pub(crate) fn flood_discovers(lab: &Lab, count: u64, seed: u64) -> Result<u64, L
             if n == frame.len() as isize {
                 sent += 1;
             }
-            if (i as u64 + 1) % BURST == 0 {
+            if (i as u64 + 1).is_multiple_of(BURST) {
                 std::thread::sleep(PAUSE);
             }
         }

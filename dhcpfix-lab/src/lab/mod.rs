@@ -411,6 +411,21 @@ impl Lab {
             .unwrap_or_default()
     }
 
+    /// UDP datagrams the guest's kernel dropped for a bad checksum so far:
+    /// `Udp: InCsumErrors` plus `Udp6InCsumErrors` of the guest namespace
+    /// (Linux 6.18 counts UDPv6 checksum errors under the former).
+    pub fn guest_udp_csum_errors(&self) -> Result<u64, LabError> {
+        let (snmp, snmp6) = netns::in_netns(&self.guest_netns_path(), || {
+            (
+                fs::read_to_string("/proc/thread-self/net/snmp"),
+                fs::read_to_string("/proc/thread-self/net/snmp6"),
+            )
+        })?;
+        let snmp = snmp.map_err(KitError::io("read", "/proc/thread-self/net/snmp"))?;
+        let snmp6 = snmp6.map_err(KitError::io("read", "/proc/thread-self/net/snmp6"))?;
+        Ok(snmp_counter(&snmp, "Udp:", "InCsumErrors") + snmp6_counter(&snmp6, "Udp6InCsumErrors"))
+    }
+
     /// Since when the lab runs: [`DhcpFrame::at`] counts from it.
     pub fn started(&self) -> Instant {
         self.started
@@ -550,4 +565,41 @@ fn no_dad(interfaces: &[&str]) -> Result<(), LabError> {
         fs::write(&path, "0").map_err(KitError::io("write", &path))?;
     }
     Ok(())
+}
+
+/// A counter of `/proc/net/snmp`: a line of names after `prefix`, then a
+/// line of values.
+fn snmp_counter(text: &str, prefix: &str, name: &str) -> u64 {
+    let mut lines = text.lines().filter(|l| l.starts_with(prefix));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A counter of `/proc/net/snmp6`: one `name value` per line.
+fn snmp6_counter(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter_map(|l| l.split_once(char::is_whitespace))
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_snmp_counters() {
+        let snmp = "Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors InCsumErrors\n\
+                    Udp: 5 0 4 3 0 0 4\n";
+        assert_eq!(super::snmp_counter(snmp, "Udp:", "InCsumErrors"), 4);
+        assert_eq!(super::snmp_counter(snmp, "Udp:", "Nothing"), 0);
+        let snmp6 = "Udp6InErrors                    \t2\nUdp6InCsumErrors                \t3\n";
+        assert_eq!(super::snmp6_counter(snmp6, "Udp6InCsumErrors"), 3);
+    }
 }
