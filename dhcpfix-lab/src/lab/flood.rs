@@ -43,6 +43,7 @@ pub fn discover(mac: [u8; 6], xid: u32) -> Vec<u8> {
         more_fragments: false,
         frag_offset: 0,
         trailer: 0,
+        ipv6: None,
     };
     let mut frame = spec.build(Check::Complete);
     frame[..6].fill(0xff);
