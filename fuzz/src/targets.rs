@@ -87,18 +87,23 @@ pub fn frame(data: &[u8]) {
             let field = |at: usize, n: usize| dhcp.get(at..at + n);
             let (xid, mac, msg_type) = if d.family == 6 {
                 // DHCPv6: type, then a 24-bit transaction id; the client is
-                // the frame's destination MAC.
-                let xid = field(1, 3).map_or(0, |b| u32::from_be_bytes([0, b[0], b[1], b[2]]));
-                let mac: [u8; 6] = if field(0, 4).is_some() {
-                    data[..6].try_into().unwrap()
-                } else {
-                    [0; 6]
-                };
-                (xid, mac, field(0, 1).map_or(0, |b| b[0]))
-            } else {
+                // the frame's destination MAC. Nothing of a message shorter
+                // than those four bytes.
+                match field(0, 4) {
+                    Some(b) => (
+                        u32::from_be_bytes([0, b[1], b[2], b[3]]),
+                        data[..6].try_into().unwrap(),
+                        b[0],
+                    ),
+                    None => (0, [0; 6], 0),
+                }
+            } else if field(236, 4) == Some(&[99, 130, 83, 99][..]) {
+                // DHCPv4: read only behind the magic cookie.
                 let xid = field(4, 4).map_or(0, |b| u32::from_be_bytes(b.try_into().unwrap()));
                 let mac: [u8; 6] = field(28, 6).map_or([0; 6], |b| b.try_into().unwrap());
                 (xid, mac, ref_message_type(dhcp))
+            } else {
+                (0, [0; 6], 0)
             };
             assert_eq!(
                 (event.xid, event.mac),
@@ -444,6 +449,32 @@ pub fn seeds(target: &str, root: &Path) -> Vec<Vec<u8>> {
             }
             let mut spec = FrameSpec::dhcp_reply(300, &mut rng);
             spec.more_fragments = true;
+            out.push(spec.build(Check::Complete));
+            // DHCPv6: REPLYs (type 7, a transaction id) to 546, one to 547
+            // behind two tags, then what is left alone: extension headers,
+            // a jumbogram's zero length, a UDP length that disagrees.
+            for (i, payload) in [100usize, 4, 1, 2040, 2041].into_iter().enumerate() {
+                let mut spec = FrameSpec::dhcpv6_reply(payload, &mut rng);
+                spec.vlans = [vec![], vec![0x8100], vec![0x88a8, 0x8100]][i % 3].clone();
+                spec.trailer = [0, 6][i % 2];
+                if i == 2 {
+                    spec.dport = 547;
+                }
+                if payload >= 4 {
+                    spec.payload[..4].copy_from_slice(&[7, 0x12, 0x34, 0x56]);
+                }
+                out.push(spec.build(Check::Partial));
+            }
+            for ext in [vec![0u8], vec![60, 44]] {
+                let mut spec = FrameSpec::dhcpv6_reply(100, &mut rng);
+                spec.ipv6.as_mut().expect("IPv6").ext = ext;
+                out.push(spec.build(Check::Partial));
+            }
+            let mut spec = FrameSpec::dhcpv6_reply(100, &mut rng);
+            spec.ipv6.as_mut().expect("IPv6").payload_len = Some(0);
+            out.push(spec.build(Check::Partial));
+            spec.ipv6.as_mut().expect("IPv6").payload_len = None;
+            spec.ipv6.as_mut().expect("IPv6").udp_len = Some(50);
             out.push(spec.build(Check::Complete));
             out
         }
