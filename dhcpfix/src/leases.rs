@@ -270,6 +270,40 @@ pub fn describe(guest: &Guest, host: Option<u64>) -> String {
     }
 }
 
+/// A rejecting-looking guest on `vnet5` (host namespace, cookie 1) in
+/// `state`, for the tests of what reads guests.
+#[cfg(test)]
+pub(crate) fn example(state: State) -> Guest {
+    Guest {
+        interface: "vnet5".into(),
+        ifindex: 5,
+        netns: NetnsInfo {
+            name: None,
+            cookie: 1,
+        },
+        family: 4,
+        mac: [0x52, 0x54, 0, 0, 0, 5],
+        state,
+        ip: None,
+        lease_s: None,
+        t1_s: None,
+        t2_s: None,
+        lease_remaining_s: None,
+        last_ack_s_ago: None,
+        last_request_s_ago: Some(1),
+        last_reply_s_ago: Some(2),
+        requests_since_ack: 6,
+        requests_after_reply: 5,
+        rejected_replies: 5,
+        xid: 0xabc,
+        transaction_s: Some(40),
+        last_request: "DISCOVER",
+        last_reply: "OFFER",
+        hostname: None,
+        vendor_class: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -43,38 +43,8 @@ impl GuestWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netns::NetnsInfo;
 
-    fn guest(state: State) -> Guest {
-        Guest {
-            interface: "vnet0".into(),
-            ifindex: 3,
-            netns: NetnsInfo {
-                name: None,
-                cookie: 1,
-            },
-            family: 4,
-            mac: [0x52, 0x54, 0, 0, 0, 1],
-            state,
-            ip: None,
-            lease_s: None,
-            t1_s: None,
-            t2_s: None,
-            lease_remaining_s: None,
-            last_ack_s_ago: None,
-            last_request_s_ago: None,
-            last_reply_s_ago: None,
-            requests_since_ack: 4,
-            requests_after_reply: 3,
-            rejected_replies: 3,
-            xid: 0x1234,
-            transaction_s: Some(6),
-            last_request: "DISCOVER",
-            last_reply: "OFFER",
-            hostname: None,
-            vendor_class: None,
-        }
-    }
+    use crate::leases::example as guest;
 
     #[test]
     fn one_line_per_change_into_trouble_and_one_out() {
@@ -85,7 +55,7 @@ mod tests {
         assert_eq!(lines[0].0, log::Level::Warn);
         assert!(
             lines[0].1.starts_with(
-                "vnet0 52:54:00:00:00:01: rejecting: the guest threw away 3 DHCP replies in 6 s"
+                "vnet5 52:54:00:00:00:05: rejecting: the guest threw away 5 DHCP replies in 40 s"
             ),
             "{}",
             lines[0].1
