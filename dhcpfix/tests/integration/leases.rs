@@ -530,3 +530,42 @@ fn random_macs_on_one_tap_cannot_evict_a_guest_on_another() {
     victim.destroy().unwrap();
     flooder.destroy().unwrap();
 }
+
+/// busybox udhcpc, the other raw-socket client: it keeps its transaction
+/// id across retransmissions too, and dhcpfix counts exactly the OFFERs it
+/// asked again after.
+#[test]
+fn audit_mode_shows_udhcpc_rejecting_its_offers() {
+    if !privileged("audit_mode_shows_udhcpc_rejecting_its_offers") {
+        return;
+    }
+    let start = Instant::now();
+    let lab = crate::support::lab(Offload::On, GuestKind::Legacy);
+    dhcpfix_ok(&lab, &["attach", "--audit", lab.tap_name()]);
+    // Five DISCOVERs a second apart, then it gives up.
+    let out = lab.run_udhcpc(Duration::from_secs(6)).unwrap();
+    assert!(out.lease.is_none(), "{}", out.log);
+    thread::sleep(Duration::from_millis(300));
+    let frames = lab.dhcp_frames();
+    let mac = guest_mac(&lab);
+    let offers = frames
+        .iter()
+        .filter(|f| f.to_guest && f.msg_type == DhcpFrame::OFFER)
+        .count();
+    assert!(
+        frames.iter().filter(|f| f.to_guest).all(|f| !f.checksum_ok),
+        "{frames:?}"
+    );
+    let want = thrown_away(&frames, frames[0].mac, 4);
+    assert!(want >= 3 && want as usize >= offers - 1, "{frames:?}");
+    let g = find(&guests(&lab), &mac, 4).cloned().expect("the guest");
+    eprintln!("{g:#}");
+    assert_eq!(g["state"], "rejecting");
+    assert_eq!(u64_of(&g, "requests_after_reply"), u64::from(want), "{frames:?}");
+    assert_eq!(u64_of(&g, "rejected_replies"), u64::from(want));
+    eprintln!(
+        "{offers} OFFERs, {want} asked again after; test took {:.1?}",
+        start.elapsed()
+    );
+    lab.destroy().unwrap();
+}
