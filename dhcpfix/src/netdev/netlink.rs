@@ -6,8 +6,8 @@
 use std::io;
 
 use netlink_packet_core::{
-    NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload, NetlinkSerializable, NLM_F_DUMP,
-    NLM_F_REQUEST,
+    NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload, NetlinkSerializable, NLM_F_ACK,
+    NLM_F_DUMP, NLM_F_REQUEST,
 };
 use netlink_sys::{Socket, SocketAddr};
 
@@ -116,7 +116,11 @@ where
     let io_err = |error| NetlinkError::Request { request, error };
     let socket = connect(protocol, request)?;
     let mut packet = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::InnerMessage(msg));
-    packet.header.flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { 0 };
+    // A plain request asks for an acknowledgement: a request that succeeds
+    // without a reply of its own (RTM_NEWNSID) would otherwise leave the
+    // receive below waiting forever. Replies come before the
+    // acknowledgement, which then goes unread.
+    packet.header.flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { NLM_F_ACK };
     packet.header.sequence_number = 1;
     packet.finalize();
     let mut out = vec![0; packet.buffer_len()];
