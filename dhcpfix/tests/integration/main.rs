@@ -29,5 +29,6 @@ mod lab_fix;
 mod libvirt_hook;
 mod libvirt_real;
 mod macvtap;
+mod namespaces;
 mod reference;
 mod security;
