@@ -24,6 +24,7 @@ mod deploy;
 mod doctor;
 mod faults;
 mod fuzz_short;
+mod hardening;
 mod lab_baseline;
 mod lab_fix;
 mod libvirt_hook;
