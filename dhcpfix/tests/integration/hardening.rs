@@ -487,7 +487,9 @@ struct HostPinDir {
 
 const SYS_FS_BPF: &str = "/sys/fs/bpf";
 
-fn is_bpffs(path: &Path) -> bool {
+/// Whether `path` is on a bpffs at all (statfs), whatever its mode and owner
+/// (`support::is_bpffs` asks whether dhcpfix would use it as a pin directory).
+fn statfs_is_bpffs(path: &Path) -> bool {
     // SAFETY: a zeroed statfs is a valid out-parameter.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
@@ -499,7 +501,7 @@ impl HostPinDir {
     fn new(name: &str) -> HostPinDir {
         HostPinDir {
             path: Path::new(SYS_FS_BPF).join(name),
-            host_bpffs_before: is_bpffs(Path::new(SYS_FS_BPF)),
+            host_bpffs_before: statfs_is_bpffs(Path::new(SYS_FS_BPF)),
         }
     }
 }
@@ -523,7 +525,7 @@ impl Drop for HostPinDir {
             d.flatten()
                 .all(|e| e.file_name() == "maps.debug" || e.file_name() == "progs.debug")
         });
-        if !self.host_bpffs_before && is_bpffs(host) && unused {
+        if !self.host_bpffs_before && statfs_is_bpffs(host) && unused {
             let _ = Command::new("umount").arg(host).output();
         }
     }
@@ -554,7 +556,7 @@ fn attach_under_ip_netns_exec_is_refused_and_netns_works() {
     nothing_on(&sb, "vnet0");
     assert!(!pins.exists(), "{} was made on the host", pins.display());
     assert_eq!(
-        is_bpffs(Path::new(SYS_FS_BPF)),
+        statfs_is_bpffs(Path::new(SYS_FS_BPF)),
         host.host_bpffs_before,
         "the refused run changed the host's /sys/fs/bpf"
     );

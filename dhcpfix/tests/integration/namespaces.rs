@@ -21,7 +21,9 @@ use dhcpfix_lab::kit::{
 };
 use serde_json::Value;
 
-use crate::support::{run_dhcpfix_ok, tcx_programs, wait_until, Agent, Sandbox, AGENT_STARTUP, BIN};
+use crate::support::{
+    iface_key, run_dhcpfix_ok, tcx_programs, wait_until, Agent, Sandbox, AGENT_STARTUP, BIN,
+};
 
 /// The client the test's DHCP replies are for.
 const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x0c, 0x05];
@@ -85,7 +87,7 @@ fn counters_start_from_zero_on_an_interface_that_reuses_an_ifindex() {
     elsewhere
         .ip(&["tuntap", "add", "dev", "vnetB", "mode", "tap", "vnet_hdr"])
         .unwrap();
-    let index = sb.ifindex("vnetA").unwrap();
+    let key = sb.key("vnetA").unwrap();
 
     let tap = open_offloading_tap(&sb, "vnetA");
     let out = sb.dhcpfix_ok(&pins, &["attach", "vnetA"]);
@@ -115,11 +117,7 @@ fn counters_start_from_zero_on_an_interface_that_reuses_an_ifindex() {
     elsewhere
         .ip(&["link", "set", "vnetB", "netns", &sb.name])
         .unwrap();
-    assert_eq!(
-        sb.ifindex("vnetB"),
-        Some(index),
-        "vnetB did not get vnetA's ifindex"
-    );
+    assert_eq!(sb.key("vnetB"), Some(key), "vnetB did not get vnetA's ifindex");
 
     let out = sb.dhcpfix_ok(&pins, &["attach", "vnetB"]);
     assert!(out.contains("vnetB: attached"), "a new attachment: {out}");
@@ -176,11 +174,6 @@ fn listed(sb: &Sandbox, pins: &Path) -> Vec<(String, u64, u64, bool)> {
     out
 }
 
-/// The cookie of the network namespace at `ns`.
-fn cookie(ns: &Path) -> u64 {
-    crate::support::in_netns(ns, || dhcpfix::netns::current_cookie().unwrap())
-}
-
 fn covered(ns: &Path) -> bool {
     tcx_programs(ns, "vnet0").is_some_and(|p| p == ["dhcpfix"])
 }
@@ -197,12 +190,12 @@ fn one_pin_directory_serves_two_namespaces_with_the_same_ifindex() {
     for ns in [&a, &b] {
         ns.ip(&["tuntap", "add", "dev", "vnet0", "mode", "tap"]).unwrap();
     }
-    let index = |ns: &dhcpfix_lab::kit::Netns| {
-        crate::support::in_netns(ns.path(), || dhcpfix::netdev::ifindex("vnet0"))
-    };
-    let ifindex = index(&a).unwrap();
-    assert_eq!(index(&b), Some(ifindex), "the two vnet0 have different ifindexes");
-    let (ca, cb) = (cookie(a.path()), cookie(b.path()));
+    let (ka, kb) = (
+        iface_key(a.path(), "vnet0").unwrap(),
+        iface_key(b.path(), "vnet0").unwrap(),
+    );
+    assert_eq!(ka.ifindex, kb.ifindex, "the two vnet0 have different ifindexes");
+    let (ifindex, ca, cb) = (ka.ifindex, ka.netns, kb.netns);
 
     for ns in [&a, &b] {
         let out = dhcpfix_ok(&sb, &pins, &["attach", "--netns", ns.name(), "vnet0"]);
