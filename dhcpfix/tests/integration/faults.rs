@@ -115,7 +115,8 @@ fn steps(sb: &Sandbox, pins: &Path, args: &[&str]) -> Vec<Step> {
     let trace = sb.dir.join("steps.strace");
     let out = sb
         .command("strace")
-        .args(["-f", "-qq", "-e", "signal=none", "-e"])
+        // -s: whole pin paths (prog-ingress's is past the default 32).
+        .args(["-f", "-qq", "-s", "256", "-e", "signal=none", "-e"])
         .arg(format!("trace={}", STEP_SYSCALLS.join(",")))
         .arg("-o")
         .arg(&trace)
@@ -133,10 +134,11 @@ fn steps(sb: &Sandbox, pins: &Path, args: &[&str]) -> Vec<Step> {
             !line.contains("resumed>"),
             "attach used more than one thread: {line}"
         );
-        // "PID syscall(arguments) = result"
+        // "PID syscall(arguments) = result", the PID padded to 5 columns.
         let Some((_, call)) = line.split_once(' ') else {
             continue;
         };
+        let call = call.trim_start();
         let Some(i) = STEP_SYSCALLS
             .iter()
             .position(|s| call.starts_with(&format!("{s}(")))
