@@ -116,10 +116,9 @@ where
     let io_err = |error| NetlinkError::Request { request, error };
     let socket = connect(protocol, request)?;
     let mut packet = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::InnerMessage(msg));
-    // A plain request asks for an acknowledgement: a request that succeeds
-    // without a reply of its own (RTM_NEWNSID) would otherwise leave the
-    // receive below waiting forever. Replies come before the
-    // acknowledgement, which then goes unread.
+    // A plain request asks for an acknowledgement too: one that succeeds
+    // without a reply message (RTM_NEWNSID) would otherwise get no answer
+    // at all, and the loop below would wait for it forever.
     packet.header.flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { NLM_F_ACK };
     packet.header.sequence_number = 1;
     packet.finalize();

@@ -471,6 +471,59 @@ fn commands_run_beside_a_running_agent() {
     assert!(!log.contains(" ERROR "), "{log}");
 }
 
+/// An agent that follows other namespaces (`--netns PATTERN`) covers a
+/// namespace created after it started: it gives the namespace an id (its
+/// link events name it by that id), attaches its taps, and still stops at
+/// once on SIGTERM.
+#[test]
+fn agent_covers_a_namespace_that_appears_later() {
+    if !privileged("agent_covers_a_namespace_that_appears_later") {
+        return;
+    }
+    let sb = Sandbox::new();
+    let pins = sb.pin_dir();
+    let pattern = sb.netns_name("late*");
+    let mut agent = sb.agent(
+        &pins,
+        &["--iface", "vnet*", "--netns", &pattern, "--metrics-addr", "none"],
+        &[],
+    );
+    agent.wait_running(AGENT_STARTUP);
+    let late = sb.netns("late0");
+    late.ip(&["tuntap", "add", "dev", "vnet7", "mode", "tap"])
+        .unwrap();
+    let covered = |status: &Value| {
+        status["interfaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["name"] == "vnet7" && i["netns"]["name"] == late.name() && i["attached"] == true)
+    };
+    let mut status = Value::Null;
+    let attached = wait_until(SETTLE, || {
+        status = serde_json::from_str(&sb.dhcpfix_ok(&pins, &["status", "--json"])).unwrap();
+        covered(&status)
+    });
+    assert!(
+        attached,
+        "vnet7 in {} not attached: {status}\n{}",
+        late.name(),
+        agent.log()
+    );
+    assert_eq!(
+        crate::support::tcx_programs(late.path(), "vnet7").unwrap(),
+        ["dhcpfix"]
+    );
+    let (status, took, log) = agent.stop(libc::SIGTERM);
+    assert!(status.success(), "{log}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert!(
+        log.contains(&format!("attached vnet7 in network namespace {}", late.name())),
+        "{log}"
+    );
+    assert!(!log.contains(" ERROR "), "{log}");
+}
+
 #[test]
 fn tap_recreated_under_the_same_name_is_protected_again() {
     if !privileged("tap_recreated_under_the_same_name_is_protected_again") {
