@@ -36,11 +36,13 @@ fn assert_covered(sb: &Sandbox, pins: &Path, taps: &[&str]) {
     for tap in taps {
         let progs = sb.wait_programs(tap, &["dhcpfix"], SETTLE);
         assert_eq!(progs, ["dhcpfix"], "{tap}: programs at egress");
-        assert_eq!(
-            sb.tcx_ingress_programs(tap).unwrap(),
-            ["dhcpfix_ingress"],
-            "{tap}: programs at ingress"
-        );
+        // The agent hooks the ingress a moment after the egress.
+        let mut ingress = Vec::new();
+        wait_until(SETTLE, || {
+            ingress = sb.tcx_ingress_programs(tap).unwrap_or_default();
+            ingress == ["dhcpfix_ingress"]
+        });
+        assert_eq!(ingress, ["dhcpfix_ingress"], "{tap}: programs at ingress");
         let key = sb.key(tap).expect("tap exists");
         assert_eq!(
             pinned_link_ifindex(pins, &key),
