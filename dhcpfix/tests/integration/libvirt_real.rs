@@ -20,10 +20,9 @@
 //! the tests of this file run one at a time (a mutex), and the harness
 //! takes a machine-wide lock too.
 
-mod harness;
+pub(crate) mod harness;
 
 use std::{
-    ffi::CString,
     fs,
     path::{Path, PathBuf},
     process::Command,
@@ -31,7 +30,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dhcpfix_lab::kit::privileged;
+use dhcpfix_lab::kit::{self, privileged, Place};
 use harness::{
     eth0_feature, leases, marker, Boot, Domain, GuestKernel, GuestSpec, Initramfs, Libvirt,
     VIRTIO_NET_F_GUEST_CSUM,
@@ -79,51 +78,30 @@ fn guest_boot_files() -> &'static (GuestKernel, Initramfs) {
     files.as_ref().unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Where the tests' bpffs live: a sandbox per test, so a bpffs is
+/// unmounted and its directory removed on drop, on ^C, and (if the test
+/// process was killed) by the next run.
+const PLACE: Place = Place {
+    prefix: "dfxv",
+    run_dir: "/run/dhcpfix-libvirt-real",
+    mode: 0o700,
+};
+
 /// A bpffs of the test's own (never /sys/fs/bpf), unmounted on drop.
 struct Bpffs {
     dir: PathBuf,
-}
-
-const BPFFS_PREFIX: &str = "dhcpfix-libvirt-bpffs-";
-
-fn umount(dir: &Path) {
-    if let Ok(c) = CString::new(dir.as_os_str().as_encoded_bytes()) {
-        // SAFETY: a valid NUL-terminated path; failure (not mounted) is fine.
-        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-    }
-    let _ = fs::remove_dir(dir);
+    _sandbox: kit::Sandbox,
 }
 
 impl Bpffs {
-    /// Also unmounts the bpffs of runs that died before their teardown
-    /// (`<temp>/dhcpfix-libvirt-bpffs-<pid>-<n>`, that pid gone).
     fn mount() -> Self {
-        for entry in fs::read_dir(std::env::temp_dir()).into_iter().flatten().flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let pid = name
-                .strip_prefix(BPFFS_PREFIX)
-                .and_then(|rest| rest.split('-').next())
-                .and_then(|p| p.parse::<u32>().ok());
-            if pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists()) {
-                eprintln!("unmounting the bpffs of an earlier run: {name}");
-                umount(&entry.path());
-            }
-        }
-        static N: Mutex<u32> = Mutex::new(0);
-        let n = {
-            let mut n = N.lock().unwrap_or_else(|e| e.into_inner());
-            *n += 1;
-            *n
-        };
-        let dir = std::env::temp_dir().join(format!("{BPFFS_PREFIX}{}-{n}", std::process::id()));
+        let sandbox = kit::Sandbox::create(&PLACE).unwrap_or_else(|e| panic!("{e}"));
+        let dir = sandbox.dir().join("bpffs");
         crate::support::mount_bpffs(&dir);
-        Self { dir }
-    }
-}
-
-impl Drop for Bpffs {
-    fn drop(&mut self) {
-        umount(&self.dir);
+        Self {
+            dir,
+            _sandbox: sandbox,
+        }
     }
 }
 
