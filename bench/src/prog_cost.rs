@@ -28,7 +28,7 @@ use aya::{
 };
 use dhcpfix::{
     pins::{self, maps::Maps, PinDir},
-    program::{LayoutSource, CLASSIFIER_OBJECT},
+    program::{LayoutSource, CLASSIFIER_OBJECT, PINNED_MAPS},
     testrun::{self, TestProgram, EMPTY_PROGRAM, TEST_MARK_OFFLOAD, TEST_MARK_PARTIAL},
 };
 use dhcpfix_common::{
@@ -36,8 +36,7 @@ use dhcpfix_common::{
     counters::Counters,
     guest::GuestState,
     key::IfaceKey,
-    CONFIG_MAP, COUNTERS_MAP, EVENTS_MAP, GUESTS_MAP, LAYOUT_GLOBAL, PORTS_MAP, PROGRAM_NAME, SETTINGS_MAP,
-    TEST_MODE_GLOBAL,
+    LAYOUT_GLOBAL, PROGRAM_NAME, TEST_MODE_GLOBAL,
 };
 use dhcpfix_lab::kit::{find_tool, netns, process};
 use serde::{Deserialize, Serialize};
@@ -447,16 +446,6 @@ fn bpftool_version(bpftool: &Path) -> Result<String> {
     let first = text.lines().next().unwrap_or_default().trim();
     Ok(first.rsplit('/').next().unwrap_or(first).to_string())
 }
-
-/// The maps `dhcpfix::program::load_or_open` pins.
-const PINNED_MAPS: [&str; 6] = [
-    CONFIG_MAP,
-    COUNTERS_MAP,
-    PORTS_MAP,
-    EVENTS_MAP,
-    SETTINGS_MAP,
-    GUESTS_MAP,
-];
 
 /// Loads the empty classifier as `dhcpfix::program::load_or_open` loads the
 /// classifier (the running kernel's layout, test mode off, the maps pinned

@@ -402,6 +402,20 @@ pub fn random_ipv6_spec(rng: &mut Rng, max_payload: u64) -> FrameSpec {
     spec
 }
 
+/// A DHCPv4 message from a server (BOOTREPLY) of type `msg_type` (2 OFFER,
+/// 5 ACK, ...) for the client `chaddr`, transaction `xid`: fixed header,
+/// magic cookie, option 53, end. 244 bytes, the UDP payload of a
+/// [`FrameSpec`].
+pub fn dhcp_reply_message(msg_type: u8, xid: u32, chaddr: [u8; 6]) -> Vec<u8> {
+    let mut m = vec![0u8; 244];
+    m[..4].copy_from_slice(&[2, 1, 6, 0]); // BOOTREPLY, Ethernet, hlen 6, hops
+    m[4..8].copy_from_slice(&xid.to_be_bytes());
+    m[28..34].copy_from_slice(&chaddr);
+    m[236..240].copy_from_slice(&[99, 130, 83, 99]);
+    m[240..244].copy_from_slice(&[53, 1, msg_type, 255]);
+    m
+}
+
 /// What the check field holds when the frame is built.
 #[derive(Clone, Copy, Debug)]
 pub enum Check {

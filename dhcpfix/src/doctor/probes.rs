@@ -49,6 +49,8 @@ pub struct KernelFacts {
 /// The pin directory.
 pub struct PinDirFacts {
     pub path: PathBuf,
+    /// Something is there (a mount needs an existing directory).
+    pub exists: bool,
     /// It exists, on a bpffs.
     pub on_bpffs: bool,
     /// The program is pinned there.
@@ -78,6 +80,7 @@ pub fn kernel(opts: &Options) -> KernelFacts {
         caps: Capabilities::current(),
         pin_dir: PinDirFacts {
             path: pin_dir.clone(),
+            exists: std::fs::symlink_metadata(pin_dir).is_ok(),
             on_bpffs,
             loaded,
             refused: opened.err().map(|e| e.to_string()),

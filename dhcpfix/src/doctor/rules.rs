@@ -289,12 +289,18 @@ fn pin_dir_check(kernel: &KernelFacts) -> Check {
             format!("{shown} has no bpffs yet; attach creates and mounts it"),
         )
     } else {
+        // mount(8) needs the directory to exist.
+        let mkdir = if pins.exists {
+            String::new()
+        } else {
+            format!("mkdir -p -m 0700 {shown} && ")
+        };
         Check::new(
             item,
             Level::Action,
             format!(
                 "{shown} has no bpffs and this user cannot mount one: run as root, or mount one \
-                 there (mount -t bpf -o mode=0700 bpf {shown})"
+                 there ({mkdir}mount -t bpf -o mode=0700 bpf {shown})"
             ),
         )
     }

@@ -145,14 +145,19 @@ const MOUNT_BPFFS: &[Requirement] = &[Requirement {
     cap: Capability::SysAdmin,
     or_sys_admin: true,
 }];
-// Measured (tests/deploy.rs, "kernel facts"): setns(2) fails without
-// CAP_SYS_ADMIN; NETLINK_LISTEN_ALL_NSID needs CAP_NET_BROADCAST, which
-// CAP_SYS_ADMIN does not stand in for; /proc/PID/ns/net of another process
-// needs CAP_SYS_PTRACE.
+// Measured (tests/integration/deploy.rs, "kernel facts"): setns(2) fails
+// without CAP_SYS_ADMIN; giving a namespace an id (RTM_NEWNSID, which its
+// link events are told apart by) needs CAP_NET_ADMIN, and
+// NETLINK_LISTEN_ALL_NSID CAP_NET_BROADCAST, which CAP_SYS_ADMIN does not
+// stand in for; /proc/PID/ns/net of another process needs CAP_SYS_PTRACE.
 const OTHER_NAMESPACES: &[Requirement] = &[
     Requirement {
         cap: Capability::SysAdmin,
         or_sys_admin: true,
+    },
+    Requirement {
+        cap: Capability::NetAdmin,
+        or_sys_admin: false,
     },
     Requirement {
         cap: Capability::NetBroadcast,
@@ -195,7 +200,7 @@ impl Operation {
             Self::AttachNetlink => "a netlink attachment needs CAP_NET_ADMIN",
             Self::MountBpffs => "mounting bpffs needs CAP_SYS_ADMIN",
             Self::OtherNamespaces => {
-                "other network namespaces need CAP_SYS_ADMIN, CAP_NET_BROADCAST and CAP_SYS_PTRACE"
+                "other network namespaces need CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_NET_BROADCAST and CAP_SYS_PTRACE"
             }
         }
     }
@@ -354,12 +359,21 @@ mod tests {
             Capabilities::default().missing(&[Load, AttachNetlink, MountBpffs]),
             [Bpf, NetAdmin, Perfmon, SysAdmin]
         );
-        // Other namespaces: CAP_SYS_ADMIN does not stand in for the others.
+        // Other namespaces: CAP_SYS_ADMIN does not stand in for the others
+        // (CAP_NET_ADMIN for RTM_NEWNSID, although it does for loading).
         assert_eq!(
             Capabilities::of(&[SysAdmin]).missing(&[Load, AttachTcx, OtherNamespaces]),
-            [NetBroadcast, SysPtrace]
+            [NetAdmin, NetBroadcast, SysPtrace]
         );
-        assert!(Capabilities::of(&[SysAdmin, NetBroadcast, SysPtrace])
+        assert_eq!(
+            Capabilities::of(&[SysAdmin, NetBroadcast, SysPtrace]).missing(&[
+                Load,
+                AttachTcx,
+                OtherNamespaces
+            ]),
+            [NetAdmin]
+        );
+        assert!(Capabilities::of(&[SysAdmin, NetAdmin, NetBroadcast, SysPtrace])
             .missing(&[Load, AttachTcx, OtherNamespaces])
             .is_empty());
     }

@@ -33,7 +33,8 @@ use std::{
 
 use dhcpfix_common::{config::DEFAULT_PORTS, counters::Counters, counters::Outcome, frame::MAX_UDP_LEN};
 use dhcpfix_lab::kit::{
-    dev, privileged,
+    dev::{self, VIRTIO_NET_HDR_F_NEEDS_CSUM, VNET_HDR_LEN},
+    privileged,
     reference::{
         random_ipv6_spec, ref_addresses, ref_classify, ref_sum, ref_udp_checksum, ref_verifies, Check,
         FrameSpec, RefVerdict, Rng,
@@ -50,11 +51,6 @@ const VETH: &str = "inj0";
 const VETH_PEER: &str = "inj1";
 /// Room for UDP segments beyond MAX_UDP_LEN (2048), which must be skipped.
 const MTU: &str = "4000";
-/// `sizeof(struct virtio_net_hdr)`.
-const VNET_HDR_LEN: usize = 10;
-const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
-/// `PACKET_VNET_HDR` (linux/if_packet.h).
-const PACKET_VNET_HDR: libc::c_int = 15;
 /// Frames per batch: sent, then read back from both taps before the next
 /// batch (well below the taps' queue length).
 const BATCH: usize = 200;
@@ -449,38 +445,14 @@ fn open_tap(name: &str, offload: bool) -> OwnedFd {
 /// An `AF_PACKET` raw socket with `PACKET_VNET_HDR`, bound to `ifname`
 /// (protocol 0: it sends only). Call on a thread inside the netns.
 fn packet_socket(ifname: &str) -> OwnedFd {
-    let fd = dev::packet_socket(0).unwrap_or_else(|e| panic!("socket(AF_PACKET): {e}"));
-    let one: libc::c_int = 1;
-    dev::setsockopt(&fd, libc::SOL_PACKET, PACKET_VNET_HDR, &one)
-        .unwrap_or_else(|e| panic!("PACKET_VNET_HDR: {e}"));
     let ifindex = dhcpfix::netdev::ifindex(ifname).expect("injection interface");
-    dev::bind_packet(&fd, ifindex, 0).unwrap_or_else(|e| panic!("bind AF_PACKET to {ifname}: {e}"));
-    fd
-}
-
-fn vnet_header(case: &Case) -> [u8; VNET_HDR_LEN] {
-    let mut h = [0u8; VNET_HDR_LEN];
-    if let Some((start, off)) = case.partial {
-        h[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
-        // hdr_len: the kernel raises it to csum_start + csum_offset + 2.
-        h[6..8].copy_from_slice(&start.to_le_bytes());
-        h[8..10].copy_from_slice(&off.to_le_bytes());
-    }
-    h
+    dev::vnet_packet_socket(ifindex).unwrap_or_else(|e| panic!("AF_PACKET socket on {ifname}: {e}"))
 }
 
 /// Writes header + frame; the errno if the kernel refuses it.
-fn send(sock: &OwnedFd, case: &Case, buf: &mut Vec<u8>) -> Result<(), i32> {
-    buf.clear();
-    buf.extend_from_slice(&vnet_header(case));
-    buf.extend_from_slice(&case.frame);
-    // SAFETY: `buf` is readable for its length during the call.
-    let n = unsafe { libc::send(sock.as_raw_fd(), buf.as_ptr().cast(), buf.len(), 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error().raw_os_error().unwrap_or(0));
-    }
-    assert_eq!(n as usize, buf.len(), "short AF_PACKET send");
-    Ok(())
+fn send(sock: &OwnedFd, case: &Case) -> Result<(), i32> {
+    dev::write_with_header(sock, &dev::vnet_header(case.partial), &case.frame)
+        .map_err(|e| e.raw_os_error().unwrap_or(0))
 }
 
 /// Reads frames (vnet header included) from a tap until `want` have come
@@ -701,7 +673,6 @@ fn random_and_mutated_frames_through_the_kernel_match_the_reference() {
     // IPv6 cases: (filled on the offload tap, skipped there, completed by
     // the kernel and verified on the other).
     let (mut v6_filled, mut v6_skipped, mut v6_pristine) = (0u64, 0u64, 0u64);
-    let mut buf = Vec::with_capacity(8192);
     let mut n = 0u64;
     while n < total {
         let path = if batches % 2 == 0 {
@@ -723,7 +694,7 @@ fn random_and_mutated_frames_through_the_kernel_match_the_reference() {
         for case in &cases {
             let id = n;
             n += 1;
-            match send(sock, case, &mut buf) {
+            match send(sock, case) {
                 Err(errno) => {
                     assert!(
                         refused_at_send(case),

@@ -262,9 +262,15 @@ impl Sandbox {
         }
     }
 
-    /// Another namespace of this sandbox, `<name>-<suffix>`.
+    /// Another namespace of this sandbox, named [`Sandbox::netns_name`].
     pub fn netns(&self, suffix: &str) -> kit::Netns {
         self._sandbox.netns(suffix).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The name [`Sandbox::netns`] gives a namespace: `<sandbox>-<suffix>`
+    /// (a glob `suffix` makes a pattern for `dhcpfix run --netns`).
+    pub fn netns_name(&self, suffix: &str) -> String {
+        format!("{}-{suffix}", self._sandbox.name())
     }
 
     pub fn ns_path(&self) -> PathBuf {
