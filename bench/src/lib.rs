@@ -47,7 +47,8 @@ pub struct Options {
     pub out: PathBuf,
     /// The dhcpfix binary under test.
     pub dhcpfix: PathBuf,
-    /// Run only these sections (all when empty).
+    /// Run only these sections (all when empty); the others are kept from
+    /// the report already in `out`.
     pub only: Vec<Section>,
 }
 
@@ -158,7 +159,7 @@ pub fn run(opts: &Options) -> Result<Report> {
     drop(sb);
     machine.load_end = machine::load_average();
 
-    let report = Report {
+    let mut report = Report {
         schema: report::SCHEMA,
         generated_utc,
         quick: opts.quick,
@@ -170,8 +171,15 @@ pub fn run(opts: &Options) -> Result<Report> {
         scale,
         storm,
         targets: Vec::new(),
+        kept: Vec::new(),
+    };
+    // With --only, the other sections stay as the report in --out has them.
+    if !opts.only.is_empty() {
+        if let Some(earlier) = Report::read(&opts.out) {
+            report.keep_from(earlier);
+        }
     }
-    .evaluated();
+    let report = report.evaluated();
     report.write(&opts.out)?;
     Ok(report)
 }

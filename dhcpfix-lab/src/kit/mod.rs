@@ -11,6 +11,7 @@
 //! | taps, `AF_PACKET` sockets | [`dev`] |
 //! | the reference model of the classifier, frames, a PRNG | [`reference`](mod@reference) |
 //! | BTF blobs for sample kernels | [`btf`] |
+//! | code running as `nobody` (what any local user can do) | [`user`] |
 
 pub mod btf;
 pub mod dev;
@@ -21,6 +22,7 @@ pub mod process;
 pub mod reference;
 pub mod sandbox;
 pub mod tools;
+pub mod user;
 
 pub use error::KitError;
 pub use mounts::{mount_bpffs, unmount_below};

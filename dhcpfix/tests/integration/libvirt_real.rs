@@ -289,6 +289,33 @@ fn counter(stats: &Value, name: &str) -> u64 {
     stats["counters"][name].as_u64().unwrap_or(0)
 }
 
+/// What `dhcpfix doctor --json` (with the test's pin directory) says about
+/// `tap`'s attachment: its entry among the taps (`None`: not listed), and
+/// every finding that the doctor could not read the pin directory or that
+/// an attachment's interface is gone.
+fn doctor_on(env: &Env, tap: &str) -> (Option<Value>, Vec<String>) {
+    let doctor = env.json(&["doctor", "--json"]);
+    let entry = doctor["interfaces"]
+        .as_array()
+        .and_then(|l| l.iter().find(|i| i["name"] == tap))
+        .cloned();
+    let pins = env.pins.display().to_string();
+    let findings = ["kernel", "notes"]
+        .iter()
+        .flat_map(|part| doctor[*part].as_array().cloned().unwrap_or_default())
+        .filter(|c| {
+            let item = c["item"].as_str().unwrap_or("");
+            let detail = c["detail"].as_str().unwrap_or("");
+            detail.contains("pinned but")
+                || item.contains(tap)
+                || (item == "pin directory" && c["level"] != "ok")
+                || (item == "dhcpfix attachments" && detail.contains(&pins))
+        })
+        .map(|c| format!("{}: {} ({})", c["item"], c["detail"], c["level"]))
+        .collect();
+    (entry, findings)
+}
+
 #[test]
 fn linux_guest_attached_filled_and_detached_at_stop() {
     const TEST: &str = "linux_guest_attached_filled_and_detached_at_stop";
@@ -316,8 +343,14 @@ fn linux_guest_attached_filled_and_detached_at_stop() {
         tap_tx_csum(&tap)
     );
 
-    // The hook attached at start.
+    // The hook attached at start, and the doctor (reading the test's pin
+    // directory) sees it: so that its silence after destroy means something.
     assert_attached(&env, &tap);
+    let (entry, findings) = doctor_on(&env, &tap);
+    assert!(
+        entry.as_ref().is_some_and(|e| e["dhcpfix"]["method"] == "tcx") && findings.is_empty(),
+        "while {tap} runs, dhcpfix doctor --json should show it covered by dhcpfix: {entry:?} {findings:?}"
+    );
 
     // The guest boots, loads virtio-net, and gets a lease from libvirt's dnsmasq.
     let (i, eth0) = dom
@@ -410,20 +443,12 @@ fn linux_guest_attached_filled_and_detached_at_stop() {
     if !links.is_empty() {
         left.push(format!("{} still holds {links:?}", env.links_dir().display()));
     }
-    let doctor = env.json(&["doctor", "--json"]);
-    let stale: Vec<String> = doctor["notes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|n| {
-            let item = n["item"].as_str().unwrap_or("");
-            let detail = n["detail"].as_str().unwrap_or("");
-            item.contains(&tap) || detail.contains("pinned but")
-        })
-        .map(|n| format!("{}: {} ({})", n["item"], n["detail"], n["level"]))
-        .collect();
+    let (entry, stale) = doctor_on(&env, &tap);
     if !stale.is_empty() {
         left.push(format!("`dhcpfix doctor --json` warns: {}", stale.join("; ")));
+    }
+    if let Some(entry) = entry {
+        left.push(format!("`dhcpfix doctor --json` still lists {tap}: {entry}"));
     }
     let targets: Vec<Vec<String>> = stop_calls.iter().map(|c| c.interface_targets()).collect();
     let defect = (!left.is_empty()).then(|| {

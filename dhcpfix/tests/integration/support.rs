@@ -59,7 +59,7 @@ pub fn run_dhcpfix_ok(cmd: Command, pins: &Path, args: &[&str]) -> String {
 
 /// A lab (its sandbox removes it on ^C too).
 pub fn lab(offload: Offload, guest: GuestKind) -> Lab {
-    Lab::create(LabOptions { offload, guest }).unwrap_or_else(|e| panic!("{e}"))
+    Lab::create(LabOptions::new(offload, guest)).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// `dhcpfix --pin-dir PINS ARGS` in the lab's host namespace, echoed.
