@@ -6,8 +6,8 @@
 use std::io;
 
 use netlink_packet_core::{
-    NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload, NetlinkSerializable, NLM_F_DUMP,
-    NLM_F_REQUEST,
+    NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload, NetlinkSerializable, NLM_F_ACK,
+    NLM_F_DUMP, NLM_F_REQUEST,
 };
 use netlink_sys::{Socket, SocketAddr};
 
@@ -103,7 +103,10 @@ pub(crate) fn connect(protocol: isize, request: &'static str) -> Result<Socket, 
 }
 
 /// Sends one request and collects what answers it: every message of a
-/// dump (up to `NLMSG_DONE`), or the single reply of a plain request.
+/// dump (up to `NLMSG_DONE`), or the single reply of a plain request. A
+/// plain request asks for an acknowledgement (`NLM_F_ACK`): a request that
+/// succeeds without a reply of its own (`RTM_NEWNSID`) would otherwise
+/// leave nothing to wait for.
 pub(crate) fn request<I>(
     protocol: isize,
     msg: I,
@@ -116,7 +119,7 @@ where
     let io_err = |error| NetlinkError::Request { request, error };
     let socket = connect(protocol, request)?;
     let mut packet = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::InnerMessage(msg));
-    packet.header.flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { 0 };
+    packet.header.flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { NLM_F_ACK };
     packet.header.sequence_number = 1;
     packet.finalize();
     let mut out = vec![0; packet.buffer_len()];
