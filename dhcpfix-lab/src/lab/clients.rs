@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::{Lab, LabError, BRIDGE, GUEST_TAP};
+use super::{Lab, LabError, GUEST_TAP};
 use crate::kit::{find_tool, one_line, process, KitError};
 
 /// Result of one DHCP client run in the guest namespace.
@@ -57,7 +57,7 @@ pub(crate) fn start_dnsmasq(lab: &Lab) -> Result<Child, LabError> {
         .arg("--no-hosts")
         .arg("--no-resolv")
         .arg("--port=0")
-        .arg(format!("--interface={BRIDGE}"))
+        .arg(format!("--interface={}", lab.bridge()))
         .arg("--bind-interfaces")
         .arg(format!(
             "--dhcp-range={},{},255.255.255.0,10m",

@@ -14,7 +14,11 @@ use std::sync::{mpsc, Arc};
 use std::thread::{self, JoinHandle};
 
 use super::{GuestKind, LabError, Offload};
-use crate::kit::{dev, netns, KitError};
+use crate::kit::{
+    dev, netns,
+    reference::{ref_addresses, ref_classify, ref_verifies, RefVerdict},
+    KitError,
+};
 
 /// `sizeof(struct virtio_net_hdr)`, the tun default `TUNSETVNETHDRSZ`.
 pub(crate) const VNET_HDR_LEN: usize = 10;
@@ -35,6 +39,14 @@ pub struct RelayStats {
     pub guest_to_host: u64,
     /// Reads or writes that failed (frame dropped).
     pub errors: u64,
+    /// Of the frames written to the guest tap, DHCP messages (IPv4 or IPv6
+    /// UDP to port 68 or 67, IPv4 not fragmented): what dhcpfix watches.
+    pub dhcp_to_guest: u64,
+    /// Of those, the ones whose vnet header had `NEEDS_CSUM`.
+    pub dhcp_to_guest_needs_csum: u64,
+    /// Of those, the ones whose UDP checksum does not verify as written to
+    /// the guest tap: what a DHCP client that checks it drops.
+    pub dhcp_to_guest_bad_checksum: u64,
 }
 
 #[derive(Default)]
@@ -43,6 +55,9 @@ struct Counters {
     h2g_csum: AtomicU64,
     g2h: AtomicU64,
     errors: AtomicU64,
+    dhcp: AtomicU64,
+    dhcp_csum: AtomicU64,
+    dhcp_bad: AtomicU64,
 }
 
 pub(crate) struct RelayConfig {
@@ -70,6 +85,9 @@ impl RelayHandle {
             host_to_guest_needs_csum: c.h2g_csum.load(Ordering::Relaxed),
             guest_to_host: c.g2h.load(Ordering::Relaxed),
             errors: c.errors.load(Ordering::Relaxed),
+            dhcp_to_guest: c.dhcp.load(Ordering::Relaxed),
+            dhcp_to_guest_needs_csum: c.dhcp_csum.load(Ordering::Relaxed),
+            dhcp_to_guest_bad_checksum: c.dhcp_bad.load(Ordering::Relaxed),
         }
     }
 
@@ -296,14 +314,19 @@ fn run(host: &OwnedFd, guest: &OwnedFd, stop: &OwnedFd, kind: GuestKind, c: &Cou
             // host -> guest
             match read_fd(h, &mut buf) {
                 Ok(n) if n >= VNET_HDR_LEN => {
-                    if buf[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0 {
+                    let needs_csum = buf[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0;
+                    if needs_csum {
                         c.h2g_csum.fetch_add(1, Ordering::Relaxed);
                     }
                     let out = match kind {
                         GuestKind::Legacy => &buf[VNET_HDR_LEN..n],
                         GuestKind::Modern => &buf[..n],
                     };
-                    count(write_fd(g, out), &c.h2g, c, "write guest tap");
+                    let written = write_fd(g, out);
+                    if written.is_ok() {
+                        count_dhcp(&buf[VNET_HDR_LEN..n], needs_csum, c);
+                    }
+                    count(written, &c.h2g, c, "write guest tap");
                 }
                 Ok(n) => {
                     log::debug!("lab relay: short host frame ({n} bytes) dropped");
@@ -335,6 +358,22 @@ fn run(host: &OwnedFd, guest: &OwnedFd, stop: &OwnedFd, kind: GuestKind, c: &Cou
                 }
             }
         }
+    }
+}
+
+/// Counts a frame written to the guest if it is a DHCP message, and checks
+/// its UDP checksum as the guest's client would.
+fn count_dhcp(frame: &[u8], needs_csum: bool, c: &Counters) {
+    let RefVerdict::Dhcp { l3, l4, udp_len } = ref_classify(frame, &[68, 67], usize::MAX) else {
+        return;
+    };
+    c.dhcp.fetch_add(1, Ordering::Relaxed);
+    if needs_csum {
+        c.dhcp_csum.fetch_add(1, Ordering::Relaxed);
+    }
+    let (src, dst) = ref_addresses(frame, l3);
+    if !ref_verifies(src, dst, &frame[l4..l4 + udp_len]) {
+        c.dhcp_bad.fetch_add(1, Ordering::Relaxed);
     }
 }
 
