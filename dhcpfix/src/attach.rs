@@ -498,8 +498,10 @@ pub fn forget_stopped_guest(
     })?
 }
 
-/// The network namespace with cookie `netns` is gone: removes everything
-/// its interfaces left (their links are dead with them).
+/// The network namespace with cookie `netns` is being dismantled (the
+/// kernel reported it deleted, which it does before it unregisters the
+/// namespace's devices): detaches and removes everything its interfaces
+/// have, live links included.
 pub fn forget_namespace(
     pins: &PinDir,
     netns: u64,
@@ -510,10 +512,31 @@ pub fn forget_namespace(
     }
     let _lock = pins.lock(lock_timeout)?;
     let mut maps = Maps::open(pins)?;
-    let gone = |_: &IfaceKey, _: &IfaceConfig| Some(false);
-    Ok(gc::dead_where(pins, &mut maps, &gone, |key, _| {
-        key.netns == netns
-    })?)
+    let mut keys: Vec<IfaceKey> = links::list(pins)
+        .into_iter()
+        .chain(maps.configs().into_iter().map(|(k, _)| k))
+        .chain(maps.counter_keys())
+        .filter(|k| k.netns == netns)
+        .collect();
+    keys.sort();
+    keys.dedup();
+    let mut gone = Vec::new();
+    for key in keys {
+        gone.push(gc::forget_dismantled(pins, &mut maps, &key)?);
+    }
+    Ok(gone)
+}
+
+/// Whether anything of the network namespace with cookie `netns` is left
+/// in the pin directory: a link pin or a configuration entry.
+pub fn has_remains(pins: &PinDir, netns: u64) -> Result<bool, AttachError> {
+    if links::list(pins).iter().any(|k| k.netns == netns) {
+        return Ok(true);
+    }
+    if !program::is_loaded(pins) {
+        return Ok(false);
+    }
+    Ok(Maps::open(pins)?.configs().iter().any(|(k, _)| k.netns == netns))
 }
 
 /// Removes what deleted interfaces left behind, in every namespace (or only

@@ -43,6 +43,22 @@ pub fn forget(pins: &PinDir, maps: &mut Maps, key: &IfaceKey) -> Result<Forgotte
     })
 }
 
+/// [`forget`] for an interface of a namespace the kernel is dismantling:
+/// its links are unpinned, not detached ([`links::unpin`]).
+pub fn forget_dismantled(pins: &PinDir, maps: &mut Maps, key: &IfaceKey) -> Result<Forgotten, PinsError> {
+    let name = maps
+        .config(key)
+        .map(|c| String::from_utf8_lossy(c.name_bytes()).into_owned())
+        .unwrap_or_default();
+    let had_link = links::unpin(pins, key)?;
+    maps.forget(key);
+    Ok(Forgotten {
+        key: *key,
+        name,
+        had_link,
+    })
+}
+
 /// Whether the interface of a netlink attachment still exists: `None` when
 /// it cannot be told (its namespace is not reachable from here).
 pub trait NetlinkProbe {
