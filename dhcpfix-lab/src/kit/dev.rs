@@ -147,3 +147,33 @@ pub fn set_recv_timeout(fd: &OwnedFd, timeout: Duration) -> io::Result<()> {
     };
     setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)
 }
+
+/// `PACKET_VNET_HDR` (linux/if_packet.h).
+const PACKET_VNET_HDR: libc::c_int = 15;
+/// `VIRTIO_NET_HDR_F_NEEDS_CSUM` in `virtio_net_hdr.flags`.
+pub const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
+/// `sizeof(struct virtio_net_hdr)`.
+pub const VNET_HDR_LEN: usize = 10;
+
+/// An `AF_PACKET` socket (protocol 0: it only sends) bound to `ifindex`,
+/// whose frames start with a `virtio_net_hdr` (`PACKET_VNET_HDR`): a
+/// header with `NEEDS_CSUM` makes the kernel take the frame as
+/// `CHECKSUM_PARTIAL`, as a local DHCP server's reply is.
+pub fn vnet_packet_socket(ifindex: u32) -> io::Result<OwnedFd> {
+    let fd = packet_socket(0)?;
+    setsockopt(&fd, libc::SOL_PACKET, PACKET_VNET_HDR, &(1 as libc::c_int))?;
+    bind_packet(&fd, ifindex, 0)?;
+    Ok(fd)
+}
+
+/// The `virtio_net_hdr` of a frame whose checksum the kernel is to finish
+/// (`NEEDS_CSUM`, `csum_start`, `csum_offset`); no partial checksum: all zero.
+pub fn vnet_header(partial: Option<(u16, u16)>) -> [u8; VNET_HDR_LEN] {
+    let mut h = [0u8; VNET_HDR_LEN];
+    if let Some((start, offset)) = partial {
+        h[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+        h[6..8].copy_from_slice(&start.to_le_bytes());
+        h[8..10].copy_from_slice(&offset.to_le_bytes());
+    }
+    h
+}

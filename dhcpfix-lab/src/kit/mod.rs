@@ -9,7 +9,7 @@
 //! | a work directory and namespaces removed on drop, on signals, after a crash | [`sandbox`] |
 //! | a test acting on every namespace of the host runs alone | [`gate`] |
 //! | bpffs mounts, unmounting below a directory | [`mounts`] |
-//! | taps, `AF_PACKET` sockets | [`dev`] |
+//! | taps, `AF_PACKET` sockets (with a vnet header: partial checksums) | [`dev`] |
 //! | the reference model of the classifier, frames, a PRNG | [`reference`](mod@reference) |
 //! | BTF blobs for sample kernels | [`btf`] |
 

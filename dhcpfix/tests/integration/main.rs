@@ -33,3 +33,4 @@ mod libvirt_real;
 mod macvtap;
 mod reference;
 mod security;
+mod upgrade;

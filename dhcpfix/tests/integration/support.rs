@@ -316,16 +316,29 @@ impl Agent {
         args: &[&str],
         wrapper: &[&str],
     ) -> Agent {
+        Agent::start_bin(Path::new(BIN), command, dir, pins, args, wrapper)
+    }
+
+    /// [`Agent::start`] of another dhcpfix binary (a newer one).
+    pub fn start_bin(
+        bin: &Path,
+        command: impl Fn(&str) -> Command,
+        dir: &Path,
+        pins: &Path,
+        args: &[&str],
+        wrapper: &[&str],
+    ) -> Agent {
+        let bin = bin.to_str().expect("a UTF-8 path");
         static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = dir.join(format!("agent-{n}.log"));
         let mut cmd = match wrapper.split_first() {
             Some((program, rest)) => {
                 let mut c = command(program);
-                c.args(rest).arg(BIN);
+                c.args(rest).arg(bin);
                 c
             }
-            None => command(BIN),
+            None => command(bin),
         };
         let child = cmd
             .env("RUST_LOG", "info")
@@ -580,4 +593,52 @@ pub fn footprint(pid: u32) -> Footprint {
         rss_kib: field("VmRSS:"),
         threads: field("Threads:"),
     }
+}
+
+// ------------------------------------------------------- a newer dhcpfix
+
+/// The environment variable `cargo xtask test` names the `next-abi` build
+/// in (built beforehand, cached in `target/next-abi`).
+pub const NEXT_ABI_VAR: &str = "DHCPFIX_TEST_NEXT_ABI";
+
+/// A "newer dhcpfix": the `next-abi` build (PIN_ABI 3, other records),
+/// made to test in-place upgrades from this build's pins. From
+/// `DHCPFIX_TEST_NEXT_ABI`, or built here once into `target/next-abi`
+/// (about two minutes the first time; cargo keeps it).
+pub fn next_abi_bin() -> PathBuf {
+    static BIN: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os(NEXT_ABI_VAR).filter(|v| !v.is_empty()) {
+            let bin = PathBuf::from(bin);
+            return if bin.is_file() {
+                Ok(bin)
+            } else {
+                Err(format!("{NEXT_ABI_VAR}={}: no such file", bin.display()))
+            };
+        }
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("the workspace");
+        let target = root.join("target/next-abi");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        eprintln!(
+            "building the next-abi dhcpfix into {} ({NEXT_ABI_VAR} not set)",
+            target.display()
+        );
+        let out = Command::new(cargo)
+            .current_dir(root)
+            .args(["build", "-p", "dhcpfix", "--features", "next-abi", "--target-dir"])
+            .arg(&target)
+            .output()
+            .map_err(|e| format!("running cargo: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "cargo build --features next-abi failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(target.join("debug/dhcpfix"))
+    })
+    .clone()
+    .unwrap_or_else(|e| panic!("{e}"))
 }
