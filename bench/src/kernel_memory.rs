@@ -42,11 +42,11 @@ pub struct KernelMemory {
     pub total_bytes: u64,
 }
 
-/// Reads the memory of the program pinned at `<pin_dir>/prog` and of every
+/// Reads the memory of the program pinned in `pin_dir` and of every
 /// map it uses (found through the program's map ids, so unpinned maps such
 /// as the scratch buffer and the read-only globals count too).
 pub fn read(pin_dir: &Path) -> Result<KernelMemory> {
-    let prog_path = pin_dir.join("prog");
+    let prog_path = pin_dir.join(dhcpfix::pins::program_rel());
     let prog = sys::obj_get(&prog_path).map_err(BenchError::io("BPF_OBJ_GET", &prog_path))?;
     let prog_memlock_bytes = memlock(&prog)?;
     let ids = sys::prog_map_ids(&prog).map_err(BenchError::sys("BPF_OBJ_GET_INFO_BY_FD on the program"))?;

@@ -23,27 +23,28 @@ use std::{
 };
 
 use aya::{
-    maps::{MapData, PerCpuHashMap},
     programs::{tc::TcAttachType, SchedClassifier},
     EbpfLoader,
 };
 use dhcpfix::{
-    bpffs::PinDir,
-    program::{self, LayoutSource, CLASSIFIER_OBJECT},
+    pins::{self, maps::Maps, PinDir},
+    program::{LayoutSource, CLASSIFIER_OBJECT},
     testrun::{self, TestProgram, EMPTY_PROGRAM, TEST_MARK_OFFLOAD, TEST_MARK_PARTIAL},
 };
 use dhcpfix_common::{
     config::{IfaceConfig, DEFAULT_PORTS, MODE_FILL},
     counters::Counters,
-    CONFIG_MAP, COUNTERS_MAP, EVENTS_MAP, LAYOUT_GLOBAL, PORTS_MAP, PROGRAM_NAME, TEST_MODE_GLOBAL,
+    key::IfaceKey,
+    CONFIG_MAP, COUNTERS_MAP, EVENTS_MAP, GUESTS_MAP, LAYOUT_GLOBAL, PORTS_MAP, PROGRAM_NAME, SETTINGS_MAP,
+    TEST_MODE_GLOBAL,
 };
+use dhcpfix_lab::kit::{find_tool, netns, process};
 use serde::{Deserialize, Serialize};
 
 use crate::{
     dhcpfix_cli::Dhcpfix,
     error::{BenchError, Result},
     frames,
-    process::{self, find_tool, in_netns},
     sandbox::Sandbox,
     stats::Stat,
 };
@@ -306,16 +307,16 @@ pub fn run(sb: &Sandbox, dhcpfix: &Dhcpfix, cfg: Config) -> Result<ProgCost> {
     dhcpfix.attach(&ns, &pin_dir, &[TAP.to_string()])?;
     // A file on the bench's bpffs, next to the pin directory.
     let floor_pin = sb.pin_dir("floor");
-    pin_floor(&PinDir::new(&pin_dir), &floor_pin)?;
+    pin_floor(&pin_dir, &floor_pin)?;
     let cases = cases(sb)?;
     let ns_path = ns.path().to_path_buf();
-    let measured = in_netns(ns.path(), move || {
+    let measured = netns::in_netns(ns.path(), move || {
         let rig = Rig::open(&pin_dir, &floor_pin, &ns_path, bpftool)?;
         let samples = rig.measure_all(&cases, cfg)?;
-        Ok((rig.describe(), cases, samples))
+        Ok::<_, BenchError>((rig.describe(), cases, samples))
     });
     drop(ns);
-    let (rig, cases, samples) = measured?;
+    let (rig, cases, samples) = measured??;
     let results = |tool: Tool| -> Vec<CaseResult> {
         let picked: Vec<(&Case, &Vec<f64>)> = cases
             .iter()
@@ -368,21 +369,32 @@ fn bpftool_version(bpftool: &Path) -> Result<String> {
     Ok(first.rsplit('/').next().unwrap_or(first).to_string())
 }
 
+/// The maps `dhcpfix::program::load_or_open` pins.
+const PINNED_MAPS: [&str; 6] = [
+    CONFIG_MAP,
+    COUNTERS_MAP,
+    PORTS_MAP,
+    EVENTS_MAP,
+    SETTINGS_MAP,
+    GUESTS_MAP,
+];
+
 /// Loads the empty classifier as `dhcpfix::program::load_or_open` loads the
-/// classifier (the running kernel's layout, test mode off, the pin
-/// directory's maps) and pins it at `pin`.
-fn pin_floor(pins: &PinDir, pin: &Path) -> Result<()> {
+/// classifier (the running kernel's layout, test mode off, the maps pinned
+/// in the pin directory `pin_dir`) and pins it at `pin`.
+fn pin_floor(pin_dir: &Path, pin: &Path) -> Result<()> {
     let check = |what: &str, e: &dyn std::fmt::Display| BenchError::Check(format!("the floor: {what}: {e}"));
     let layout = LayoutSource::Kernel
         .resolve()
         .map_err(|e| check("kernel layout", &e))?;
-    let mut ebpf = EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    loader
         .override_global(LAYOUT_GLOBAL, &layout, true)
-        .override_global(TEST_MODE_GLOBAL, &0u32, true)
-        .map_pin_path(CONFIG_MAP, pins.map(CONFIG_MAP))
-        .map_pin_path(COUNTERS_MAP, pins.map(COUNTERS_MAP))
-        .map_pin_path(EVENTS_MAP, pins.map(EVENTS_MAP))
-        .map_pin_path(PORTS_MAP, pins.map(PORTS_MAP))
+        .override_global(TEST_MODE_GLOBAL, &0u32, true);
+    for name in PINNED_MAPS {
+        loader.map_pin_path(name, pin_dir.join(pins::map_rel(name)));
+    }
+    let mut ebpf = loader
         .load(CLASSIFIER_OBJECT)
         .map_err(|e| check("loading the object", &e))?;
     let prog: &mut SchedClassifier = ebpf
@@ -418,7 +430,9 @@ struct Rig {
     floor: SchedClassifier,
     floor_pin: PathBuf,
     test: TestProgram,
-    counters: PerCpuHashMap<MapData, u32, Counters>,
+    maps: Maps,
+    /// The tap's key in the maps (the namespace's cookie and its ifindex).
+    key: IfaceKey,
     ifindex: u32,
     tcx_egress_ids: Vec<u32>,
     attached_test_mode: bool,
@@ -436,16 +450,19 @@ impl Rig {
     /// tap's egress hook and that it is not in test mode, and loads the
     /// test-mode program for the fill cases. Call inside the namespace.
     fn open(pin_dir: &Path, floor_pin: &Path, ns_path: &Path, bpftool: PathBuf) -> Result<Rig> {
-        let pins = PinDir::new(pin_dir);
+        let pins = PinDir::open(pin_dir)
+            .map_err(|e| BenchError::Check(format!("the pin directory: {e}")))?
+            .ok_or_else(|| BenchError::Check(format!("no pin directory at {}", pin_dir.display())))?;
         let open = |path: &Path| {
             SchedClassifier::from_pin(path)
                 .map_err(|e| BenchError::Check(format!("opening the pinned program {}: {e}", path.display())))
         };
-        let attached_pin = pins.program();
+        let attached_pin = pin_dir.join(pins::program_rel());
         let attached = open(&attached_pin)?;
         let floor = open(floor_pin)?;
         let ifindex =
-            dhcpfix::sys::ifindex(TAP).ok_or_else(|| BenchError::Check(format!("{TAP} not found")))?;
+            dhcpfix::netdev::ifindex(TAP).ok_or_else(|| BenchError::Check(format!("{TAP} not found")))?;
+        let cookie = dhcpfix::netns::current_cookie().map_err(BenchError::sys("SO_NETNS_COOKIE"))?;
         let (_, on_hook) = SchedClassifier::query_tcx(TAP, TcAttachType::Egress)
             .map_err(|e| BenchError::Check(format!("BPF_PROG_QUERY on {TAP}: {e}")))?;
         let tcx_egress_ids: Vec<u32> = on_hook.iter().map(|p| p.id()).collect();
@@ -456,8 +473,7 @@ impl Rig {
                  (ids {tcx_egress_ids:?})"
             )));
         }
-        let counters = program::counters_map(&pins)
-            .map_err(|e| BenchError::Check(format!("the pinned counters: {e}")))?;
+        let maps = Maps::open(&pins).map_err(|e| BenchError::Check(format!("the pinned maps: {e}")))?;
         let mut test = TestProgram::load()?;
         test.configure(IfaceConfig::new(MODE_FILL, &DEFAULT_PORTS))?;
         let mut rig = Rig {
@@ -466,7 +482,8 @@ impl Rig {
             floor,
             floor_pin: floor_pin.to_path_buf(),
             test,
-            counters,
+            maps,
+            key: IfaceKey::new(cookie, ifindex),
             ifindex,
             tcx_egress_ids,
             attached_test_mode: true,
@@ -510,13 +527,7 @@ impl Rig {
     }
 
     fn attached_counters(&self) -> Result<Counters> {
-        let mut sum = Counters::default();
-        match self.counters.get(&self.ifindex, 0) {
-            Ok(per_cpu) => per_cpu.iter().for_each(|c| sum.add(c)),
-            Err(aya::maps::MapError::KeyNotFound) => {}
-            Err(e) => return Err(BenchError::Check(format!("reading the pinned counters: {e}"))),
-        }
-        Ok(sum)
+        Ok(self.maps.counters(&self.key))
     }
 
     fn counters(&self, program: Program) -> Result<Counters> {
@@ -644,7 +655,7 @@ impl Rig {
     /// `bpftool -j prog run pinned PIN data_in FILE repeat N`, inside the
     /// namespace; returns the verdict and the mean ns per run.
     fn bpftool_run(&self, pin: &Path, file: &Path, repeat: u32) -> Result<(i32, f64)> {
-        let mut cmd = dhcpfix::lab::command_in(&self.ns_path, &self.bpftool);
+        let mut cmd = netns::command_in(&self.ns_path, &self.bpftool);
         cmd.args(["-j", "prog", "run", "pinned"])
             .arg(pin)
             .arg("data_in")

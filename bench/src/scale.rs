@@ -125,8 +125,8 @@ fn attached_count(ns: &Netns, names: Vec<String>) -> Result<usize> {
     in_netns(ns.path(), move || {
         let mut n = 0;
         for name in &names {
-            let ifindex =
-                dhcpfix::sys::ifindex(name).ok_or_else(|| BenchError::Check(format!("{name} not found")))?;
+            let ifindex = dhcpfix::netdev::ifindex(name)
+                .ok_or_else(|| BenchError::Check(format!("{name} not found")))?;
             if dhcpfix::sys::prog_count(ifindex, dhcpfix::sys::BPF_TCX_EGRESS)
                 .map_err(BenchError::sys("BPF_PROG_QUERY"))?
                 > 0

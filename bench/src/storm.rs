@@ -323,7 +323,7 @@ fn capture(stop: &AtomicBool, ready: mpsc::Sender<()>) -> Result<Captured> {
     dev::setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &(8 << 20))
         .map_err(BenchError::sys("SO_RCVBUFFORCE"))?;
     dev::set_recv_timeout(&fd, Duration::from_millis(100)).map_err(BenchError::sys("SO_RCVTIMEO"))?;
-    let ifindex = dhcpfix::sys::ifindex(RECEIVER_IF)
+    let ifindex = dhcpfix::netdev::ifindex(RECEIVER_IF)
         .ok_or_else(|| BenchError::Check(format!("{RECEIVER_IF} not found")))?;
     dev::bind_packet(&fd, ifindex, proto).map_err(BenchError::sys("bind(AF_PACKET)"))?;
     let _ = ready.send(());

@@ -194,7 +194,7 @@ fn apply(ns: &Netns, dhcpfix: &Dhcpfix, pin_dir: &std::path::Path, variant: Vari
 /// Programs on the sending device's tcx egress.
 fn tcx_programs(ns: &Netns) -> Result<u32> {
     in_netns(ns.path(), || {
-        let ifindex = dhcpfix::sys::ifindex(SENDER_IF)
+        let ifindex = dhcpfix::netdev::ifindex(SENDER_IF)
             .ok_or_else(|| BenchError::Check(format!("{SENDER_IF} not found")))?;
         dhcpfix::sys::prog_count(ifindex, dhcpfix::sys::BPF_TCX_EGRESS)
             .map_err(BenchError::sys("BPF_PROG_QUERY"))

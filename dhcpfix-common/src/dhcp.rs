@@ -250,7 +250,9 @@ pub fn read_v4<F: Frame + ?Sized>(frame: &F, dhcp: u32, end: u32) -> Option<Mess
         family: FAMILY_V4,
         msg_type,
         role,
-        xid: frame.load::<4>(dhcp + DHCP_XID_OFFSET).map_or(0, u32::from_be_bytes),
+        xid: frame
+            .load::<4>(dhcp + DHCP_XID_OFFSET)
+            .map_or(0, u32::from_be_bytes),
         client: frame.load::<6>(dhcp + DHCP_CHADDR_OFFSET)?,
         addr: if op == BOOTREPLY {
             frame.load::<4>(dhcp + DHCP_YIADDR_OFFSET).unwrap_or_default()
@@ -460,8 +462,8 @@ mod tests {
     #[test]
     fn an_ack_and_its_options() {
         let opts = [
-            53, 1, 5, 54, 4, 10, 0, 0, 1, 51, 4, 0, 0, 0x0e, 0x10, 58, 4, 0, 0, 7, 8, 59, 4, 0, 0, 0x0c, 0x4e,
-            255,
+            53, 1, 5, 54, 4, 10, 0, 0, 1, 51, 4, 0, 0, 0x0e, 0x10, 58, 4, 0, 0, 7, 8, 59, 4, 0, 0, 0x0c,
+            0x4e, 255,
         ];
         let (f, end) = v4(BOOTREPLY, &opts);
         let m = read_v4(&f[..], DHCP, end).unwrap();
@@ -469,14 +471,19 @@ mod tests {
         assert_eq!(m.client, [0x52, 0x54, 0, 0xab, 0xcd, 0xef]);
         assert_eq!((m.options, m.end), (DHCP + 240, end));
         let o = options_v4(&opts);
-        assert_eq!((o.msg_type, o.lease, o.t1, o.t2), (5, Some(3600), Some(1800), Some(3150)));
+        assert_eq!(
+            (o.msg_type, o.lease, o.t1, o.t2),
+            (5, Some(3600), Some(1800), Some(3150))
+        );
         let (f, end) = v4(BOOTREPLY, &[53, 1, 2, 255]);
         assert_eq!(read_v4(&f[..], DHCP, end).unwrap().role, Role::Offer);
     }
 
     #[test]
     fn a_request_with_host_name_and_vendor() {
-        let opts = [53, 1, 3, 50, 4, 10, 0, 0, 9, 12, 3, b'v', b'm', b'1', 60, 4, b'u', b'd', b'h', b'c', 255];
+        let opts = [
+            53, 1, 3, 50, 4, 10, 0, 0, 9, 12, 3, b'v', b'm', b'1', 60, 4, b'u', b'd', b'h', b'c', 255,
+        ];
         let (f, end) = v4(BOOTREQUEST, &opts);
         assert_eq!(read_v4(&f[..], DHCP, end).unwrap().role, Role::Request);
         let o = options_v4(&opts);
@@ -538,7 +545,10 @@ mod tests {
         let m = read_v6(&f[..], DHCP, DHCP + 20, [2, 0, 0, 0, 0, 9]).unwrap();
         assert_eq!((m.role, m.xid, m.options), (Role::Ack, 0xabcdef, DHCP + 4));
         f[DHCP as usize] = SOLICIT;
-        assert_eq!(read_v6(&f[..], DHCP, DHCP + 20, [0; 6]).unwrap().role, Role::Discover);
+        assert_eq!(
+            read_v6(&f[..], DHCP, DHCP + 20, [0; 6]).unwrap().role,
+            Role::Discover
+        );
         assert!(read_v6(&f[..], DHCP, DHCP + 2, [0; 6]).is_none());
     }
 

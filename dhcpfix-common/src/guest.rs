@@ -348,7 +348,15 @@ mod tests {
         let m = msg(role, xid);
         g.on_reply(now, &m);
         if g.keeps_reply_options(role) {
-            let opts = [51, 4, (lease >> 24) as u8, (lease >> 16) as u8, (lease >> 8) as u8, lease as u8, 255];
+            let opts = [
+                51,
+                4,
+                (lease >> 24) as u8,
+                (lease >> 16) as u8,
+                (lease >> 8) as u8,
+                lease as u8,
+                255,
+            ];
             g.reply_options[..opts.len()].copy_from_slice(&opts);
             g.reply_options_len = opts.len() as u8;
         }
@@ -359,7 +367,10 @@ mod tests {
     #[test]
     fn record_sizes() {
         assert_eq!(core::mem::size_of::<GuestKey>(), 16);
-        assert_eq!(core::mem::size_of::<GuestState>(), 24 + 24 + 12 + 4 + 2 * OPTIONS_LEN);
+        assert_eq!(
+            core::mem::size_of::<GuestState>(),
+            24 + 24 + 12 + 4 + 2 * OPTIONS_LEN
+        );
     }
 
     #[test]

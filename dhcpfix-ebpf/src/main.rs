@@ -39,8 +39,8 @@ use dhcpfix_common::{
     dhcp::{self, Message, Role, FAMILY_V6, OPTIONS_LEN},
     event::{FillEvent, EVENTS_BYTES, EVENT_FILLED, EVENT_WOULD_FILL},
     frame::{
-        self, DhcpPacket, Frame, Header, Parsed, SkipReason, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP,
-        ETH_P_IPV6, IPPROTO_UDP, MAX_UDP_LEN, UDP_CHECK_OFFSET,
+        self, DhcpPacket, Frame, Header, Parsed, SkipReason, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6,
+        IPPROTO_UDP, MAX_UDP_LEN, UDP_CHECK_OFFSET,
     },
     guest::{GuestKey, GuestState, MAX_GUESTS},
     key::IfaceKey,
@@ -180,7 +180,7 @@ fn classify(ctx: &TcContext) {
     };
     // SAFETY: the value is only read, and map values stay valid while the
     // program runs (RCU).
-    let Some(cfg) = (unsafe { CONFIG.get(&key) }) else {
+    let Some(cfg) = (unsafe { CONFIG.get(key) }) else {
         return;
     };
     let outcome = match frame::parse(&SkbFrame(ctx), |port| cfg.watches(port)) {
@@ -200,7 +200,7 @@ fn classify(ctx: &TcContext) {
             outcome
         }
     };
-    if let Some(counters) = COUNTERS.get_ptr_mut(&key) {
+    if let Some(counters) = COUNTERS.get_ptr_mut(key) {
         // SAFETY: per-CPU value of this CPU; nothing else writes it now.
         unsafe { (*counters).record(outcome) };
     }
@@ -217,7 +217,7 @@ fn watch_requests(ctx: &TcContext) {
         return;
     };
     // SAFETY: only read; map values stay valid while the program runs.
-    let Some(cfg) = (unsafe { CONFIG.get(&key) }) else {
+    let Some(cfg) = (unsafe { CONFIG.get(key) }) else {
         return;
     };
     if let Parsed::Dhcp(packet) = frame::parse(&SkbFrame(ctx), |port| cfg.watches(port)) {
@@ -249,13 +249,15 @@ fn observe(ctx: &TcContext, key: &IfaceKey, packet: &DhcpPacket, from_guest: boo
     let Some(zero) = GUEST_ZERO.get_ptr(0) else {
         return;
     };
-    if GUESTS.get_ptr_mut(&gkey).is_none() {
+    if GUESTS.get_ptr_mut(gkey).is_none() {
         // SAFETY: `zero` points at the array's one value, valid while the
         // program runs. Fails only when the map is full: the guest is then
-        // not followed.
-        let _ = GUESTS.insert(&gkey, unsafe { &*zero }, 0);
+        // not followed. The value goes by reference: a copy would not fit
+        // the 512-byte BPF stack.
+        #[allow(clippy::needless_borrows_for_generic_args)]
+        let _ = GUESTS.insert(gkey, unsafe { &*zero }, 0);
     }
-    let Some(state) = GUESTS.get_ptr_mut(&gkey) else {
+    let Some(state) = GUESTS.get_ptr_mut(gkey) else {
         return;
     };
     // SAFETY: the map value stays valid while the program runs; two CPUs
@@ -291,7 +293,14 @@ fn copy_options(ctx: &TcContext, m: &Message, out: &mut [u8; OPTIONS_LEN]) -> u8
     let n = ((len.min(OPTIONS_LEN as u32) - 1) & (OPTIONS_LEN as u32 - 1)) + 1;
     // SAFETY: `out` has OPTIONS_LEN writable bytes and n <= OPTIONS_LEN; the
     // helper fails, writing nothing, if the packet is shorter.
-    let ret = unsafe { bpf_skb_load_bytes(ctx.skb.skb.cast_const().cast(), m.options, out.as_mut_ptr().cast(), n) };
+    let ret = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb.cast_const().cast(),
+            m.options,
+            out.as_mut_ptr().cast(),
+            n,
+        )
+    };
     if ret == 0 {
         n as u8
     } else {

@@ -254,6 +254,11 @@ fn attach_here(
     }
 
     let loaded = program::is_loaded(pins);
+    if loaded {
+        // A re-created interface replaces what its predecessor of the same
+        // name left (a hook attaching the tap of a restarted guest).
+        forget_earlier(pins, &mut Maps::open(pins)?, &key, iface)?;
+    }
     match links::state(pins, &key)? {
         Some(LinkState::Live) => {
             Maps::open(pins)?.configure(&key, IfaceConfig { flags: 0, ..cfg })?;
@@ -457,14 +462,27 @@ fn detach_here(
         removed |= gone.had_link;
     }
     // Earlier interfaces of that name in this namespace, deleted since.
-    let earlier = gc::dead_where(pins, &mut maps, &netlink_probe(cookie), |key, cfg| {
-        key.netns == cookie && Some(*key) != now && cfg.is_some_and(|c| c.name_bytes() == iface.as_bytes())
-    })?;
+    let earlier = forget_earlier(pins, &mut maps, &now.unwrap_or(IfaceKey::new(cookie, 0)), iface)?;
     removed |= !earlier.is_empty();
     Ok(if removed {
         Detached::Removed
     } else {
         Detached::NotAttached
+    })
+}
+
+/// Removes what earlier interfaces named `iface` in the namespace of `now`
+/// (the caller's), deleted since, left behind: their dead links and
+/// entries. `now` (the interface of that name today, or ifindex 0) is left
+/// alone.
+fn forget_earlier(
+    pins: &PinDir,
+    maps: &mut Maps,
+    now: &IfaceKey,
+    iface: &str,
+) -> Result<Vec<Forgotten>, PinsError> {
+    gc::dead_where(pins, maps, &netlink_probe(now.netns), |key, cfg| {
+        key.netns == now.netns && key != now && cfg.is_some_and(|c| c.name_bytes() == iface.as_bytes())
     })
 }
 

@@ -7,8 +7,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use dhcpfix_common::{
-    layout::KernelLayout, CONFIG_MAP, COUNTERS_MAP, EVENTS_MAP, GUESTS_MAP, INGRESS_PROGRAM_NAME, LAYOUT_GLOBAL,
-    PORTS_MAP, PROGRAM_NAME, SETTINGS_MAP, TEST_MODE_GLOBAL,
+    layout::KernelLayout, CONFIG_MAP, COUNTERS_MAP, EVENTS_MAP, GUESTS_MAP, INGRESS_PROGRAM_NAME,
+    LAYOUT_GLOBAL, PORTS_MAP, PROGRAM_NAME, SETTINGS_MAP, TEST_MODE_GLOBAL,
 };
 
 use crate::{
@@ -22,7 +22,14 @@ pub static CLASSIFIER_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("
 
 /// The maps the loader pins (the classifier's aya-log buffer is not: it
 /// lives as long as the program, and `dhcpfix run` finds it through it).
-const PINNED_MAPS: [&str; 6] = [CONFIG_MAP, COUNTERS_MAP, PORTS_MAP, EVENTS_MAP, SETTINGS_MAP, GUESTS_MAP];
+const PINNED_MAPS: [&str; 6] = [
+    CONFIG_MAP,
+    COUNTERS_MAP,
+    PORTS_MAP,
+    EVENTS_MAP,
+    SETTINGS_MAP,
+    GUESTS_MAP,
+];
 
 /// Errors while loading the classifier.
 #[derive(Debug, thiserror::Error)]
@@ -183,12 +190,17 @@ pub fn load_or_open(pins: &PinDir, layout: &LayoutSource) -> Result<SchedClassif
 
 /// Key and value sizes of the maps this build pins (the ring buffer's are 0).
 fn expected_sizes(name: &str) -> Option<(u32, u32)> {
-    use dhcpfix_common::{config::IfaceConfig, counters::Counters, guest::GuestKey, key::IfaceKey, settings::Settings};
+    use dhcpfix_common::{
+        config::IfaceConfig, counters::Counters, guest::GuestKey, key::IfaceKey, settings::Settings,
+    };
     use std::mem::size_of;
     let sizes = match name {
         CONFIG_MAP => (size_of::<IfaceKey>(), size_of::<IfaceConfig>()),
         COUNTERS_MAP => (size_of::<IfaceKey>(), size_of::<Counters>()),
-        GUESTS_MAP => (size_of::<GuestKey>(), size_of::<dhcpfix_common::guest::GuestState>()),
+        GUESTS_MAP => (
+            size_of::<GuestKey>(),
+            size_of::<dhcpfix_common::guest::GuestState>(),
+        ),
         SETTINGS_MAP => (4, size_of::<Settings>()),
         PORTS_MAP => (4, 8),
         EVENTS_MAP => (0, 0),
@@ -207,7 +219,9 @@ fn drop_mismatched_maps(pins: &PinDir) -> Result<(), LoadError> {
         if !pins.exists(&rel) {
             continue;
         }
-        let Some(expected) = expected_sizes(name) else { continue };
+        let Some(expected) = expected_sizes(name) else {
+            continue;
+        };
         let found = aya::maps::MapInfo::from_pin(pins.fd_path(&rel))
             .map(|info| (info.key_size(), info.value_size()))
             .map_err(|e| LoadError::OpenPinned {

@@ -21,8 +21,8 @@ use dhcpfix_common::{
     checksum,
     config::{IfaceConfig, DEFAULT_PORTS, MAX_PORTS, MODE_FILL},
     event::{FillEvent, EVENT_FILLED},
-    key::IfaceKey,
     frame::{self, Parsed, MAX_UDP_LEN},
+    key::IfaceKey,
     layout::LAYOUT_VALID,
 };
 
@@ -83,18 +83,29 @@ pub fn frame(data: &[u8]) {
             );
             let key = IfaceKey::new(0x1234, 7);
             let event = FillEvent::read(data, key, &d, EVENT_FILLED);
+            // The fields come from a whole message header only (a DHCPv4
+            // message: its 240 bytes up to and with the magic cookie; a
+            // DHCPv6 one: its 4-byte header); otherwise they stay zero.
             let dhcp = &udp[8..];
-            let field = |at: usize, n: usize| dhcp.get(at..at + n);
             let (xid, mac, msg_type) = if d.family == 6 {
                 // DHCPv6: type, then a 24-bit transaction id; the client is
                 // the frame's destination MAC.
-                let xid = field(1, 3).map_or(0, |b| u32::from_be_bytes([0, b[0], b[1], b[2]]));
-                let mac: [u8; 6] = if field(0, 4).is_some() { data[..6].try_into().unwrap() } else { [0; 6] };
-                (xid, mac, field(0, 1).map_or(0, |b| b[0]))
+                match dhcp.get(..4) {
+                    Some(h) => (
+                        u32::from_be_bytes([0, h[1], h[2], h[3]]),
+                        data[..6].try_into().unwrap(),
+                        h[0],
+                    ),
+                    None => (0, [0; 6], 0),
+                }
+            } else if dhcp.len() >= 240 && dhcp[236..240] == [99, 130, 83, 99] {
+                (
+                    u32::from_be_bytes(dhcp[4..8].try_into().unwrap()),
+                    dhcp[28..34].try_into().unwrap(),
+                    ref_message_type(dhcp),
+                )
             } else {
-                let xid = field(4, 4).map_or(0, |b| u32::from_be_bytes(b.try_into().unwrap()));
-                let mac: [u8; 6] = field(28, 6).map_or([0; 6], |b| b.try_into().unwrap());
-                (xid, mac, ref_message_type(dhcp))
+                (0, [0; 6], 0)
             };
             assert_eq!(
                 (event.xid, event.mac),
@@ -102,7 +113,10 @@ pub fn frame(data: &[u8]) {
                 "event fields from outside the packet"
             );
             assert_eq!(event.msg_type, msg_type, "message type");
-            assert_eq!((event.netns, event.ifindex, event.dport, event.family), (0x1234, 7, d.dport, d.family));
+            assert_eq!(
+                (event.netns, event.ifindex, event.dport, event.family),
+                (0x1234, 7, d.dport, d.family)
+            );
         }
         (ours, reference) => panic!("parser says {ours:?}, reference says {reference:?}"),
     }
@@ -197,7 +211,8 @@ pub fn check_btf(blob: Vec<u8>) {
 /// A BTF blob shaped like the kernel's where it matters: `sk_buff` with
 /// `dev` inside an anonymous union inside an anonymous struct, `ip_summed`
 /// a 2-bit bitfield, `csum_start`/`csum_offset` in a union, `head`/`data`
-/// pointers; `net_device.features` behind a typedef; the feature bits in an
+/// pointers; `net_device.features` behind a typedef, `net_device.nd_net`
+/// (`possible_net_t`) leading to `net.net_cookie`; the feature bits in an
 /// enum (variant 1: an ENUM64); other kinds around them. Variant 2 makes
 /// `ip_summed` a plain byte; variant 3 drops `net_device.features`.
 pub fn sample_btf(variant: usize) -> Vec<u8> {
@@ -227,6 +242,11 @@ pub fn sample_btf(variant: usize) -> Vec<u8> {
         ".data..percpu",          // 21
         "skb_var",                // 22
         "u8",                     // 23
+        "nd_net",                 // 24
+        "possible_net_t",         // 25
+        "net",                    // 26
+        "net_cookie",             // 27
+        "NETIF_F_IPV6_CSUM_BIT",  // 28
     ]
     .iter()
     .map(|n| w.name(n))
@@ -259,12 +279,12 @@ pub fn sample_btf(variant: usize) -> Vec<u8> {
     skb.extend_from_slice(&summed);
     skb.extend_from_slice(&[0, 8, 152 * 8, n(16), 5, 192 * 8, n(17), 5, 200 * 8]);
     w.ty(n(3), Kind::Struct, variant != 2, 5, 232, &skb);
-    // 12: struct net_device { netdev_features_t features @184 }
-    if variant == 3 {
-        w.ty(n(6), Kind::Struct, false, 1, 2048, &[n(4), 4, 184 * 8]);
-    } else {
-        w.ty(n(6), Kind::Struct, false, 1, 2048, &[n(7), 14, 184 * 8]);
-    }
+    // 12: struct net_device { netdev_features_t features @184;
+    // possible_net_t nd_net @288 }
+    // (variant 3: a pointer member named `dev` instead of `features`)
+    let [first, first_type] = if variant == 3 { [n(4), 4] } else { [n(7), 14] };
+    let dev = [first, first_type, 184 * 8, n(24), 22, 288 * 8];
+    w.ty(n(6), Kind::Struct, false, 2, 2048, &dev);
     // 13: struct sk_buff * (for next)
     w.ty(0, Kind::Ptr, false, 0, 11, &[]);
     // 14: typedef netdev_features_t -> u64
@@ -275,18 +295,18 @@ pub fn sample_btf(variant: usize) -> Vec<u8> {
             n(9),
             Kind::Enum64,
             false,
-            4,
+            5,
             8,
-            &[n(10), 0, 0, n(11), 1, 0, n(12), 2, 0, n(13), 3, 0],
+            &[n(10), 0, 0, n(11), 1, 0, n(12), 2, 0, n(13), 3, 0, n(28), 4, 0],
         );
     } else {
         w.ty(
             n(9),
             Kind::Enum,
             false,
+            5,
             4,
-            4,
-            &[n(10), 0, n(11), 1, n(12), 2, n(13), 3],
+            &[n(10), 0, n(11), 1, n(12), 2, n(13), 3, n(28), 4],
         );
     }
     // 16: array of 4 bytes; 17: func proto void(struct sk_buff *); 18: func
@@ -298,6 +318,11 @@ pub fn sample_btf(variant: usize) -> Vec<u8> {
     w.ty(n(21), Kind::Datasec, false, 1, 232, &[19, 0, 232]);
     // 21: a typedef of unsigned char named u8
     w.ty(n(23), Kind::Typedef, false, 0, 1, &[]);
+    // 22: possible_net_t { struct net *net @0 }; 23: struct net *;
+    // 24: struct net { u64 net_cookie @160 }
+    w.ty(n(25), Kind::Struct, false, 1, 8, &[n(26), 23, 0]);
+    w.ty(0, Kind::Ptr, false, 0, 24, &[]);
+    w.ty(n(26), Kind::Struct, false, 1, 4096, &[n(27), 3, 160 * 8]);
     w.finish()
 }
 

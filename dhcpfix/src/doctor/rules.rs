@@ -439,7 +439,10 @@ mod tests {
         let attachment = |mode, ports: Vec<u16>| Attachment {
             name: "vnet5".into(),
             ifindex: 5,
-            netns: crate::netns::NetnsInfo { name: None, cookie: 1 },
+            netns: crate::netns::NetnsInfo {
+                name: None,
+                cookie: 1,
+            },
             attached: true,
             mode: Some(mode),
             method: Method::Tcx,

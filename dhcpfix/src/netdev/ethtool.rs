@@ -68,8 +68,9 @@ pub fn features(iface: &str) -> Result<u64, EthtoolError> {
     ifr.name[..iface.len()].copy_from_slice(iface.as_bytes());
     // SAFETY: `ifr` is a valid ifreq whose name is NUL-terminated (checked
     // length < IF_NAMESIZE) and whose data points at a live ethtool_gfeatures
-    // with `size` blocks; the kernel writes only within those.
-    let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCETHTOOL, &mut ifr) };
+    // with `size` blocks; the kernel writes only within those. (The
+    // request's type is the C library's: c_ulong for glibc, c_int for musl.)
+    let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCETHTOOL as libc::Ioctl, &mut ifr) };
     if rc != 0 {
         return Err(EthtoolError::Ioctl {
             iface: iface.into(),

@@ -103,10 +103,7 @@ pub(crate) fn connect(protocol: isize, request: &'static str) -> Result<Socket, 
 }
 
 /// Sends one request and collects what answers it: every message of a
-/// dump (up to `NLMSG_DONE`), or the single reply of a plain request. A
-/// plain request asks for an acknowledgement (`NLM_F_ACK`): a request that
-/// succeeds without a reply of its own (`RTM_NEWNSID`) would otherwise
-/// leave nothing to wait for.
+/// dump (up to `NLMSG_DONE`), or the single reply of a plain request.
 pub(crate) fn request<I>(
     protocol: isize,
     msg: I,
@@ -119,6 +116,9 @@ where
     let io_err = |error| NetlinkError::Request { request, error };
     let socket = connect(protocol, request)?;
     let mut packet = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::InnerMessage(msg));
+    // A plain request asks for an acknowledgement too: one that succeeds
+    // without a reply message (RTM_NEWNSID) would otherwise get no answer
+    // at all, and the loop below would wait for it forever.
     packet.header.flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { NLM_F_ACK };
     packet.header.sequence_number = 1;
     packet.finalize();

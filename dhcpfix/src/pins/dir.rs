@@ -438,11 +438,12 @@ impl PinDir {
     /// a hook must not hold up a guest's start indefinitely.
     pub fn lock(&self, timeout: Duration) -> Result<DirLock, PinsError> {
         let shown = self.path();
-        let dup = self
-            .inner
-            .dir
-            .try_clone()
-            .map_err(sys_err("dup(2) of the pin directory", shown))?;
+        // A new open file description of the directory, not a dup: flock
+        // belongs to the description, and one shared with this PinDir's own
+        // descriptor would stay locked for as long as the PinDir lives (the
+        // agent's: its whole run) after the guard is dropped.
+        let dup = openat(self.inner.dir.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY)
+            .map_err(sys_err("openat(2) of the pin directory", shown))?;
         let deadline = Instant::now() + timeout;
         let mut pause = Duration::from_millis(1);
         loop {

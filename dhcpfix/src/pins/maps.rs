@@ -72,7 +72,11 @@ impl Maps {
                 SETTINGS_MAP,
                 Array::try_from(Map::Array(map_data(pins, SETTINGS_MAP)?)),
             )?,
-            guests: typed(pins, GUESTS_MAP, HashMap::try_from(Map::HashMap(map_data(pins, GUESTS_MAP)?)))?,
+            guests: typed(
+                pins,
+                GUESTS_MAP,
+                HashMap::try_from(Map::HashMap(map_data(pins, GUESTS_MAP)?)),
+            )?,
         })
     }
 

@@ -291,7 +291,10 @@ fn move_ingress(pins: &PinDir, old_rel: &str, key: &IfaceKey, old: &SchedClassif
     };
     if sys::link_update(&link, new_fd.as_fd(), old_fd.as_fd()).is_ok() {
         if let Err(e) = sys::obj_pin(&link, &pins.fd_path(&super::ingress_link_rel(key))) {
-            log::warn!("upgrading the ingress link of {}: BPF_OBJ_PIN: {e}", describe(key));
+            log::warn!(
+                "upgrading the ingress link of {}: BPF_OBJ_PIN: {e}",
+                describe(key)
+            );
         }
     }
 }

@@ -8,19 +8,24 @@
 
 use std::{
     fs,
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
+use dhcpfix::pins::{maps::Maps, PinDir};
+use dhcpfix_common::key::IfaceKey;
 use dhcpfix_lab::{
     kit::{poll, privileged},
     lab::{self, GuestKind, Lab, Offload},
 };
 use serde_json::Value;
 
-use crate::support::{dhcpfix_ok_at, interface_names, leased, mount_bpffs, stats, Agent};
+use crate::support::{
+    dhcpfix_ok_at, iface_key, interface_names, is_pinned, leased, link_pin, mount_bpffs, pinned_link_id,
+    stats, Agent,
+};
 
 const OK_TIMEOUT: Duration = Duration::from_secs(8);
 /// The brief: attached within 100 ms of the interface's appearance.
@@ -59,15 +64,27 @@ fn start_agent(lab: &Lab, pins: &Path, args: &[&str], wrapper: &[String]) -> Age
     Agent::start(|p| lab.host_command(p), lab.work_dir(), pins, args, &wrapper)
 }
 
-/// The pin of interface `name`'s link.
-fn link_pin(pins: &Path, name: &str) -> PathBuf {
-    pins.join("links").join(name)
+/// The key dhcpfix files the lab's interface `name` under (its host
+/// namespace's cookie and the ifindex); `None` if there is no such
+/// interface.
+fn key(lab: &Lab, name: &str) -> Option<IfaceKey> {
+    iface_key(&lab.host_netns_path(), name)
 }
 
-/// The kernel's id of the link pinned for `name`.
-fn link_id(pins: &Path, name: &str) -> Option<u32> {
-    let fd = dhcpfix::sys::obj_get(&link_pin(pins, name)).ok()?;
-    dhcpfix::sys::link_info(&fd).ok().map(|i| i.id)
+/// Whether the lab's interface `name` has its link pinned.
+fn pinned(lab: &Lab, pins: &Path, name: &str) -> bool {
+    is_pinned(&lab.host_netns_path(), pins, name)
+}
+
+/// The kernel's id of the link pinned for the lab's interface `name`.
+fn link_id(lab: &Lab, pins: &Path, name: &str) -> Option<u32> {
+    pinned_link_id(pins, &key(lab, name)?)
+}
+
+/// The names `dhcpfix status --json` lists.
+fn status_names(lab: &Lab, pins: &Path) -> Vec<String> {
+    let status: Value = serde_json::from_str(&dhcpfix_ok_at(lab, pins, &["status", "--json"])).unwrap();
+    interface_names(&status).into_iter().map(str::to_owned).collect()
 }
 
 /// Names of the programs attached (tcx) to the egress of `iface` in the
@@ -76,19 +93,33 @@ fn tcx_programs(lab: &Lab, iface: &str) -> Vec<String> {
     crate::support::tcx_programs(&lab.host_netns_path(), iface).expect("query tcx")
 }
 
-/// Whether `iface` has no tcx program within a second. Removing a link's
-/// last pin releases the link from a kernel work queue, a moment later.
+/// Names of the programs attached (tcx) to the ingress of `iface` in the
+/// lab's host namespace (dhcpfix's own there is `dhcpfix_ingress`).
+fn tcx_ingress_programs(lab: &Lab, iface: &str) -> Vec<String> {
+    crate::support::tcx_ingress_programs(&lab.host_netns_path(), iface).expect("query tcx")
+}
+
+/// Whether `iface` has no tcx program, at egress or ingress, within a
+/// second. Removing a link's last pin releases the link from a kernel work
+/// queue, a moment later.
 fn detached(lab: &Lab, iface: &str) -> bool {
-    wait_until(Duration::from_secs(1), || tcx_programs(lab, iface).is_empty()).is_some()
+    wait_until(Duration::from_secs(1), || {
+        tcx_programs(lab, iface).is_empty() && tcx_ingress_programs(lab, iface).is_empty()
+    })
+    .is_some()
 }
 
 fn filled(lab: &Lab, pins: &Path, iface: &str) -> u64 {
     stats(lab, pins, iface)["counters"]["filled"].as_u64().unwrap()
 }
 
-/// `name{interface="iface"} VALUE` from a Prometheus text page.
-fn sample(page: &str, name: &str, iface: &str) -> Option<u64> {
-    let prefix = format!("{name}{{interface=\"{iface}\"}} ");
+/// `name{interface="iface",netns="NETNS",pod=""} VALUE` from a Prometheus
+/// text page (an interface of the lab's host namespace, in no pod).
+fn sample(lab: &Lab, page: &str, name: &str, iface: &str) -> Option<u64> {
+    let prefix = format!(
+        "{name}{{interface=\"{iface}\",netns=\"{}\",pod=\"\"}} ",
+        lab.host_netns()
+    );
     page.lines()
         .find_map(|l| l.strip_prefix(&prefix))
         .and_then(|v| v.trim().parse().ok())
@@ -126,7 +157,7 @@ fn agent_attaches_new_taps_within_100ms_and_guests_get_leases() {
     let mut agent = start_agent(&lab, &pins, &["--iface", "vnet*", "--metrics-addr", METRICS], &[]);
     agent.wait_running(STARTUP);
     // vnet0 existed before the agent.
-    assert!(link_pin(&pins, "vnet0").exists(), "{}", agent.log());
+    assert!(pinned(&lab, &pins, "vnet0"), "{}", agent.log());
 
     // A guest behind it gets its lease, and each fill is logged with the
     // guest's MAC, the message type and the transaction id.
@@ -172,7 +203,7 @@ fn agent_attaches_new_taps_within_100ms_and_guests_get_leases() {
         ("dhcpfix_checksums_would_fill_total", "would_fill"),
     ] {
         assert_eq!(
-            sample(&page, metric, "vnet0"),
+            sample(&lab, &page, metric, "vnet0"),
             c[counter].as_u64(),
             "{metric}:\n{page}"
         );
@@ -189,10 +220,14 @@ fn agent_attaches_new_taps_within_100ms_and_guests_get_leases() {
         add_tap(&lab, &format!("other{i}"));
         let name = format!("vnet1{i}");
         add_tap(&lab, &name);
-        let took = wait_until(Duration::from_secs(2), || link_pin(&pins, &name).exists());
+        let added = Instant::now();
+        let tap = key(&lab, &name).expect("the new tap");
+        let took =
+            wait_until(Duration::from_secs(2), || link_pin(&pins, &tap).exists()).map(|_| added.elapsed());
         latencies.push(took.unwrap_or_else(|| panic!("{name} was not attached:\n{}", agent.log())));
-        assert!(!link_pin(&pins, &format!("other{i}")).exists());
+        assert!(!pinned(&lab, &pins, &format!("other{i}")));
         assert_eq!(tcx_programs(&lab, &name), ["dhcpfix"]);
+        assert_eq!(tcx_ingress_programs(&lab, &name), ["dhcpfix_ingress"]);
     }
     eprintln!("attach latency after `ip tuntap add` returned: {latencies:?}");
     for (i, took) in latencies.iter().enumerate() {
@@ -200,21 +235,30 @@ fn agent_attaches_new_taps_within_100ms_and_guests_get_leases() {
     }
 
     // A tap deleted while the agent runs leaves no pin.
+    let vnet10 = key(&lab, "vnet10").unwrap();
     del_link(&lab, "vnet10");
-    let gone = wait_until(Duration::from_secs(2), || !link_pin(&pins, "vnet10").exists());
+    let gone = wait_until(Duration::from_secs(2), || !link_pin(&pins, &vnet10).exists());
     eprintln!("pin of deleted vnet10 removed after {gone:?}");
     assert!(gone.is_some(), "{}", agent.log());
 
-    // A renamed tap keeps exactly one attachment, pinned under its new name
-    // if that still matches; none if it does not.
+    // A renamed tap keeps exactly one attachment (the same link: links are
+    // pinned by ifindex), recorded under its new name if that still
+    // matches; none if it does not.
+    let (vnet11, vnet12) = (key(&lab, "vnet11").unwrap(), key(&lab, "vnet12").unwrap());
+    let vnet11_link = pinned_link_id(&pins, &vnet11).expect("link of vnet11");
     ip(&lab, &["link", "set", "dev", "vnet11", "name", "vnet91"]);
     ip(&lab, &["link", "set", "dev", "vnet12", "name", "other12"]);
     let renamed = wait_until(Duration::from_secs(2), || {
-        link_pin(&pins, "vnet91").exists()
-            && !link_pin(&pins, "vnet11").exists()
-            && !link_pin(&pins, "vnet12").exists()
+        let names = status_names(&lab, &pins);
+        link_pin(&pins, &vnet11).exists()
+            && !link_pin(&pins, &vnet12).exists()
+            && names.iter().any(|n| n == "vnet91")
+            && !names
+                .iter()
+                .any(|n| ["vnet11", "vnet12", "other12"].contains(&n.as_str()))
     });
     assert!(renamed.is_some(), "{}", agent.log());
+    assert_eq!(pinned_link_id(&pins, &vnet11), Some(vnet11_link));
     assert_eq!(tcx_programs(&lab, "vnet91"), ["dhcpfix"]);
     assert!(detached(&lab, "other12"));
 
@@ -248,17 +292,17 @@ fn agent_restart_keeps_attachment_and_counters_and_forgets_deleted_taps() {
     let args = ["--iface", "vnet*", "--metrics-addr", "none"];
     let mut agent = start_agent(&lab, &pins, &args, &[]);
     agent.wait_running(STARTUP);
-    assert!(link_pin(&pins, "vnet0").exists() && link_pin(&pins, "vnet1").exists());
+    assert!(pinned(&lab, &pins, "vnet0") && pinned(&lab, &pins, "vnet1"));
     assert!(leased(&lab, &lab.run_udhcpc(OK_TIMEOUT).unwrap()));
     let before = filled(&lab, &pins, "vnet0");
     assert!(before >= 2, "filled = {before}");
-    let id = link_id(&pins, "vnet0").expect("link of vnet0");
+    let id = link_id(&lab, &pins, "vnet0").expect("link of vnet0");
 
     // SIGKILL: no chance to clean up. The attachment stays all along.
     let (status, _, _) = agent.stop(libc::SIGKILL);
     assert!(!status.success());
     assert_eq!(
-        link_id(&pins, "vnet0"),
+        link_id(&lab, &pins, "vnet0"),
         Some(id),
         "link changed while the agent was dead"
     );
@@ -268,15 +312,16 @@ fn agent_restart_keeps_attachment_and_counters_and_forgets_deleted_taps() {
     let while_dead = filled(&lab, &pins, "vnet0");
     assert!(while_dead > before, "{while_dead} <= {before}");
     // A tap deleted while the agent is down leaves a dead pin behind...
+    let vnet1 = key(&lab, "vnet1").unwrap();
     del_link(&lab, "vnet1");
-    assert!(link_pin(&pins, "vnet1").exists());
+    assert!(link_pin(&pins, &vnet1).exists());
 
     // ...which the restarted agent removes; vnet0 keeps its one link and
     // its counters.
     let mut agent = start_agent(&lab, &pins, &args, &[]);
     agent.wait_running(STARTUP);
-    assert!(!link_pin(&pins, "vnet1").exists(), "{}", agent.log());
-    assert_eq!(link_id(&pins, "vnet0"), Some(id));
+    assert!(!link_pin(&pins, &vnet1).exists(), "{}", agent.log());
+    assert_eq!(link_id(&lab, &pins, "vnet0"), Some(id));
     assert_eq!(tcx_programs(&lab, "vnet0"), ["dhcpfix"]);
     assert_eq!(filled(&lab, &pins, "vnet0"), while_dead);
     let status: Value = serde_json::from_str(&dhcpfix_ok_at(&lab, &pins, &["status", "--json"])).unwrap();
@@ -289,7 +334,7 @@ fn agent_restart_keeps_attachment_and_counters_and_forgets_deleted_taps() {
     assert!(took < Duration::from_secs(2), "{took:?}");
     assert!(log.contains("kept vnet0 (ifindex"), "{log}");
     assert!(log.contains("detached vnet1: the interface is gone"), "{log}");
-    assert_eq!(link_id(&pins, "vnet0"), Some(id));
+    assert_eq!(link_id(&lab, &pins, "vnet0"), Some(id));
     assert_eq!(tcx_programs(&lab, "vnet0"), ["dhcpfix"]);
 
     // --detach-on-exit: SIGTERM removes the attachments it covers.
@@ -302,12 +347,12 @@ fn agent_restart_keeps_attachment_and_counters_and_forgets_deleted_taps() {
     agent.wait_running(STARTUP);
     let (status, _, _) = agent.stop(libc::SIGTERM);
     assert!(status.success(), "{status}");
-    assert!(!link_pin(&pins, "vnet0").exists());
+    assert!(!pinned(&lab, &pins, "vnet0"));
     // Started again at once (while the kernel may still be releasing the
     // old link), it attaches again.
     let mut agent = start_agent(&lab, &pins, &args, &[]);
     agent.wait_running(STARTUP);
-    assert!(link_pin(&pins, "vnet0").exists(), "{}", agent.log());
+    assert!(pinned(&lab, &pins, "vnet0"), "{}", agent.log());
     assert_eq!(tcx_programs(&lab, "vnet0"), ["dhcpfix"]);
     agent.stop(libc::SIGTERM);
     lab.destroy().unwrap();
@@ -324,26 +369,26 @@ fn tap_leaving_its_bridge_stays_attached() {
     }
     let lab = lab(Offload::On);
     let pins = lab.pin_dir();
-    let mut agent = Agent::start(&lab, &pins, &["--iface", "vnet*", "--metrics-addr", "none"]);
-    agent.wait_running();
-    let id = link_id(&pins, "vnet0").expect("vnet0 attached at start");
+    let mut agent = start_agent(&lab, &pins, &["--iface", "vnet*", "--metrics-addr", "none"], &[]);
+    agent.wait_running(STARTUP);
+    let id = link_id(&lab, &pins, "vnet0").expect("vnet0 attached at start");
 
     ip(&lab, &["link", "set", "vnet0", "nomaster"]);
     ip(&lab, &["link", "set", "vnet0", "master", lab::BRIDGE]);
     ip(&lab, &["link", "set", "vnet0", "nomaster"]);
     // Time for the agent to act on the events, wrongly or not.
     thread::sleep(Duration::from_millis(500));
-    assert_eq!(link_id(&pins, "vnet0"), Some(id), "{}", agent.log());
+    assert_eq!(link_id(&lab, &pins, "vnet0"), Some(id), "{}", agent.log());
     assert_eq!(tcx_programs(&lab, "vnet0"), ["dhcpfix"]);
     assert!(!agent.log().contains("detached vnet0"), "{}", agent.log());
 
-    // Still the agent's: renamed, its pin follows.
+    // Still the agent's: renamed, its record follows (the link stays).
     ip(&lab, &["link", "set", "dev", "vnet0", "name", "vnet5"]);
     let followed = wait_until(Duration::from_secs(2), || {
-        link_pin(&pins, "vnet5").exists() && !link_pin(&pins, "vnet0").exists()
+        pinned(&lab, &pins, "vnet5") && status_names(&lab, &pins) == ["vnet5"]
     });
     assert!(followed.is_some(), "{}", agent.log());
-    assert_eq!(link_id(&pins, "vnet5"), Some(id));
+    assert_eq!(link_id(&lab, &pins, "vnet5"), Some(id));
 
     let (status, _, log) = agent.stop(libc::SIGTERM);
     assert!(status.success(), "{status}");
@@ -365,8 +410,15 @@ fn clean_removes_dead_pins_and_clean_all_removes_everything() {
     add_tap(&lab, "vnet1");
     add_tap(&lab, "vnet2");
     dhcpfix_ok_at(&lab, &pins, &["attach", "vnet0", "vnet1", "vnet2"]);
+    let vnet2 = key(&lab, "vnet2").unwrap();
+    let entries = |key: &IfaceKey| {
+        let dir = PinDir::open(&pins).unwrap().expect("the pin directory");
+        let maps = Maps::open(&dir).unwrap();
+        (maps.config(key).is_some(), maps.counter_keys().contains(key))
+    };
+    assert_eq!(entries(&vnet2), (true, true));
     del_link(&lab, "vnet2");
-    assert!(link_pin(&pins, "vnet2").exists());
+    assert!(link_pin(&pins, &vnet2).exists());
 
     let out = dhcpfix_ok_at(&lab, &pins, &["clean"]);
     assert!(
@@ -374,12 +426,10 @@ fn clean_removes_dead_pins_and_clean_all_removes_everything() {
         "{out}"
     );
     // Its configuration and counters entries went with it.
-    assert!(
-        out.contains("removed 2 configuration and counters entries"),
-        "{out}"
-    );
-    assert!(!link_pin(&pins, "vnet2").exists());
-    assert!(link_pin(&pins, "vnet0").exists() && link_pin(&pins, "vnet1").exists());
+    assert_eq!(entries(&vnet2), (false, false));
+    assert!(!link_pin(&pins, &vnet2).exists());
+    assert!(pinned(&lab, &pins, "vnet0") && pinned(&lab, &pins, "vnet1"));
+    assert_eq!(entries(&key(&lab, "vnet1").unwrap()), (true, true));
     assert_eq!(tcx_programs(&lab, "vnet1"), ["dhcpfix"]);
     assert_eq!(dhcpfix_ok_at(&lab, &pins, &["clean"]).trim(), "nothing to clean");
 
@@ -493,7 +543,7 @@ fn systemd_unit_capabilities_are_enough_and_each_is_needed() {
     // Exactly the unit's capabilities: it attaches, and serves metrics.
     let mut agent = start_agent(&lab, &pins, &args, &setpriv(&caps, nnp));
     agent.wait_running(STARTUP);
-    assert!(link_pin(&pins, "vnet0").exists(), "{}", agent.log());
+    assert!(pinned(&lab, &pins, "vnet0"), "{}", agent.log());
     assert_eq!(tcx_programs(&lab, "vnet0"), ["dhcpfix"]);
     let page = wait_until(Duration::from_secs(3), || scrape(&lab).is_some()).and_then(|_| scrape(&lab));
     assert!(page.is_some_and(|p| p.contains("dhcpfix_attached_interfaces 1\n")));
@@ -526,7 +576,7 @@ fn systemd_unit_capabilities_are_enough_and_each_is_needed() {
         assert!(!status.success());
         assert_eq!(log.trim().lines().count(), 1, "{log}");
         assert!(log.contains(&format!("missing capability {missing}")), "{log}");
-        assert!(!link_pin(&pins, "vnet0").exists());
+        assert!(!pinned(&lab, &pins, "vnet0"));
         assert!(detached(&lab, "vnet0"));
     }
     lab.destroy().unwrap();

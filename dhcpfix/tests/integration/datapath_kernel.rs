@@ -34,7 +34,10 @@ use std::{
 use dhcpfix_common::{config::DEFAULT_PORTS, counters::Counters, counters::Outcome, frame::MAX_UDP_LEN};
 use dhcpfix_lab::kit::{
     dev, privileged,
-    reference::{ref_addresses, ref_classify, ref_sum, ref_udp_checksum, ref_verifies, Check, FrameSpec, RefVerdict, Rng},
+    reference::{
+        ref_addresses, ref_classify, ref_sum, ref_udp_checksum, ref_verifies, Check, FrameSpec, RefVerdict,
+        Rng,
+    },
 };
 use serde_json::Value;
 
@@ -492,7 +495,7 @@ fn check_tap(tap: &str, sent: &[(u64, &Case, Option<Expected>)], got: &[Vec<u8>]
             // the kernel wrote what the reference computed).
             assert!(
                 {
-                    let (src, dst) = ref_addresses(&frame, l3);
+                    let (src, dst) = ref_addresses(frame, l3);
                     ref_verifies(src, dst, &frame[l4..l4 + udp_len])
                 },
                 "{}: UDP checksum does not verify (filled at {:?})",

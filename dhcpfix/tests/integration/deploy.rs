@@ -169,7 +169,7 @@ impl WorkDir {
 
 impl Drop for WorkDir {
     fn drop(&mut self) {
-        let _ = dhcpfix::lab::unmount_below(&self.0);
+        let _ = dhcpfix_lab::kit::unmount_below(&self.0);
         let _ = fs::remove_dir_all(&self.0);
     }
 }
@@ -732,7 +732,7 @@ fn run_hook(hook: &Path) -> String {
 #[test]
 fn debian_package_installs_removes_and_purges_cleanly() {
     let test = "debian_package_installs_removes_and_purges_cleanly";
-    if !crate::support::privileged(test) {
+    if !dhcpfix_lab::kit::privileged(test) {
         return;
     }
     let Some(deb) = from_env(test, "DHCPFIX_TEST_DEB") else {
@@ -929,7 +929,7 @@ fn podman() -> Command {
 const ULIMITS: [&str; 4] = ["--ulimit", "nofile=4096:4096", "--ulimit", "nproc=1024:1024"];
 
 fn image(test: &str) -> Option<String> {
-    if !crate::support::privileged(test) || !need_tool(test, "podman") {
+    if !dhcpfix_lab::kit::privileged(test) || !need_tool(test, "podman") {
         return None;
     }
     let image = from_env(test, "DHCPFIX_TEST_IMAGE")?;
@@ -1058,7 +1058,7 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
 }
 
 fn wait_for(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
-    crate::support::poll(timeout, Duration::from_millis(100), &mut done).is_some()
+    dhcpfix_lab::kit::poll(timeout, Duration::from_millis(100), &mut done).is_some()
 }
 
 /// Interfaces, namespaces, the container and the pins a container test
@@ -1312,7 +1312,7 @@ fn with_caps(caps: &[&str]) -> Command {
 #[test]
 fn covering_other_network_namespaces_needs_sys_admin_net_broadcast_and_sys_ptrace() {
     let test = "covering_other_network_namespaces_needs_sys_admin_net_broadcast_and_sys_ptrace";
-    if !crate::support::privileged(test) || !need_tool(test, "setpriv") || !need_tool(test, "nsenter") {
+    if !dhcpfix_lab::kit::privileged(test) || !need_tool(test, "setpriv") || !need_tool(test, "nsenter") {
         return;
     }
     let netns = format!("dfxc{}-ns", std::process::id() % 100_000);

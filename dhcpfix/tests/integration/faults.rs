@@ -22,7 +22,10 @@ use std::{
 use dhcpfix_lab::kit::{netns::command_in, privileged, reference::Rng, unmount_below};
 use serde_json::Value;
 
-use crate::support::{assert_one_line, pinned_link_ifindex, wait_until, Sandbox, AGENT_STARTUP, BIN};
+use crate::support::{
+    assert_one_line, is_bpffs, link_pin, mount_bpffs, pinned_link_ifindex, wait_until, Sandbox,
+    AGENT_STARTUP, BIN,
+};
 
 const SETTLE: Duration = Duration::from_secs(3);
 
@@ -33,10 +36,15 @@ fn assert_covered(sb: &Sandbox, pins: &Path, taps: &[&str]) {
     for tap in taps {
         let progs = sb.wait_programs(tap, &["dhcpfix"], SETTLE);
         assert_eq!(progs, ["dhcpfix"], "{tap}: programs at egress");
-        let ifindex = sb.ifindex(tap).expect("tap exists");
         assert_eq!(
-            pinned_link_ifindex(pins, tap),
-            Some(ifindex),
+            sb.tcx_ingress_programs(tap).unwrap(),
+            ["dhcpfix_ingress"],
+            "{tap}: programs at ingress"
+        );
+        let key = sb.key(tap).expect("tap exists");
+        assert_eq!(
+            pinned_link_ifindex(pins, &key),
+            Some(key.ifindex),
             "{tap}: the pinned link is not the tap's"
         );
     }
@@ -135,7 +143,7 @@ fn sigkilled_attach_at_random_points_then_a_rerun_converges() {
         // 0-30 ms once the program is loaded (taking links, pinning them);
         // anywhere in the first load while it is not, and right after a
         // reset surely within it.
-        let loading = !pins.join("prog").exists();
+        let loading = !pins.join(dhcpfix::pins::program_rel()).exists();
         let delay = match (loading, round % 8) {
             (true, 0) => rng.below(load_ms / 2),
             (true, _) => rng.below(load_ms * 6 / 5),
@@ -161,11 +169,30 @@ fn sigkilled_attach_at_random_points_then_a_rerun_converges() {
     args.extend(taps);
     sb.dhcpfix_ok(&pins, &args);
     assert_covered(&sb, &pins, &taps);
-    let links: Vec<String> = fs::read_dir(pins.join("links"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+    // Exactly the taps' links (egress and ingress), all in the sandbox's
+    // namespace: nothing a killed run left half-made.
+    let links = pins.join(dhcpfix::pins::links_rel());
+    let mut found: Vec<String> = Vec::new();
+    for netns in fs::read_dir(&links).unwrap() {
+        let netns = netns.unwrap();
+        for link in fs::read_dir(netns.path()).unwrap() {
+            let link = link.unwrap().file_name().to_string_lossy().into_owned();
+            found.push(format!("{}/{link}", netns.file_name().to_string_lossy()));
+        }
+    }
+    found.sort();
+    let mut want: Vec<String> = taps
+        .iter()
+        .map(|t| sb.key(t).unwrap())
+        .flat_map(|k| {
+            [
+                format!("{}/{}", k.netns, k.ifindex),
+                format!("{}/{}-in", k.netns, k.ifindex),
+            ]
+        })
         .collect();
-    assert_eq!(links.len(), taps.len(), "{links:?}");
+    want.sort();
+    assert_eq!(found, want, "links below {}", links.display());
 }
 
 #[test]
@@ -261,6 +288,96 @@ fn hook_and_agent_attaching_the_same_new_tap_at_once_leave_one_attachment() {
     assert!(!log.contains(" ERROR "), "{log}");
 }
 
+/// The agent holds the pin directory's lock only while it changes
+/// something: the commands a hook or an operator runs beside it (each
+/// waiting up to a minute for the lock) go through at once.
+#[test]
+fn commands_run_beside_a_running_agent() {
+    if !privileged("commands_run_beside_a_running_agent") {
+        return;
+    }
+    let sb = Sandbox::new();
+    let pins = sb.pin_dir();
+    sb.add_tap("vnet0");
+    sb.add_tap("hook0");
+    let mut agent = sb.agent(&pins, &["--iface", "vnet*", "--metrics-addr", "none"], &[]);
+    agent.wait_running(AGENT_STARTUP);
+    for (args, want) in [
+        (["attach", "hook0"], &["dhcpfix"][..]),
+        (["detach", "hook0"], &[]),
+        (["attach", "hook0"], &["dhcpfix"]),
+    ] {
+        let start = Instant::now();
+        let out = sb.dhcpfix(&pins, &args);
+        let took = start.elapsed();
+        assert!(
+            out.status.success(),
+            "dhcpfix {args:?} beside the agent: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(took < SETTLE, "dhcpfix {args:?} took {took:?} beside the agent");
+        assert_eq!(sb.wait_programs("hook0", want, SETTLE), want, "after {args:?}");
+    }
+    assert!(sb.dhcpfix_ok(&pins, &["clean"]).contains("nothing to clean"));
+    assert_covered(&sb, &pins, &["vnet0", "hook0"]);
+    let (status, _, log) = agent.stop(libc::SIGTERM);
+    assert!(status.success(), "{log}");
+    assert!(!log.contains(" ERROR "), "{log}");
+}
+
+/// An agent that follows other namespaces (`--netns PATTERN`) covers a
+/// namespace created after it started: it gives the namespace an id (its
+/// link events name it by that id), attaches its taps, and still stops at
+/// once on SIGTERM.
+#[test]
+fn agent_covers_a_namespace_that_appears_later() {
+    if !privileged("agent_covers_a_namespace_that_appears_later") {
+        return;
+    }
+    let sb = Sandbox::new();
+    let pins = sb.pin_dir();
+    let pattern = sb.netns_name("late*");
+    let mut agent = sb.agent(
+        &pins,
+        &["--iface", "vnet*", "--netns", &pattern, "--metrics-addr", "none"],
+        &[],
+    );
+    agent.wait_running(AGENT_STARTUP);
+    let late = sb.netns("late0");
+    late.ip(&["tuntap", "add", "dev", "vnet7", "mode", "tap"])
+        .unwrap();
+    let covered = |status: &Value| {
+        status["interfaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["name"] == "vnet7" && i["netns"]["name"] == late.name() && i["attached"] == true)
+    };
+    let mut status = Value::Null;
+    let attached = wait_until(SETTLE, || {
+        status = serde_json::from_str(&sb.dhcpfix_ok(&pins, &["status", "--json"])).unwrap();
+        covered(&status)
+    });
+    assert!(
+        attached,
+        "vnet7 in {} not attached: {status}\n{}",
+        late.name(),
+        agent.log()
+    );
+    assert_eq!(
+        crate::support::tcx_programs(late.path(), "vnet7").unwrap(),
+        ["dhcpfix"]
+    );
+    let (status, took, log) = agent.stop(libc::SIGTERM);
+    assert!(status.success(), "{log}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert!(
+        log.contains(&format!("attached vnet7 in network namespace {}", late.name())),
+        "{log}"
+    );
+    assert!(!log.contains(" ERROR "), "{log}");
+}
+
 #[test]
 fn tap_recreated_under_the_same_name_is_protected_again() {
     if !privileged("tap_recreated_under_the_same_name_is_protected_again") {
@@ -271,17 +388,23 @@ fn tap_recreated_under_the_same_name_is_protected_again() {
     let pins = sb.dir.join("bpf-hook");
     sb.add_tap("hook0");
     sb.dhcpfix_ok(&pins, &["attach", "hook0"]);
-    let old = sb.ifindex("hook0").unwrap();
+    let old = sb.key("hook0").unwrap();
     sb.del_link("hook0");
     sb.add_tap("hook0");
-    let new = sb.ifindex("hook0").unwrap();
+    let new = sb.key("hook0").unwrap();
     assert_ne!(old, new);
     // The old pin is dead now, and the new tap unprotected until...
-    assert_eq!(pinned_link_ifindex(&pins, "hook0"), Some(0));
+    assert_eq!(pinned_link_ifindex(&pins, &old), Some(0));
+    assert!(!link_pin(&pins, &new).exists());
     assert_eq!(sb.tcx_programs("hook0").unwrap(), Vec::<String>::new());
-    // ...attach runs again (as the hook does when the guest restarts).
+    // ...attach runs again (as the hook does when the guest restarts),
+    // which replaces the old pin.
     let out = sb.dhcpfix_ok(&pins, &["attach", "hook0"]);
     assert!(out.contains("hook0: attached"), "{out}");
+    assert!(
+        !link_pin(&pins, &old).exists(),
+        "the dead pin of the old hook0 is left"
+    );
     assert_covered(&sb, &pins, &["hook0"]);
 
     // With the agent: deleted and re-created, 40 times in a row without a
@@ -296,9 +419,9 @@ fn tap_recreated_under_the_same_name_is_protected_again() {
         sb.add_tap("vnet0");
     }
     let start = Instant::now();
-    let ifindex = sb.ifindex("vnet0").unwrap();
+    let key = sb.key("vnet0").unwrap();
     assert!(
-        wait_until(SETTLE, || pinned_link_ifindex(&pins, "vnet0") == Some(ifindex)),
+        wait_until(SETTLE, || pinned_link_ifindex(&pins, &key) == Some(key.ifindex)),
         "the agent did not attach the re-created vnet0:\n{}",
         agent.log()
     );
@@ -310,8 +433,8 @@ fn tap_recreated_under_the_same_name_is_protected_again() {
     sb.del_link("vnet0");
     thread::sleep(Duration::from_millis(100));
     sb.add_tap("vnet0");
-    let ifindex = sb.ifindex("vnet0").unwrap();
-    assert!(wait_until(SETTLE, || pinned_link_ifindex(&pins, "vnet0") == Some(ifindex)));
+    let key = sb.key("vnet0").unwrap();
+    assert!(wait_until(SETTLE, || pinned_link_ifindex(&pins, &key) == Some(key.ifindex)));
     assert_covered(&sb, &pins, &["vnet0"]);
     let (status, _, log) = agent.stop(libc::SIGTERM);
     assert!(status.success());
@@ -330,10 +453,6 @@ fn unmount(path: &Path) {
         path.display(),
         std::io::Error::last_os_error()
     );
-}
-
-fn is_bpffs(path: &Path) -> bool {
-    dhcpfix::bpffs::is_bpffs(path).unwrap_or(false)
 }
 
 /// Defined behaviour: an agent that may mount (CAP_SYS_ADMIN) notices at
@@ -366,9 +485,10 @@ fn bpffs_unmounted_under_the_agent_is_mounted_again_or_the_agent_exits() {
     eprintln!("after umount: links released: {gone}");
     let back = wait_until(Duration::from_secs(5), || {
         is_bpffs(&pins)
-            && taps
-                .iter()
-                .all(|t| pinned_link_ifindex(&pins, t) == sb.ifindex(t))
+            && taps.iter().all(|t| {
+                let key = sb.key(t).unwrap();
+                pinned_link_ifindex(&pins, &key) == Some(key.ifindex)
+            })
     });
     assert!(back, "the agent did not recover:\n{}", agent.log());
     eprintln!("covered again {:?} after the umount", start.elapsed());
@@ -385,7 +505,7 @@ fn bpffs_unmounted_under_the_agent_is_mounted_again_or_the_agent_exits() {
     // As under systemd: CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON only, the pin
     // directory inside a bpffs mounted beforehand.
     let bpffs = sb.dir.join("bpffs");
-    crate::support::mount_bpffs(&bpffs);
+    mount_bpffs(&bpffs);
     let pins = bpffs.join("dhcpfix");
     let setpriv = [
         "setpriv",
@@ -418,7 +538,7 @@ fn bpffs_unmounted_under_the_agent_is_mounted_again_or_the_agent_exits() {
         "{log}"
     );
     assert!(
-        error.contains("mount(2) of bpffs") && error.contains("CAP_SYS_ADMIN"),
+        error.contains("mount(2) of a bpffs") && error.contains("CAP_SYS_ADMIN"),
         "{error}"
     );
     eprintln!("without CAP_SYS_ADMIN the agent exits 1: {error}");
@@ -447,28 +567,31 @@ fn unwritable_pin_directory_fails_with_one_line_and_attaches_nothing() {
             .unwrap()
             .success());
     }
-    // A read-only bpffs.
+    // A read-only bpffs (mode 0700: one others may write to is refused
+    // before anything is tried).
     let robpf = sb.dir.join("robpf");
     fs::create_dir(&robpf).unwrap();
     assert!(std::process::Command::new("mount")
-        .args(["-t", "bpf", "-o", "ro", "bpf"])
+        .args(["-t", "bpf", "-o", "ro,mode=0700", "bpf"])
         .arg(&robpf)
         .status()
         .unwrap()
         .success());
+    // (pin directory, what the error says, the path it names)
+    let not_a_dir = "is not safe to use: it is a symlink or not a directory";
     let cases = [
-        (file.clone(), "exists and is not a directory"),
-        (file.join("bpf"), "Not a directory"),
-        (ro.join("bpf"), "Read-only file system"),
-        (robpf.clone(), "Read-only file system"),
+        (file.clone(), not_a_dir, file.clone()),
+        (file.join("bpf"), not_a_dir, file.clone()),
+        (ro.join("bpf"), "Read-only file system", ro.join("bpf")),
+        (robpf.clone(), "Read-only file system", robpf.clone()),
     ];
-    for (pins, says) in cases {
+    for (pins, says, names) in cases {
         let out = sb.dhcpfix(&pins, &["attach", "vnet0"]);
         assert_eq!(out.status.code(), Some(1), "{}", pins.display());
         let line = assert_one_line(&out.stderr);
         assert!(line.starts_with("dhcpfix: error: "), "{line}");
         assert!(
-            line.contains(says) && line.contains(pins.to_str().unwrap()),
+            line.contains(says) && line.contains(names.to_str().unwrap()),
             "{line}"
         );
         assert_eq!(sb.tcx_programs("vnet0").unwrap(), Vec::<String>::new());
@@ -521,7 +644,10 @@ fn btf_without_ip_summed_fails_naming_the_member() {
             "{line}"
         );
         assert_eq!(sb.tcx_programs("vnet0").unwrap(), Vec::<String>::new());
-        assert!(!pins.join("prog").exists(), "a program was loaded");
+        assert!(
+            !pins.join(dhcpfix::pins::program_rel()).exists(),
+            "a program was loaded"
+        );
     }
     // The override the message suggests works.
     let layout = dhcpfix::kernel_layout::resolve_from(None).unwrap();
@@ -599,9 +725,10 @@ fn not_root_fails_with_one_line_naming_the_privilege() {
     assert_eq!(mode & 0o777, 0o700);
 }
 
-/// A program pinned by an incompatible dhcpfix (simulated by removing this
-/// version's ABI marker) is refused with one line that says what to do,
-/// and `clean --all` clears the way for a fresh attach.
+/// Records of a dhcpfix this one does not know (a newer one's `abi-N`
+/// next to ours, simulated by making its directory) are refused with one
+/// line that says what to do, and `clean --all` clears the way for a fresh
+/// attach.
 #[test]
 fn program_pinned_by_another_version_is_refused_with_advice() {
     if !privileged("program_pinned_by_another_version_is_refused_with_advice") {
@@ -609,19 +736,24 @@ fn program_pinned_by_another_version_is_refused_with_advice() {
     }
     let lab = crate::support::lab(dhcpfix_lab::lab::Offload::On, dhcpfix_lab::lab::GuestKind::Legacy);
     crate::support::dhcpfix_ok(&lab, &["attach", lab.tap_name()]);
-    let marker = lab.pin_dir().join(format!("abi-{}", dhcpfix_common::PIN_ABI));
-    assert!(marker.is_dir(), "no ABI marker at {}", marker.display());
-    std::fs::remove_dir(&marker).unwrap();
-    std::fs::create_dir(lab.pin_dir().join("abi-0")).unwrap();
+    let ours = lab.pin_dir().join(dhcpfix::pins::abi_dir());
+    assert!(ours.is_dir(), "no {}", ours.display());
+    let newer = format!("abi-{}", dhcpfix_common::PIN_ABI + 1);
+    std::fs::create_dir(lab.pin_dir().join(&newer)).unwrap();
 
-    let out = crate::support::dhcpfix(&lab, &["attach", "--method", "netlink", lab.tap_name()]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert!(
-        err.contains("incompatible") && err.contains("abi-0") && err.contains("clean --all"),
-        "{err}"
-    );
+    for args in [
+        vec!["attach", "--method", "netlink", "vnet0"],
+        vec!["attach", "vnet0"],
+    ] {
+        let out = crate::support::dhcpfix(&lab, &args);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(
+            err.contains("does not know") && err.contains(&newer) && err.contains("clean --all"),
+            "{err}"
+        );
+    }
 
     crate::support::dhcpfix_ok(&lab, &["clean", "--all"]);
     let left: Vec<_> = std::fs::read_dir(lab.pin_dir())
@@ -634,6 +766,6 @@ fn program_pinned_by_another_version_is_refused_with_advice() {
         "left behind: {left:?}"
     );
     crate::support::dhcpfix_ok(&lab, &["attach", lab.tap_name()]);
-    assert!(marker.is_dir());
+    assert!(ours.is_dir());
     lab.destroy().unwrap();
 }

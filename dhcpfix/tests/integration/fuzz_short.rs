@@ -60,6 +60,9 @@ fn btf_seeds_are_meaningful() {
         (8, 128, 5, 3)
     );
     assert_eq!((l.dev_features, l.csum_features), (184, 0b1010));
+    assert_eq!(l.csum6_features, 0b1_1000, "NETIF_F_IPV6_CSUM | NETIF_F_HW_CSUM");
+    // The interface's namespace cookie: skb->dev->nd_net.net->net_cookie.
+    assert_eq!((l.dev_nd_net, l.net_cookie), (288, 160));
     assert_eq!(
         (l.skb_csum_start, l.skb_csum_offset, l.skb_head, l.skb_data),
         (152, 154, 192, 200)

@@ -6,14 +6,14 @@
 //!
 //! Issue 12: at `stopped` and `release`, libvirt 9.0 hands the hook domain
 //! XML whose `<interface>` has no `<target dev='vnetN'/>` any more (it
-//! clears generated names before calling the hook; `<mac>` stays). A hook
-//! that finds taps by that name detaches nothing, and the guest's pin
-//! stays behind. `linux_guest_attached_filled_and_detached_at_stop` shows
-//! it; alone:
+//! clears generated names before calling the hook; `<mac>` stays). The
+//! hook finds the guest's attachments by that MAC instead, so
+//! `linux_guest_attached_filled_and_detached_at_stop` checks that nothing
+//! of the guest is left after `virsh destroy`; alone:
 //!
 //! ```sh
-//! cargo test -p dhcpfix --test libvirt_real -- --exact \
-//!     linux_guest_attached_filled_and_detached_at_stop --nocapture
+//! cargo test -p dhcpfix --test integration -- --exact \
+//!     libvirt_real::linux_guest_attached_filled_and_detached_at_stop --nocapture
 //! ```
 //!
 //! Each test starts its own libvirtd (a few seconds) and tears it down;
@@ -31,12 +31,14 @@ use std::{
     time::{Duration, Instant},
 };
 
+use dhcpfix_lab::kit::privileged;
 use harness::{
     eth0_feature, leases, marker, Boot, Domain, GuestKernel, GuestSpec, Initramfs, Libvirt,
     VIRTIO_NET_F_GUEST_CSUM,
 };
 use serde_json::Value;
-use crate::support::{privileged, run_dhcpfix, BIN};
+
+use crate::support::{run_dhcpfix, BIN};
 
 /// Fixed MACs (libvirt's 52:54:00 prefix), one per guest kind.
 const LINUX_MAC: &str = "52:54:00:d4:cf:01";
@@ -229,15 +231,23 @@ impl Env {
         fs::read_to_string(&self.hook_log).unwrap_or_default()
     }
 
-    /// Files under `<pins>/links`.
+    /// The links directory of the pin directory (`abi-N/links`).
+    fn links_dir(&self) -> PathBuf {
+        self.pins.join(dhcpfix::pins::links_rel())
+    }
+
+    /// Link pins under the links directory, as `<netns cookie>/<name>`.
     fn link_pins(&self) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(self.pins.join("links"))
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut names: Vec<String> = Vec::new();
+        for netns in fs::read_dir(self.links_dir()).into_iter().flatten().flatten() {
+            for link in fs::read_dir(netns.path()).into_iter().flatten().flatten() {
+                names.push(format!(
+                    "{}/{}",
+                    netns.file_name().to_string_lossy(),
+                    link.file_name().to_string_lossy()
+                ));
+            }
+        }
         names.sort();
         names
     }
@@ -424,10 +434,7 @@ fn linux_guest_attached_filled_and_detached_at_stop() {
     }
     let links = env.link_pins();
     if !links.is_empty() {
-        left.push(format!(
-            "{} still holds {links:?}",
-            env.pins.join("links").display()
-        ));
+        left.push(format!("{} still holds {links:?}", env.links_dir().display()));
     }
     let doctor = env.json(&["doctor", "--json"]);
     let stale: Vec<String> = doctor["notes"]
@@ -519,7 +526,7 @@ fn ipxe_guest_gets_its_lease_and_is_left_alone() {
         env.describe_hook_calls(&spec.name)
     );
     eprintln!(
-        "after destroy: links/ {:?}; dhcpfix hook log:\n{}",
+        "after destroy: links {:?}; dhcpfix hook log:\n{}",
         env.link_pins(),
         env.hook_log()
     );

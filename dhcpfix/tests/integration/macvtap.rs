@@ -229,10 +229,7 @@ fn macvtap_is_refused_for_the_reasons_measured() {
     // 3. macvtap0 advertises checksum offload whatever the guest negotiated,
     //    so the classifier's offload test cannot tell a firmware-phase guest
     //    (which a fill would break) from one that needs the fill.
-    let with_offload = net
-        .sb
-        .in_netns(|| dhcpfix::netdev::features("macvtap0"))
-        .unwrap();
+    let with_offload = net.sb.in_netns(|| dhcpfix::netdev::features("macvtap0")).unwrap();
     // Control: what the guest sends does leave through macvtap0's transmit
     // path, and the socket sees it as PACKET_OUTGOING.
     let sent = net.sb.in_netns(|| {
@@ -251,10 +248,7 @@ fn macvtap_is_refused_for_the_reasons_measured() {
     );
     drop(guest);
     let mut guest = open_guest(0);
-    let without = net
-        .sb
-        .in_netns(|| dhcpfix::netdev::features("macvtap0"))
-        .unwrap();
+    let without = net.sb.in_netns(|| dhcpfix::netdev::features("macvtap0")).unwrap();
     assert_ne!(with_offload & csum_mask, 0);
     assert_ne!(
         without & csum_mask,

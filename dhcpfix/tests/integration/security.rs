@@ -17,7 +17,10 @@ use std::{
 use dhcpfix::netdev::caps::{Capabilities, Capability, Operation};
 use dhcpfix_lab::kit::privileged;
 
-use crate::support::{assert_one_line, pinned_link_ifindex, wait_until, Agent, Sandbox, AGENT_STARTUP, BIN};
+use crate::support::{
+    assert_one_line, ingress_link_pin, link_pin, mount_bpffs, pinned_link_ifindex, wait_until, Sandbox,
+    AGENT_STARTUP, BIN,
+};
 
 /// Every directory and file under `root` (and `root`): owned by root, no
 /// access for group or others; directories 0700 (bpffs adds the sticky
@@ -67,7 +70,9 @@ fn pins_and_directories_are_root_only_even_with_umask_0() {
     let out = cmd.output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let n = assert_root_only(&pins);
-    assert!(pins.join("prog").exists() && pins.join("links/vnet0").exists());
+    let vnet0 = sb.key("vnet0").unwrap();
+    assert!(pins.join(dhcpfix::pins::program_rel()).exists() && link_pin(&pins, &vnet0).exists());
+    assert!(ingress_link_pin(&pins, &vnet0).exists());
     eprintln!("after attach: {n} entries, all root-only");
 
     // And what the agent creates, in a pin directory of its own.
@@ -75,7 +80,12 @@ fn pins_and_directories_are_root_only_even_with_umask_0() {
     let mut agent = sb.agent(&agent_pins, &["--iface", "vnet*", "--metrics-addr", "none"], &[]);
     agent.wait_running(AGENT_STARTUP);
     let n = assert_root_only(&agent_pins);
-    assert!(agent_pins.join("links/vnet1").exists() && agent_pins.join("maps/DHCPFIX_EVENTS").exists());
+    assert!(
+        link_pin(&agent_pins, &sb.key("vnet1").unwrap()).exists()
+            && agent_pins
+                .join(dhcpfix::pins::map_rel(dhcpfix_common::EVENTS_MAP))
+                .exists()
+    );
     eprintln!("after run: {n} entries, all root-only");
     let (status, _, _) = agent.stop(libc::SIGTERM);
     assert!(status.success());
@@ -191,10 +201,10 @@ fn hostile_interface_names_never_reach_a_shell() {
     );
     agent.wait_running(AGENT_STARTUP);
     for name in HOSTILE {
-        let ifindex = sb.ifindex(name).unwrap();
+        let key = sb.key(name).unwrap();
         assert_eq!(
-            pinned_link_ifindex(&pins, name),
-            Some(ifindex),
+            pinned_link_ifindex(&pins, &key),
+            Some(key.ifindex),
             "{name}:\n{}",
             agent.log()
         );
@@ -344,7 +354,7 @@ fn capability_sets_match_the_model() {
         let pins = if mount {
             sb.dir.join(format!("caps-{n}-unmounted"))
         } else {
-            support::mount_bpffs(&bpffs);
+            mount_bpffs(&bpffs);
             bpffs.join("dhcpfix")
         };
         if preload {
@@ -355,7 +365,7 @@ fn capability_sets_match_the_model() {
         let out = sb
             .command("setpriv")
             .args(only_caps(caps))
-            .arg(sandbox::BIN)
+            .arg(BIN)
             .arg("--pin-dir")
             .arg(&pins)
             .args(["attach", "--method", method, "vnet0"])
@@ -441,19 +451,14 @@ fn capability_sets_match_the_model() {
     // The agent checks the same model before it starts: CAP_SYS_ADMIN
     // alone runs it (tcx), and is refused with --method netlink.
     let bpffs = sb.dir.join("caps-agent");
-    support::mount_bpffs(&bpffs);
+    mount_bpffs(&bpffs);
     let pins = bpffs.join("dhcpfix");
     let wrapper = [vec!["setpriv".to_owned()], only_caps(&[SysAdmin])].concat();
     let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
-    let mut agent = Agent::start(
-        &sb,
-        &pins,
-        &["--iface", "vnet*", "--metrics-addr", "none"],
-        &wrapper,
-    );
-    agent.wait_running();
+    let mut agent = sb.agent(&pins, &["--iface", "vnet*", "--metrics-addr", "none"], &wrapper);
+    agent.wait_running(AGENT_STARTUP);
     assert_eq!(sb.tcx_programs("vnet0").unwrap(), ["dhcpfix"], "{}", agent.log());
-    let (status, log) = agent.stop(libc::SIGTERM);
+    let (status, _, log) = agent.stop(libc::SIGTERM);
     assert!(status.success(), "{log}");
     let args = [
         "--iface",
@@ -463,7 +468,7 @@ fn capability_sets_match_the_model() {
         "--method",
         "netlink",
     ];
-    let mut agent = Agent::start(&sb, &pins, &args, &wrapper);
+    let mut agent = sb.agent(&pins, &args, &wrapper);
     assert!(wait_until(Duration::from_secs(10), || agent.exited().is_some()));
     let log = agent.log();
     assert!(!agent.exited().unwrap().success());

@@ -11,6 +11,7 @@ use std::{
 };
 
 use aya::programs::{SchedClassifier, TcAttachType};
+use dhcpfix_common::key::IfaceKey;
 use dhcpfix_lab::{
     kit::{self, netns, poll, Place},
     lab::{ClientOutcome, GuestKind, Lab, LabOptions, Offload},
@@ -147,9 +148,20 @@ pub fn in_netns<T: Send>(ns: &Path, f: impl FnOnce() -> T + Send) -> T {
 /// Names of the tcx programs at the egress of `iface` in the namespace
 /// `ns`, as the kernel lists them; `None` if the interface does not exist.
 pub fn tcx_programs(ns: &Path, iface: &str) -> Option<Vec<String>> {
+    tcx_programs_at(ns, iface, TcAttachType::Egress)
+}
+
+/// Names of the tcx programs at the ingress of `iface` in the namespace
+/// `ns` (dhcpfix's is `dhcpfix_ingress`, beside a tcx egress link); `None`
+/// if the interface does not exist.
+pub fn tcx_ingress_programs(ns: &Path, iface: &str) -> Option<Vec<String>> {
+    tcx_programs_at(ns, iface, TcAttachType::Ingress)
+}
+
+fn tcx_programs_at(ns: &Path, iface: &str, hook: TcAttachType) -> Option<Vec<String>> {
     in_netns(ns, || {
-        dhcpfix::sys::ifindex(iface)?;
-        let (_, progs) = SchedClassifier::query_tcx(iface, TcAttachType::Egress).ok()?;
+        dhcpfix::netdev::ifindex(iface)?;
+        let (_, progs) = SchedClassifier::query_tcx(iface, hook).ok()?;
         Some(
             progs
                 .iter()
@@ -159,11 +171,48 @@ pub fn tcx_programs(ns: &Path, iface: &str) -> Option<Vec<String>> {
     })
 }
 
-/// The interface a pinned tcx link is attached to (0: its interface is
-/// gone); `None` if there is no such pin.
-pub fn pinned_link_ifindex(pins: &Path, iface: &str) -> Option<u32> {
-    let fd = dhcpfix::sys::obj_get(&pins.join("links").join(iface)).ok()?;
-    dhcpfix::sys::link_info(&fd).ok().map(|i| i.ifindex)
+/// The key dhcpfix files `iface` under: the cookie of the network
+/// namespace at `ns` and the interface's ifindex there; `None` if there is
+/// no such interface. Keep it to find what a deleted interface left.
+pub fn iface_key(ns: &Path, iface: &str) -> Option<IfaceKey> {
+    in_netns(ns, || {
+        let cookie = dhcpfix::netns::current_cookie().expect("SO_NETNS_COOKIE");
+        dhcpfix::netdev::ifindex(iface).map(|ifindex| IfaceKey::new(cookie, ifindex))
+    })
+}
+
+/// Where the pin directory `pins` keeps the egress link of `key`
+/// (`abi-N/links/<netns cookie>/<ifindex>`).
+pub fn link_pin(pins: &Path, key: &IfaceKey) -> PathBuf {
+    pins.join(dhcpfix::pins::link_rel(key))
+}
+
+/// Where the pin directory `pins` keeps the ingress link of `key`.
+pub fn ingress_link_pin(pins: &Path, key: &IfaceKey) -> PathBuf {
+    pins.join(dhcpfix::pins::ingress_link_rel(key))
+}
+
+/// Whether `iface` (in the namespace at `ns`) has its egress link pinned.
+pub fn is_pinned(ns: &Path, pins: &Path, iface: &str) -> bool {
+    iface_key(ns, iface).is_some_and(|key| link_pin(pins, &key).exists())
+}
+
+/// The interface the link pinned for `key` is attached to (0: its
+/// interface is gone); `None` if there is no such pin.
+pub fn pinned_link_ifindex(pins: &Path, key: &IfaceKey) -> Option<u32> {
+    let dir = dhcpfix::pins::PinDir::open(pins).ok().flatten()?;
+    dhcpfix::pins::links::target(&dir, key)
+}
+
+/// The kernel's id of the link pinned for `key`.
+pub fn pinned_link_id(pins: &Path, key: &IfaceKey) -> Option<u32> {
+    let fd = dhcpfix::sys::obj_get(&link_pin(pins, key)).ok()?;
+    dhcpfix::sys::link_info(&fd).ok().map(|i| i.id)
+}
+
+/// Whether `dir` is a pin directory on a bpffs.
+pub fn is_bpffs(dir: &Path) -> bool {
+    dhcpfix::pins::PinDir::open(dir).is_ok_and(|d| d.is_some())
 }
 
 /// Polls `done` every 5 ms until it holds or `timeout` passes.
@@ -213,9 +262,15 @@ impl Sandbox {
         }
     }
 
-    /// Another namespace of this sandbox, `<name>-<suffix>`.
+    /// Another namespace of this sandbox, named [`Sandbox::netns_name`].
     pub fn netns(&self, suffix: &str) -> kit::Netns {
         self._sandbox.netns(suffix).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The name [`Sandbox::netns`] gives a namespace: `<sandbox>-<suffix>`
+    /// (a glob `suffix` makes a pattern for `dhcpfix run --netns`).
+    pub fn netns_name(&self, suffix: &str) -> String {
+        format!("{}-{suffix}", self._sandbox.name())
     }
 
     pub fn ns_path(&self) -> PathBuf {
@@ -270,15 +325,21 @@ impl Sandbox {
         in_netns(self.ns.path(), f)
     }
 
-    /// The ifindex of `iface` in the sandbox.
-    pub fn ifindex(&self, iface: &str) -> Option<u32> {
-        self.in_netns(|| dhcpfix::sys::ifindex(iface))
+    /// The key dhcpfix files `iface` of the sandbox under.
+    pub fn key(&self, iface: &str) -> Option<IfaceKey> {
+        iface_key(self.ns.path(), iface)
     }
 
     /// Names of the tcx programs at the egress of `iface`, as the kernel
     /// lists them; `None` if the interface does not exist.
     pub fn tcx_programs(&self, iface: &str) -> Option<Vec<String>> {
         tcx_programs(self.ns.path(), iface)
+    }
+
+    /// Names of the tcx programs at the ingress of `iface`; `None` if the
+    /// interface does not exist.
+    pub fn tcx_ingress_programs(&self, iface: &str) -> Option<Vec<String>> {
+        tcx_ingress_programs(self.ns.path(), iface)
     }
 
     /// Waits (up to `timeout`) until `iface` has exactly the programs
