@@ -49,12 +49,18 @@ const RETRIES: u32 = 40;
 /// How long the remains of a namespace whose file went away are looked at
 /// again, waiting for its links to die with it.
 const DYING_FOR: Duration = Duration::from_secs(60);
+/// How long after a namespace was found its pod's host name is looked for
+/// (a CRI runtime starts a pod's processes seconds after it pinned its
+/// namespace); past that it is taken to be no pod's.
+const POD_LABEL_FOR: Duration = Duration::from_secs(60);
 
 /// One network namespace the agent covers.
 struct Space {
     netns: Netns,
     /// The host name of its processes where it is their own (a pod's).
     pod: Option<String>,
+    /// Until when a pod's host name is looked for ([`POD_LABEL_FOR`]).
+    label_until: Instant,
     reconciler: Reconciler,
 }
 
@@ -118,6 +124,7 @@ impl Agent {
             Space {
                 netns: own,
                 pod: None,
+                label_until: Instant::now(),
                 reconciler,
             },
         );
@@ -224,6 +231,7 @@ impl Agent {
             Space {
                 netns,
                 pod,
+                label_until: Instant::now() + POD_LABEL_FOR,
                 reconciler,
             },
         );
@@ -441,11 +449,12 @@ impl Agent {
     /// (a CRI runtime pins a pod's namespace first, then starts the pod's
     /// processes in it).
     fn label_pods(&mut self) {
+        let now = Instant::now();
         let unlabelled: BTreeSet<(u64, u64)> = self
             .spaces
-            .iter()
-            .filter(|(cookie, s)| **cookie != self.own_cookie && s.pod.is_none())
-            .map(|(_, s)| s.netns.id())
+            .values()
+            .filter(|s| s.pod.is_none() && now < s.label_until)
+            .map(|s| s.netns.id())
             .collect();
         if unlabelled.is_empty() {
             return;

@@ -123,6 +123,18 @@ pub fn unpin(pins: &PinDir, key: &IfaceKey) -> Result<bool, PinsError> {
     Ok(removed)
 }
 
+/// The keys with a link pin in the namespace with cookie `netns`, sorted.
+pub fn list_in(pins: &PinDir, netns: u64) -> Vec<IfaceKey> {
+    let mut keys: Vec<IfaceKey> = pins
+        .list(&netns_links_rel(netns))
+        .into_iter()
+        .filter_map(|ifindex| ifindex.parse::<u32>().ok())
+        .map(|ifindex| IfaceKey::new(netns, ifindex))
+        .collect();
+    keys.sort();
+    keys
+}
+
 /// Every key with a link pin, sorted.
 pub fn list(pins: &PinDir) -> Vec<IfaceKey> {
     let mut keys = Vec::new();
