@@ -115,11 +115,15 @@ impl Plan {
                     repetitions: 3,
                     dhcp_bytes: 300,
                 },
+                // 2 namespaces (10 taps) a second: about half of what the
+                // agent attaches per second here (each tcx attach waits
+                // for an RCU grace period), so new taps do not queue for
+                // long.
                 namespaces: namespaces::Config {
                     namespaces: 200,
                     taps_per_namespace: 5,
-                    churn: 200,
-                    churn_per_s: 5.0,
+                    churn: 100,
+                    churn_per_s: 2.0,
                     idle_s: 10.0,
                 },
             }

@@ -124,6 +124,9 @@ pub struct Namespaces {
     pub topology_s: f64,
     /// From the agent's start until every tap was attached.
     pub all_attached_s: f64,
+    /// Processes on the machine at idle: the agent looks through each one's
+    /// `/proc/PID/ns/net` every 2 s (namespaces only a process holds).
+    pub processes: usize,
     pub idle: AgentUse,
     pub churn: Churn,
     /// The program and its maps after attaching every tap.
@@ -347,6 +350,16 @@ pub fn run(sb: &Sandbox, dhcpfix: &Dhcpfix, cfg: Config) -> Result<Namespaces> {
     agent.alive()?;
     let rss = rss_kib(pid)?;
     let window_s = w0.elapsed().as_secs_f64();
+    let processes = fs::read_dir("/proc")
+        .map_err(BenchError::io("read", "/proc"))?
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .count();
     let idle = AgentUse {
         window_s,
         cpu_percent: (cpu_s(pid)? - cpu0) / window_s * 100.0,
@@ -463,6 +476,7 @@ pub fn run(sb: &Sandbox, dhcpfix: &Dhcpfix, cfg: Config) -> Result<Namespaces> {
         taps_per_namespace: t,
         topology_s,
         all_attached_s,
+        processes,
         idle,
         churn,
         kernel_memory,

@@ -667,6 +667,12 @@ impl Report {
             i.cpu_percent,
             mib(i.rss_kib)
         );
+        let _ = writeln!(
+            md,
+            "| processes on the machine (the agent looks at each one's network namespace every 2 s, \
+             for namespaces only a process holds: most of the idle CPU) | {} |",
+            n.processes
+        );
         let c = &n.churn;
         let _ = writeln!(
             md,
