@@ -148,11 +148,18 @@ const MOUNT_BPFFS: &[Requirement] = &[Requirement {
 // Measured (tests/deploy.rs, "kernel facts"): setns(2) fails without
 // CAP_SYS_ADMIN; NETLINK_LISTEN_ALL_NSID needs CAP_NET_BROADCAST, which
 // CAP_SYS_ADMIN does not stand in for; /proc/PID/ns/net of another process
-// needs CAP_SYS_PTRACE.
+// needs CAP_SYS_PTRACE. Giving a namespace an id (RTM_NEWNSID, so that its
+// link events reach the agent) needs CAP_NET_ADMIN itself: with
+// CAP_SYS_ADMIN alone `ip netns set NS auto` fails with EPERM (Linux
+// 6.18; rtnetlink asks CAP_NET_ADMIN of every request that changes).
 const OTHER_NAMESPACES: &[Requirement] = &[
     Requirement {
         cap: Capability::SysAdmin,
         or_sys_admin: true,
+    },
+    Requirement {
+        cap: Capability::NetAdmin,
+        or_sys_admin: false,
     },
     Requirement {
         cap: Capability::NetBroadcast,
@@ -195,7 +202,7 @@ impl Operation {
             Self::AttachNetlink => "a netlink attachment needs CAP_NET_ADMIN",
             Self::MountBpffs => "mounting bpffs needs CAP_SYS_ADMIN",
             Self::OtherNamespaces => {
-                "other network namespaces need CAP_SYS_ADMIN, CAP_NET_BROADCAST and CAP_SYS_PTRACE"
+                "other network namespaces need CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_NET_BROADCAST and CAP_SYS_PTRACE"
             }
         }
     }
@@ -357,9 +364,9 @@ mod tests {
         // Other namespaces: CAP_SYS_ADMIN does not stand in for the others.
         assert_eq!(
             Capabilities::of(&[SysAdmin]).missing(&[Load, AttachTcx, OtherNamespaces]),
-            [NetBroadcast, SysPtrace]
+            [NetAdmin, NetBroadcast, SysPtrace]
         );
-        assert!(Capabilities::of(&[SysAdmin, NetBroadcast, SysPtrace])
+        assert!(Capabilities::of(&[SysAdmin, NetAdmin, NetBroadcast, SysPtrace])
             .missing(&[Load, AttachTcx, OtherNamespaces])
             .is_empty());
     }
