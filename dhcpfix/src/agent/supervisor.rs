@@ -422,6 +422,9 @@ impl Agent {
             .filter(|(_, (_, _, at))| *at <= now)
             .map(|(id, _)| *id)
             .collect();
+        if due.is_empty() {
+            return;
+        }
         for id in due {
             if let Some((found, tries, _)) = self.pending.remove(&id) {
                 self.try_add(found, tries);
