@@ -129,6 +129,13 @@ fn prog_cost(report: &Report, area: &Area<'_>) -> DrawResult {
         "dhcp_fill_300" => "fill 300*",
         "dhcp_fill_576" => "fill 576*",
         "dhcp_fill_1472" => "fill 1472*",
+        "dhcpv6_reply_valid" => "DHCPv6 ok",
+        "ingress_tcp_ipv4" => "in TCP",
+        "ingress_udp_ipv4" => "in UDP",
+        "ingress_tcp_ipv6" => "in IPv6",
+        "ingress_arp" => "in ARP",
+        "ingress_dhcp_request" => "in REQ",
+        "ingress_dhcpv6_solicit" => "in SOL",
         _ => "?",
     };
     let labels: Vec<&str> = pc.cases.iter().map(|c| short(&c.key)).collect();
@@ -139,7 +146,7 @@ fn prog_cost(report: &Report, area: &Area<'_>) -> DrawResult {
         .map(|c| c.ns.median * report::FAST_PATH_MAX_RATIO);
     bars(
         area,
-        "ns per packet, attached program (*: test mode); red: 1.5x empty",
+        "ns per packet, attached programs (in: ingress; *: test mode); red: 1.5x empty",
         "ns per packet",
         &labels,
         &stats,

@@ -113,6 +113,140 @@ pub fn dhcp_ack(len: usize) -> Vec<u8> {
     m
 }
 
+/// The guest's MAC: the destination of what reaches it, the source and
+/// `chaddr` of what it sends.
+pub const GUEST_MAC: [u8; 6] = MAC_DST;
+
+/// A DHCPREQUEST a guest sends (client port 68 to server port 67) of
+/// `dhcp_len` bytes of UDP payload (at least 268): message type, requested
+/// address, server identifier, host name, parameter list and vendor class,
+/// as ISC dhclient orders them; checksum complete, as a guest sends it.
+pub fn dhcp_request(dhcp_len: usize) -> Vec<u8> {
+    let mut m = vec![0u8; dhcp_len.max(268)];
+    m[..4].copy_from_slice(&[1, 1, 6, 0]); // BOOTREQUEST, Ethernet, hlen 6, hops
+    m[4..8].copy_from_slice(&0x3903_f326u32.to_be_bytes()); // xid
+    m[28..34].copy_from_slice(&GUEST_MAC); // chaddr
+    m[236..240].copy_from_slice(&[99, 130, 83, 99]);
+    let options: [&[u8]; 7] = [
+        &[53, 1, 3],
+        &[50, 4, CLIENT[0], CLIENT[1], CLIENT[2], CLIENT[3]],
+        &[54, 4, SERVER[0], SERVER[1], SERVER[2], SERVER[3]],
+        &[12, 3, b'v', b'm', b'1'],
+        &[55, 7, 1, 28, 2, 3, 15, 6, 12],
+        &[60, 4, b'l', b'a', b'b', b'1'],
+        &[255],
+    ];
+    let mut at = 240;
+    for o in options {
+        m[at..at + o.len()].copy_from_slice(o);
+        at += o.len();
+    }
+    let mut f = ethernet_from(GUEST_MAC, [0xff; 6], 0x0800);
+    let udp = udp_segment(68, 67, &m, [0; 4], [255; 4]);
+    f.extend_from_slice(&ipv4_header(17, udp.len(), [0; 4], [255; 4]));
+    f.extend_from_slice(&udp);
+    f
+}
+
+/// A DHCPv6 REPLY (547 to 546, link-local to link-local) with an IA_NA
+/// address, `len` bytes of UDP payload (at least 110), checksum complete.
+pub fn dhcpv6_reply(len: usize) -> Vec<u8> {
+    let mut m = vec![7, 0x12, 0x34, 0x56]; // REPLY, transaction id
+    m.extend_from_slice(&[0, 1, 0, 10, 0, 3, 0, 1]); // client id: DUID-LL
+    m.extend_from_slice(&GUEST_MAC);
+    m.extend_from_slice(&[0, 2, 0, 10, 0, 3, 0, 1]); // server id
+    m.extend_from_slice(&MAC_SRC);
+    m.extend_from_slice(&[0, 3, 0, 40, 0, 0, 0, 1, 0, 0, 0, 60, 0, 0, 0, 105]); // IA_NA: IAID, T1, T2
+    m.extend_from_slice(&[0, 5, 0, 24, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]); // IA address
+    m.extend_from_slice(&[0, 0, 0, 120, 0, 0, 0, 120]); // preferred, valid lifetimes
+    m.resize(len.max(m.len()), 0);
+    udp6(
+        547,
+        546,
+        &m,
+        [MAC_SRC, GUEST_MAC],
+        [LINK_LOCAL_SERVER, LINK_LOCAL_GUEST],
+    )
+}
+
+/// A DHCPv6 SOLICIT a guest sends (546 to 547, to All_DHCP_Relay_Agents_and_Servers)
+/// with an IA_NA, `len` bytes of UDP payload (at least 52), checksum complete.
+pub fn dhcpv6_solicit(len: usize) -> Vec<u8> {
+    let mut m = vec![1, 0x12, 0x34, 0x56]; // SOLICIT, transaction id
+    m.extend_from_slice(&[0, 1, 0, 10, 0, 3, 0, 1]); // client id: DUID-LL
+    m.extend_from_slice(&GUEST_MAC);
+    m.extend_from_slice(&[0, 8, 0, 2, 0, 0]); // elapsed time
+    m.extend_from_slice(&[0, 3, 0, 12, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0]); // IA_NA
+    m.resize(len.max(m.len()), 0);
+    let all_servers = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 2];
+    udp6(
+        546,
+        547,
+        &m,
+        [GUEST_MAC, [0x33, 0x33, 0, 1, 0, 2]],
+        [LINK_LOCAL_GUEST, all_servers],
+    )
+}
+
+const LINK_LOCAL_SERVER: [u8; 16] = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xfe, 0, 0, 1];
+const LINK_LOCAL_GUEST: [u8; 16] = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xfe, 0, 0, 2];
+
+/// An IPv6 UDP frame, `macs` and `addrs` as (source, destination), with its
+/// checksum complete (IPv6 pseudo-header, RFC 8200).
+fn udp6(sport: u16, dport: u16, payload: &[u8], macs: [[u8; 6]; 2], addrs: [[u8; 16]; 2]) -> Vec<u8> {
+    let udp_len = 8 + payload.len();
+    let mut udp = Vec::with_capacity(udp_len);
+    udp.extend_from_slice(&sport.to_be_bytes());
+    udp.extend_from_slice(&dport.to_be_bytes());
+    udp.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(payload);
+    let mut pseudo = Vec::with_capacity(40);
+    pseudo.extend_from_slice(&addrs[0]);
+    pseudo.extend_from_slice(&addrs[1]);
+    pseudo.extend_from_slice(&(udp_len as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, 17]);
+    let check = match !sum16(&[&pseudo, &udp]) {
+        0 => 0xffff,
+        c => c,
+    };
+    udp[6..8].copy_from_slice(&check.to_be_bytes());
+    let mut f = ethernet_from(macs[0], macs[1], 0x86dd);
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    f.extend_from_slice(&[17, 255]);
+    f.extend_from_slice(&addrs[0]);
+    f.extend_from_slice(&addrs[1]);
+    f.extend_from_slice(&udp);
+    f
+}
+
+fn ethernet_from(src: [u8; 6], dst: [u8; 6], ethertype: u16) -> Vec<u8> {
+    let mut f = Vec::with_capacity(1514);
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f
+}
+
+/// A UDP header and `payload`, checksum complete over the IPv4
+/// pseudo-header of `src` and `dst`.
+fn udp_segment(sport: u16, dport: u16, payload: &[u8], src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+    let udp_len = 8 + payload.len();
+    let mut udp = Vec::with_capacity(udp_len);
+    udp.extend_from_slice(&sport.to_be_bytes());
+    udp.extend_from_slice(&dport.to_be_bytes());
+    udp.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(payload);
+    let check = match !sum16(&[&pseudo_header(src, dst, udp_len), &udp]) {
+        0 => 0xffff,
+        c => c,
+    };
+    udp[6..8].copy_from_slice(&check.to_be_bytes());
+    udp
+}
+
 /// A full-size IPv4 TCP segment (1514-byte frame).
 pub fn tcp_ipv4() -> Vec<u8> {
     let mut tcp = vec![0u8; 20];
@@ -205,6 +339,23 @@ mod tests {
             assert!(!udp_checksum_ok(&udp_view(&partial).unwrap()), "len {len}");
             let complete = dhcp_reply_complete(len);
             assert!(udp_checksum_ok(&udp_view(&complete).unwrap()), "len {len}");
+        }
+    }
+
+    #[test]
+    fn client_messages_verify() {
+        let request = dhcp_request(300);
+        assert_eq!(request.len(), 14 + 20 + 8 + 300);
+        let v = udp_view(&request).unwrap();
+        assert_eq!((v.sport, v.dport), (68, 67));
+        assert!(udp_checksum_ok(&v));
+        // IPv6: the segment sums to 0xffff with its pseudo-header.
+        for f in [dhcpv6_reply(200), dhcpv6_solicit(100)] {
+            let udp = &f[54..];
+            let mut pseudo = f[22..54].to_vec();
+            pseudo.extend_from_slice(&(udp.len() as u32).to_be_bytes());
+            pseudo.extend_from_slice(&[0, 0, 0, 17]);
+            assert_eq!(sum16(&[&pseudo, udp]), 0xffff);
         }
     }
 

@@ -51,7 +51,8 @@ pub struct Options {
     pub out: PathBuf,
     /// The dhcpfix binary under test.
     pub dhcpfix: PathBuf,
-    /// Run only these sections (all when empty).
+    /// Run only these sections (all when empty); the others are kept from
+    /// the report already in `out`.
     pub only: Vec<Section>,
 }
 
@@ -192,7 +193,7 @@ pub fn run(opts: &Options) -> Result<Report> {
     drop(sb);
     machine.load_end = machine::load_average();
 
-    let report = Report {
+    let mut report = Report {
         schema: report::SCHEMA,
         generated_utc,
         quick: opts.quick,
@@ -205,8 +206,15 @@ pub fn run(opts: &Options) -> Result<Report> {
         storm,
         namespaces,
         targets: Vec::new(),
+        kept: Vec::new(),
+    };
+    // With --only, the other sections stay as the report in --out has them.
+    if !opts.only.is_empty() {
+        if let Some(earlier) = Report::read(&opts.out) {
+            report.keep_from(earlier);
+        }
     }
-    .evaluated();
+    let report = report.evaluated();
     report.write(&opts.out)?;
     Ok(report)
 }

@@ -19,7 +19,8 @@ struct Args {
     /// The dhcpfix binary to measure (release build).
     #[arg(long, value_name = "PATH", default_value = "target/release/dhcpfix")]
     dhcpfix: PathBuf,
-    /// Run only these sections (repeatable; all by default).
+    /// Run only these sections (repeatable; all by default). The others
+    /// are kept from the bench.json already in --out, marked as such.
     #[arg(long, value_name = "NAME", value_enum)]
     only: Vec<Section>,
 }

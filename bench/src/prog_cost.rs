@@ -28,15 +28,15 @@ use aya::{
 };
 use dhcpfix::{
     pins::{self, maps::Maps, PinDir},
-    program::{LayoutSource, CLASSIFIER_OBJECT},
+    program::{LayoutSource, CLASSIFIER_OBJECT, PINNED_MAPS},
     testrun::{self, TestProgram, EMPTY_PROGRAM, TEST_MARK_OFFLOAD, TEST_MARK_PARTIAL},
 };
 use dhcpfix_common::{
     config::{IfaceConfig, DEFAULT_PORTS, MODE_FILL},
     counters::Counters,
+    guest::GuestState,
     key::IfaceKey,
-    CONFIG_MAP, COUNTERS_MAP, EVENTS_MAP, GUESTS_MAP, LAYOUT_GLOBAL, PORTS_MAP, PROGRAM_NAME, SETTINGS_MAP,
-    TEST_MODE_GLOBAL,
+    LAYOUT_GLOBAL, PROGRAM_NAME, TEST_MODE_GLOBAL,
 };
 use dhcpfix_lab::kit::{find_tool, netns, process};
 use serde::{Deserialize, Serialize};
@@ -70,6 +70,10 @@ pub enum Program {
     /// The classifier as `dhcpfix attach` loaded, pinned and attached it,
     /// run with the skb's device set to the tap it is attached to.
     Attached,
+    /// Its twin on the tap's tcx ingress hook (what the guest sends: the
+    /// guest's DHCP requests are recorded for `dhcpfix leases`), pinned and
+    /// run the same way.
+    Ingress,
     /// The empty classifier, loaded, pinned and run the same way.
     Floor,
     /// The classifier loaded in test mode (skb state from `skb->mark`, its
@@ -81,6 +85,7 @@ impl Program {
     pub fn describe(self) -> &'static str {
         match self {
             Program::Attached => "attached",
+            Program::Ingress => "attached (ingress)",
             Program::Floor => "floor",
             Program::TestMode => "test mode",
         }
@@ -163,6 +168,12 @@ enum Expect {
     Untouched,
     /// Frame unchanged, `valid` up by the repeat count.
     Valid,
+    /// As `Valid`, and the reply recorded: the guest's (of this IP family)
+    /// last ACK is newer than before the call.
+    ValidRecorded(u8),
+    /// Frame unchanged, counters unchanged, and the guest's (of this IP
+    /// family) requests up by the repeat count: each run recorded it.
+    RequestRecorded(u8),
     /// Checksum filled and correct, `filled` up by the repeat count.
     Filled,
 }
@@ -190,8 +201,26 @@ struct Case {
 
 /// The key of the floor case.
 pub const EMPTY: &str = "empty";
-/// Keys of the cases every bulk packet takes.
-pub const FAST_PATH: [&str; 4] = ["tcp_ipv4", "udp_ipv4", "tcp_ipv6", "arp"];
+/// Keys of the cases every bulk packet takes, on the egress hook and on
+/// the ingress hook.
+pub const FAST_PATH: [&str; 8] = [
+    "tcp_ipv4",
+    "udp_ipv4",
+    "tcp_ipv6",
+    "arp",
+    INGRESS_TCP_IPV4,
+    "ingress_udp_ipv4",
+    "ingress_tcp_ipv6",
+    "ingress_arp",
+];
+/// The ingress program on a full-size IPv4 TCP segment.
+pub const INGRESS_TCP_IPV4: &str = "ingress_tcp_ipv4";
+/// What following the guests costs per DHCP packet: the egress program
+/// recording a reply (DHCPv4 ACK, DHCPv6 REPLY, checksums complete, so
+/// nothing is filled), the ingress program recording a request.
+pub const DHCPV6_VALID: &str = "dhcpv6_reply_valid";
+pub const INGRESS_REQUEST: &str = "ingress_dhcp_request";
+pub const INGRESS_SOLICIT: &str = "ingress_dhcpv6_solicit";
 /// The frames also run through bpftool (with the floor).
 pub const BPFTOOL_FRAMES: [&str; 2] = ["tcp_ipv4", "udp_ipv4"];
 /// A DHCP reply whose checksum is already complete, on the attached
@@ -252,15 +281,64 @@ fn cases(sb: &Sandbox) -> Result<Vec<Case>> {
     add("arp", "ARP", Attached, frames::arp(), 0, Untouched)?;
     add(
         DHCP_VALID,
-        "DHCP 300 B, checksum already complete",
+        "DHCP ACK 300 B, checksum already complete (recorded)",
         Attached,
         frames::dhcp_reply_complete(300),
         0,
-        Valid,
+        ValidRecorded(4),
+    )?;
+    add(
+        DHCPV6_VALID,
+        "DHCPv6 REPLY 200 B, checksum already complete (recorded)",
+        Attached,
+        frames::dhcpv6_reply(200),
+        0,
+        ValidRecorded(6),
+    )?;
+    add(
+        INGRESS_TCP_IPV4,
+        "IPv4 TCP",
+        Ingress,
+        frames::tcp_ipv4(),
+        0,
+        Untouched,
+    )?;
+    add(
+        "ingress_udp_ipv4",
+        "IPv4 UDP to port 4789",
+        Ingress,
+        frames::udp(40000, 4789, 1472, false),
+        0,
+        Untouched,
+    )?;
+    add(
+        "ingress_tcp_ipv6",
+        "IPv6 TCP",
+        Ingress,
+        frames::tcp_ipv6(),
+        0,
+        Untouched,
+    )?;
+    add("ingress_arp", "ARP", Ingress, frames::arp(), 0, Untouched)?;
+    add(
+        INGRESS_REQUEST,
+        "DHCP REQUEST 300 B (recorded)",
+        Ingress,
+        frames::dhcp_request(300),
+        0,
+        RequestRecorded(4),
+    )?;
+    add(
+        INGRESS_SOLICIT,
+        "DHCPv6 SOLICIT 100 B (recorded)",
+        Ingress,
+        frames::dhcpv6_solicit(100),
+        0,
+        RequestRecorded(6),
     )?;
     add(
         DHCP_VALID_TEST_MODE,
-        "DHCP 300 B, checksum already complete",
+        "DHCP ACK 300 B, checksum already complete",
         TestMode,
         frames::dhcp_reply_complete(300),
         0,
@@ -369,16 +447,6 @@ fn bpftool_version(bpftool: &Path) -> Result<String> {
     Ok(first.rsplit('/').next().unwrap_or(first).to_string())
 }
 
-/// The maps `dhcpfix::program::load_or_open` pins.
-const PINNED_MAPS: [&str; 6] = [
-    CONFIG_MAP,
-    COUNTERS_MAP,
-    PORTS_MAP,
-    EVENTS_MAP,
-    SETTINGS_MAP,
-    GUESTS_MAP,
-];
-
 /// Loads the empty classifier as `dhcpfix::program::load_or_open` loads the
 /// classifier (the running kernel's layout, test mode off, the maps pinned
 /// in the pin directory `pin_dir`) and pins it at `pin`.
@@ -427,6 +495,8 @@ impl RigDescription {
 struct Rig {
     attached: SchedClassifier,
     attached_pin: PathBuf,
+    ingress: SchedClassifier,
+    ingress_pin: PathBuf,
     floor: SchedClassifier,
     floor_pin: PathBuf,
     test: TestProgram,
@@ -459,6 +529,8 @@ impl Rig {
         };
         let attached_pin = pin_dir.join(pins::program_rel());
         let attached = open(&attached_pin)?;
+        let ingress_pin = pin_dir.join(pins::ingress_program_rel());
+        let ingress = open(&ingress_pin)?;
         let floor = open(floor_pin)?;
         let ifindex =
             dhcpfix::netdev::ifindex(TAP).ok_or_else(|| BenchError::Check(format!("{TAP} not found")))?;
@@ -473,12 +545,24 @@ impl Rig {
                  (ids {tcx_egress_ids:?})"
             )));
         }
+        let (_, on_ingress) = SchedClassifier::query_tcx(TAP, TcAttachType::Ingress)
+            .map_err(|e| BenchError::Check(format!("BPF_PROG_QUERY on {TAP} ingress: {e}")))?;
+        let ingress_ids: Vec<u32> = on_ingress.iter().map(|p| p.id()).collect();
+        let ingress_id = prog_info(&ingress, "ingress")?.id();
+        if ingress_ids != [ingress_id] {
+            return Err(BenchError::Check(format!(
+                "the pinned ingress program (id {ingress_id}) is not the one program on {TAP}'s tcx \
+                 ingress hook (ids {ingress_ids:?})"
+            )));
+        }
         let maps = Maps::open(&pins).map_err(|e| BenchError::Check(format!("the pinned maps: {e}")))?;
         let mut test = TestProgram::load()?;
         test.configure(IfaceConfig::new(MODE_FILL, &DEFAULT_PORTS))?;
         let mut rig = Rig {
             attached,
             attached_pin,
+            ingress,
+            ingress_pin,
             floor,
             floor_pin: floor_pin.to_path_buf(),
             test,
@@ -533,8 +617,17 @@ impl Rig {
     fn counters(&self, program: Program) -> Result<Counters> {
         match program {
             Program::TestMode => Ok(self.test.counters()?),
-            Program::Attached | Program::Floor => self.attached_counters(),
+            Program::Attached | Program::Ingress | Program::Floor => self.attached_counters(),
         }
+    }
+
+    /// The bench's guest of `family` on the tap, as the classifier keeps it.
+    fn guest(&self, family: u8) -> Option<GuestState> {
+        self.maps
+            .guests_of(&self.key)
+            .into_iter()
+            .map(|(_, g)| g)
+            .find(|g| g.mac == frames::GUEST_MAC && g.family == family)
     }
 
     fn describe(&self) -> RigDescription {
@@ -550,6 +643,7 @@ impl Rig {
         };
         let mut programs = vec![
             describe(Program::Attached, &self.attached, &self.attached_pin),
+            describe(Program::Ingress, &self.ingress, &self.ingress_pin),
             describe(Program::Floor, &self.floor, &self.floor_pin),
         ];
         if let Ok(test) = self.test.program(PROGRAM_NAME) {
@@ -589,11 +683,18 @@ impl Rig {
             )))
         };
         let before = self.counters(case.program)?;
+        let guest_before = match case.expect {
+            Expect::ValidRecorded(family) | Expect::RequestRecorded(family) => self.guest(family),
+            _ => None,
+        };
         let (verdict, frame_out, ns) = match case.tool {
             Tool::Bench => {
                 let run = match case.program {
                     Program::Attached => {
                         testrun::run_classifier(&self.attached, &case.frame, case.mark, self.ifindex, repeat)?
+                    }
+                    Program::Ingress => {
+                        testrun::run_classifier(&self.ingress, &case.frame, case.mark, self.ifindex, repeat)?
                     }
                     Program::Floor => {
                         testrun::run_classifier(&self.floor, &case.frame, case.mark, self.ifindex, repeat)?
@@ -608,6 +709,7 @@ impl Rig {
             Tool::Bpftool => {
                 let pin = match case.program {
                     Program::Attached => &self.attached_pin,
+                    Program::Ingress => &self.ingress_pin,
                     Program::Floor => &self.floor_pin,
                     Program::TestMode => return fail("bpftool runs only pinned programs".into()),
                 };
@@ -634,8 +736,12 @@ impl Rig {
                     return fail("the filled checksum does not verify".into());
                 }
             }
-            Expect::Valid | Expect::Untouched => {
-                let valid = if case.expect == Expect::Valid { runs } else { 0 };
+            Expect::Valid | Expect::ValidRecorded(_) | Expect::Untouched | Expect::RequestRecorded(_) => {
+                let valid = if matches!(case.expect, Expect::Valid | Expect::ValidRecorded(_)) {
+                    runs
+                } else {
+                    0
+                };
                 let expected = Counters {
                     seen: before.seen + valid,
                     valid: before.valid + valid,
@@ -648,6 +754,26 @@ impl Rig {
                     return fail("the frame was modified".into());
                 }
             }
+        }
+        match case.expect {
+            Expect::ValidRecorded(family) => {
+                let after = self.guest(family);
+                let (was, now) = (
+                    guest_before.map_or(0, |g| g.last_ack),
+                    after.map_or(0, |g| g.last_ack),
+                );
+                if now <= was {
+                    return fail(format!("the reply was not recorded (last ACK {was} -> {now})"));
+                }
+            }
+            Expect::RequestRecorded(family) => {
+                let after = self.guest(family).map_or(0, |g| g.requests);
+                let was = guest_before.map_or(0, |g| g.requests);
+                if u64::from(after) != u64::from(was) + runs {
+                    return fail(format!("requests recorded {was} -> {after}, not {repeat} more"));
+                }
+            }
+            _ => {}
         }
         Ok(ns)
     }

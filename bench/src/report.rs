@@ -59,6 +59,20 @@ pub struct Report {
     #[serde(default)]
     pub namespaces: Option<Namespaces>,
     pub targets: Vec<Target>,
+    /// Sections this run did not measure (`--only`), kept from the report
+    /// it replaced, with when and under what load they were measured.
+    #[serde(default)]
+    pub kept: Vec<KeptSection>,
+}
+
+/// A section of an earlier run, kept by a run with `--only`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct KeptSection {
+    /// `throughput`, `scale`, `storm` or `prog_cost`.
+    pub section: String,
+    pub generated_utc: String,
+    pub load_start: [f64; 3],
+    pub load_end: [f64; 3],
 }
 
 /// `median (min–max)` with `prec` decimals.
@@ -99,27 +113,28 @@ impl Report {
             .iter()
             .filter(|c| c.ratio_to_empty.median > FAST_PATH_MAX_RATIO)
             .collect();
+        let name = |c: &prog_cost::CaseResult| match c.program {
+            prog_cost::Program::Ingress => format!("{} (ingress)", c.label),
+            _ => c.label.clone(),
+        };
         let observed = fast
             .iter()
-            .map(|c| format!("{} {:.2}×", c.label, c.ratio_to_empty.median))
+            .map(|c| format!("{} {:.2}×", name(c), c.ratio_to_empty.median))
             .collect::<Vec<_>>()
             .join(", ");
         let note = if missed.is_empty() {
             format!(
-                "the attached program adds at most {:.0} ns (median) to a packet that is not DHCP, on a \
-                 floor of {:.0} ns: IPv4 UDP leaves after a direct read of its destination port and one \
-                 lookup in the watched-ports bitmap, everything else after the ethertype/protocol check",
+                "the attached programs (egress and ingress) add at most {:.0} ns (median) to a packet \
+                 that is not DHCP, on a floor of {:.0} ns: IPv4 UDP leaves after a direct read of its \
+                 destination port and one lookup in the watched-ports bitmap, everything else after the \
+                 ethertype/protocol check",
                 worst.extra_ns.median, floor.ns.median
             )
         } else {
             format!(
                 "missed by {}: the floor is only {:.0} ns (mostly the test-run loop), so a constant weighs \
                  heavily; dhcpfix adds {:.0} ns there",
-                missed
-                    .iter()
-                    .map(|c| c.label.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                missed.iter().map(|c| name(c)).collect::<Vec<_>>().join(", "),
                 floor.ns.median,
                 worst.extra_ns.median
             )
@@ -267,6 +282,49 @@ impl Report {
         targets
     }
 
+    /// The report in `dir`'s bench.json, if there is one of this schema.
+    pub fn read(dir: &Path) -> Option<Report> {
+        let text = fs::read_to_string(dir.join(JSON_FILE)).ok()?;
+        serde_json::from_str::<Report>(&text)
+            .ok()
+            .filter(|r| r.schema == SCHEMA)
+    }
+
+    /// Fills the sections this run did not measure from `earlier` (the
+    /// report it replaces), noting where each came from.
+    pub fn keep_from(&mut self, earlier: Report) {
+        let note = |section: &str, from: &Report| KeptSection {
+            section: section.into(),
+            generated_utc: from.generated_utc.clone(),
+            load_start: from.machine.load_start,
+            load_end: from.machine.load_end,
+        };
+        let mut kept = Vec::new();
+        if self.prog_cost.is_none() && earlier.prog_cost.is_some() {
+            kept.push(note("prog_cost", &earlier));
+            self.prog_cost = earlier.prog_cost.clone();
+        }
+        if self.throughput.is_none() && earlier.throughput.is_some() {
+            kept.push(note("throughput", &earlier));
+            self.throughput = earlier.throughput.clone();
+        }
+        if self.scale.is_none() && earlier.scale.is_some() {
+            kept.push(note("scale", &earlier));
+            self.scale = earlier.scale.clone();
+        }
+        if self.storm.is_none() && earlier.storm.is_some() {
+            kept.push(note("storm", &earlier));
+            self.storm = earlier.storm.clone();
+        }
+        // A section kept twice keeps its first origin.
+        for k in &mut kept {
+            if let Some(older) = earlier.kept.iter().find(|o| o.section == k.section) {
+                *k = older.clone();
+            }
+        }
+        self.kept = kept;
+    }
+
     /// Writes bench.json, BENCHMARKS.md and bench.svg into `dir`.
     pub fn write(&self, dir: &Path) -> Result<()> {
         fs::create_dir_all(dir).map_err(BenchError::io("mkdir", dir))?;
@@ -295,6 +353,40 @@ impl Report {
                 md,
                 "> **Quick run** (`--quick`): tiny repeat counts, 10 taps, 1 s runs. A smoke test of the \
                  bench, not a measurement.\n"
+            );
+        }
+        // One note per earlier run the kept sections come from.
+        let mut origins: Vec<&KeptSection> = Vec::new();
+        for k in &self.kept {
+            if !origins.iter().any(|o| o.generated_utc == k.generated_utc) {
+                origins.push(k);
+            }
+        }
+        for o in origins {
+            let sections: Vec<String> = self
+                .kept
+                .iter()
+                .filter(|k| k.generated_utc == o.generated_utc)
+                .map(|k| format!("`{}`", k.section))
+                .collect();
+            let _ = writeln!(
+                md,
+                "> Not from this run: {} ({} of this report), measured on {} (load average {:.2} / \
+                 {:.2} / {:.2} at the start of that run, {:.2} / {:.2} / {:.2} at its end) and kept by \
+                 a run with `--only`.\n",
+                sections.join(", "),
+                if sections.len() == 1 {
+                    "a section"
+                } else {
+                    "sections"
+                },
+                o.generated_utc,
+                o.load_start[0],
+                o.load_start[1],
+                o.load_start[2],
+                o.load_end[0],
+                o.load_end[1],
+                o.load_end[2]
             );
         }
         let _ = writeln!(
@@ -367,7 +459,9 @@ impl Report {
              pinned maps. A probe run showed it reads the skb's state from the kernel (test mode {}). \
              The floor is the empty classifier of the same object, loaded the same way (the kernel's \
              layout, test mode off, the pin directory's maps), pinned next to it (id {}) and run the \
-             same way. Fast-path frames are full-size (1514 bytes; ARP 60).\n",
+             same way. Its twin on the tap's tcx ingress hook, which records what the guest sends \
+             (`<pin-dir>/prog-ingress`, id {}), runs the same way (rows *attached (ingress)*). \
+             Fast-path frames are full-size (1514 bytes; ARP 60).\n",
             pc.repeat,
             pc.repetitions,
             pc.interface,
@@ -376,6 +470,7 @@ impl Report {
             pc.ifindex,
             if pc.attached_test_mode { "**on**" } else { "off" },
             id(prog_cost::Program::Floor),
+            id(prog_cost::Program::Ingress),
         );
         let _ = writeln!(
             md,
@@ -416,6 +511,7 @@ impl Report {
              rows leave out.\n",
             id(prog_cost::Program::TestMode),
         );
+        md_tracking(md, pc);
         md_bpftool(md, pc);
         let _ = writeln!(
             md,
@@ -750,6 +846,36 @@ impl Report {
         }
         let _ = writeln!(md);
     }
+}
+
+/// What following the guests (`dhcpfix leases`) costs per DHCP packet, and
+/// that packets which are not DHCP pay nothing for it on either hook.
+fn md_tracking(md: &mut String, pc: &ProgCost) {
+    let extra = |key: &str| pc.case(key).map(|c| c.extra_ns.median);
+    let (Some(ack), Some(request), Some(tcp_in), Some(tcp_out)) = (
+        extra(prog_cost::DHCP_VALID),
+        extra(prog_cost::INGRESS_REQUEST),
+        extra(prog_cost::INGRESS_TCP_IPV4),
+        extra("tcp_ipv4"),
+    ) else {
+        return;
+    };
+    let v6 = |key: &str, what: &str| extra(key).map_or(String::new(), |ns| format!(", {what} {ns:.0} ns"));
+    let _ = writeln!(
+        md,
+        "**What following the guests costs.** Since issue 11 the classifier records each DHCP \
+         message in its guest's state (a hash lookup and an update of one map entry, and the first \
+         128 bytes of the options copied). Over the empty classifier, by the medians of the paired \
+         differences: the egress program on a DHCP ACK it records (checksum complete: parsed, \
+         decided, recorded, nothing filled) {ack:.0} ns{}; the ingress program on a DHCP REQUEST \
+         it records {request:.0} ns{}. A packet that is not DHCP pays for none of it: the ingress \
+         program leaves a full-size IPv4 TCP segment after {tcp_in:.0} ns over the floor, the \
+         egress program after {tcp_out:.0} ns (the other fast-path rows: the table). There is no \
+         build without tracking to compare with; the per-packet cost of the fill itself is in the \
+         *test mode* rows.\n",
+        v6(prog_cost::DHCPV6_VALID, "on a DHCPv6 REPLY"),
+        v6(prog_cost::INGRESS_SOLICIT, "on a DHCPv6 SOLICIT"),
+    );
 }
 
 /// The bench's figures next to bpftool's, for the frames bpftool ran.

@@ -80,6 +80,11 @@ fn quick_bench_writes_a_complete_report() {
     ];
     keys.extend(prog_cost::FAST_PATH);
     keys.extend(prog_cost::FILL_KEYS);
+    keys.extend([
+        prog_cost::DHCPV6_VALID,
+        prog_cost::INGRESS_REQUEST,
+        prog_cost::INGRESS_SOLICIT,
+    ]);
     for key in keys {
         let case = pc.case(key).unwrap_or_else(|| panic!("case {key}"));
         assert_eq!(case.ns.samples.len(), pc.repetitions, "{key}");
@@ -92,12 +97,18 @@ fn quick_bench_writes_a_complete_report() {
         .program(prog_cost::Program::Attached)
         .expect("attached program");
     assert_eq!(pc.tcx_egress_ids, [attached.id]);
+    let ingress = pc.program(prog_cost::Program::Ingress).expect("ingress program");
+    assert_ne!(ingress.id, attached.id);
     assert!(!pc.attached_test_mode);
     assert_eq!(pc.cases.first().map(|c| c.key.as_str()), Some(prog_cost::EMPTY));
     for case in &pc.cases {
         let expected = match case.key.as_str() {
             prog_cost::EMPTY => prog_cost::Program::Floor,
-            k if prog_cost::FAST_PATH.contains(&k) || k == prog_cost::DHCP_VALID => {
+            k if k.starts_with("ingress_") => prog_cost::Program::Ingress,
+            k if prog_cost::FAST_PATH.contains(&k)
+                || k == prog_cost::DHCP_VALID
+                || k == prog_cost::DHCPV6_VALID =>
+            {
                 prog_cost::Program::Attached
             }
             _ => prog_cost::Program::TestMode,
@@ -266,6 +277,7 @@ fn per_packet_cost_runs_the_attached_program() {
             .unwrap_or_else(|| panic!("no {program} program in {}", pc["programs"]))
     };
     let attached = id_of("attached");
+    let ingress = id_of("ingress");
     let floor = id_of("floor");
     let test_mode = id_of("test_mode");
     assert_eq!(
@@ -279,6 +291,7 @@ fn per_packet_cost_runs_the_attached_program() {
         "the measured program is in test mode"
     );
     assert!(attached != floor && attached != test_mode && floor != test_mode);
+    assert!(ingress != attached && ingress != floor && ingress != test_mode);
 
     let runs = |cases: &Value, key: &str, program: &str, id: u64| {
         let c = case(cases, key);
@@ -289,8 +302,19 @@ fn per_packet_cost_runs_the_attached_program() {
     };
     let cases = &pc["cases"];
     runs(cases, prog_cost::EMPTY, "floor", floor);
-    for key in prog_cost::FAST_PATH.into_iter().chain([prog_cost::DHCP_VALID]) {
-        runs(cases, key, "attached", attached);
+    for key in prog_cost::FAST_PATH
+        .into_iter()
+        .chain([prog_cost::DHCP_VALID, prog_cost::DHCPV6_VALID])
+    {
+        if key.starts_with("ingress_") {
+            runs(cases, key, "ingress", ingress);
+        } else {
+            runs(cases, key, "attached", attached);
+        }
+    }
+    // The guests' requests, recorded by the ingress program.
+    for key in [prog_cost::INGRESS_REQUEST, prog_cost::INGRESS_SOLICIT] {
+        runs(cases, key, "ingress", ingress);
     }
     for key in [
         "dhcp_valid_300_test_mode",

@@ -8,8 +8,10 @@ pub const MODE_AUDIT: u32 = 2;
 /// How many destination ports one interface can watch.
 pub const MAX_PORTS: usize = 4;
 /// The DHCP ports watched by default: 68 (replies to clients) and 67 (to
-/// servers and relays inside guests).
-pub const DEFAULT_PORTS: [u16; 2] = [68, 67];
+/// servers and relays inside guests), and their DHCPv6 counterparts 546
+/// and 547. The parser tells the families apart by ethertype, so a DHCPv4
+/// port in an IPv6 packet (or the reverse) is handled the same way.
+pub const DEFAULT_PORTS: [u16; 4] = [68, 67, 546, 547];
 
 /// `flags` bit: attached through a netlink clsact filter, not a pinned tcx
 /// link (kernels before 6.6). The classifier ignores flags.
@@ -127,7 +129,8 @@ mod tests {
     fn watches_only_configured_ports() {
         let cfg = IfaceConfig::new(MODE_FILL, &DEFAULT_PORTS);
         assert!(cfg.watches(67) && cfg.watches(68));
-        assert!(!cfg.watches(0) && !cfg.watches(53) && !cfg.watches(546));
+        assert!(cfg.watches(546) && cfg.watches(547));
+        assert!(!cfg.watches(0) && !cfg.watches(53) && !cfg.watches(1067));
         let cfg = IfaceConfig::new(MODE_FILL, &[0, 1067, 2, 3, 4, 5]);
         assert_eq!(cfg.ports, [1067, 2, 3, 4]);
     }

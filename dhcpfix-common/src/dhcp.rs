@@ -24,6 +24,7 @@ pub const BOOTREPLY: u8 = 2;
 /// Offsets inside the DHCPv4 message (the UDP payload), RFC 2131.
 pub const DHCP_OP_OFFSET: u32 = 0;
 pub const DHCP_XID_OFFSET: u32 = 4;
+pub const DHCP_CIADDR_OFFSET: u32 = 12;
 pub const DHCP_YIADDR_OFFSET: u32 = 16;
 pub const DHCP_CHADDR_OFFSET: u32 = 28;
 pub const DHCP_COOKIE_OFFSET: u32 = 236;
@@ -191,7 +192,8 @@ pub struct Message {
     pub xid: u32,
     /// The guest's MAC: `chaddr` (v4) or the frame's address (v6).
     pub client: [u8; 6],
-    /// A v4 reply's `yiaddr`.
+    /// A v4 reply's `yiaddr`; a v4 request's `ciaddr`, the address a
+    /// client holds and renews (zero while it has none).
     pub addr: [u8; 4],
     /// Where the options start, and end (the end of the UDP payload).
     pub options: u32,
@@ -254,11 +256,15 @@ pub fn read_v4<F: Frame + ?Sized>(frame: &F, dhcp: u32, end: u32) -> Option<Mess
             .load::<4>(dhcp + DHCP_XID_OFFSET)
             .map_or(0, u32::from_be_bytes),
         client: frame.load::<6>(dhcp + DHCP_CHADDR_OFFSET)?,
-        addr: if op == BOOTREPLY {
-            frame.load::<4>(dhcp + DHCP_YIADDR_OFFSET).unwrap_or_default()
-        } else {
-            [0; 4]
-        },
+        addr: frame
+            .load::<4>(
+                dhcp + if op == BOOTREPLY {
+                    DHCP_YIADDR_OFFSET
+                } else {
+                    DHCP_CIADDR_OFFSET
+                },
+            )
+            .unwrap_or_default(),
         options,
         end,
     })
@@ -484,8 +490,16 @@ mod tests {
         let opts = [
             53, 1, 3, 50, 4, 10, 0, 0, 9, 12, 3, b'v', b'm', b'1', 60, 4, b'u', b'd', b'h', b'c', 255,
         ];
-        let (f, end) = v4(BOOTREQUEST, &opts);
-        assert_eq!(read_v4(&f[..], DHCP, end).unwrap().role, Role::Request);
+        let (mut f, end) = v4(BOOTREQUEST, &opts);
+        let m = read_v4(&f[..], DHCP, end).unwrap();
+        assert_eq!(
+            (m.role, m.addr),
+            (Role::Request, [0; 4]),
+            "no ciaddr: yiaddr is not read"
+        );
+        // A renewal comes from the client's address (ciaddr).
+        f[DHCP as usize + 12..DHCP as usize + 16].copy_from_slice(&[10, 0, 0, 9]);
+        assert_eq!(read_v4(&f[..], DHCP, end).unwrap().addr, [10, 0, 0, 9]);
         let o = options_v4(&opts);
         assert_eq!(o.addr.map(|a| [a[0], a[1], a[2], a[3]]), Some([10, 0, 0, 9]));
         assert_eq!((o.hostname, o.vendor), (Some(&b"vm1"[..]), Some(&b"udhc"[..])));

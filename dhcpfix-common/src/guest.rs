@@ -9,11 +9,21 @@
 
 use crate::dhcp::{self, Message, Options, Role, FAMILY_V6, OPTIONS_LEN};
 
-/// Guests tracked per interface: the slot is picked from the MAC, so a guest
-/// sending from random MACs churns only its own interface's slots.
+/// Guests tracked per interface and IP family: the slot is picked from the
+/// MAC, so a guest sending from random MACs churns only its own
+/// interface's slots, and the map cannot fill up before every interface
+/// has all of its slots.
 pub const SLOTS_PER_INTERFACE: u32 = 4;
-/// Entries of the guests map.
-pub const MAX_GUESTS: u32 = crate::MAX_INTERFACES * SLOTS_PER_INTERFACE;
+/// Entries of the guests map: every slot of both families of every
+/// interface the configuration map can hold.
+pub const MAX_GUESTS: u32 = crate::MAX_INTERFACES * SLOTS_PER_INTERFACE * 2;
+
+/// A request that reaches the tap less than this after a reply crossed it
+/// on the way (the guest sent it before the reply came): it is no sign of
+/// the reply thrown away. Retransmission timers start at a second or more
+/// (RFC 2131: 4 s; RFC 8415: SOL_TIMEOUT 1 s less 10 %), the way from the
+/// tap to the guest and back takes well under a millisecond.
+pub const CROSSING_NS: u64 = 250_000_000;
 
 /// [`GuestState::flags`]: the guest declined the address.
 pub const GUEST_DECLINED: u8 = 1 << 0;
@@ -59,6 +69,8 @@ impl GuestKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GuestState {
+    /// When the current transaction's first request was seen.
+    pub xid_start: u64,
     pub last_request: u64,
     pub last_reply: u64,
     pub last_ack: u64,
@@ -98,6 +110,7 @@ pub struct GuestState {
 impl Default for GuestState {
     fn default() -> Self {
         Self {
+            xid_start: 0,
             last_request: 0,
             last_reply: 0,
             last_ack: 0,
@@ -181,15 +194,37 @@ const NS: u64 = 1_000_000_000;
 
 impl GuestState {
     /// Records a message the guest sent at `now`.
+    ///
+    /// A request counts as a repeat (a reply thrown away) when it asks
+    /// again, in the same transaction and the same words, what a reply that
+    /// reached the guest since its last request answered (and not so soon
+    /// after it that the two crossed: [`CROSSING_NS`]). The count starts
+    /// over when the guest moves on: another transaction, another message
+    /// (a REQUEST after OFFERs: it took one), or a DHCPv4 REQUEST from an
+    /// address of its own (`ciaddr`), which renews or rebinds a lease the
+    /// guest took. ISC dhclient keeps the transaction id of its first
+    /// exchange for every renewal, so without that last rule each renewal
+    /// would look like an ACK thrown away. (The price: a renewing guest
+    /// that throws its renewal's ACK away is not seen rejecting; it shows
+    /// as bound, asking again and again.)
     #[inline(always)]
     pub fn on_request(&mut self, now: u64, m: &Message) {
         let reply = Role::from_raw(self.reply_role);
-        let replied_since = self.last_reply > self.last_request;
-        if m.xid == self.xid && m.xid == self.reply_xid && replied_since && reply.answers(m.role) {
+        // A reply came after the last request, or that request crossed it;
+        // and this one did not.
+        let answered = self.last_reply != 0
+            && (self.last_reply > self.last_request || self.last_request - self.last_reply < CROSSING_NS);
+        let replied_since = answered && now.saturating_sub(self.last_reply) >= CROSSING_NS;
+        let renewing = m.family == crate::dhcp::FAMILY_V4 && m.role == Role::Request && m.addr != [0; 4];
+        let same = m.xid == self.xid && m.role as u8 == self.request_role;
+        if !same || renewing {
+            self.repeats = 0;
+        } else if m.xid == self.reply_xid && replied_since && reply.answers(m.role) {
             self.repeats = self.repeats.saturating_add(1);
             self.rejected = self.rejected.saturating_add(1);
-        } else if m.xid != self.xid {
-            self.repeats = 0;
+        }
+        if m.xid != self.xid || self.xid_start == 0 {
+            self.xid_start = now;
         }
         self.xid = m.xid;
         self.mac = m.client;
@@ -303,7 +338,11 @@ impl GuestState {
             return State::Rejecting;
         }
         // A DHCPv6 REPLY without an address says no, as a NAK does.
-        let v6_no = self.family == FAMILY_V6 && self.last_ack != 0 && self.reply().addr.is_none();
+        // (Only when all its options were kept: the address may lie beyond.)
+        let v6_no = self.family == FAMILY_V6
+            && self.last_ack != 0
+            && usize::from(self.reply_options_len) < OPTIONS_LEN
+            && self.reply().addr.is_none();
         if (self.flags & GUEST_NAK != 0 || v6_no) && self.last_reply >= self.last_request {
             return State::Nak;
         }
@@ -338,7 +377,8 @@ mod tests {
             role,
             xid,
             client: [0x52, 0x54, 0, 1, 2, 3],
-            addr: [10, 0, 0, 5],
+            // yiaddr of a reply; a request from a client without an address.
+            addr: if role.from_client() { [0; 4] } else { [10, 0, 0, 5] },
             ..Default::default()
         }
     }
@@ -369,7 +409,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<GuestKey>(), 16);
         assert_eq!(
             core::mem::size_of::<GuestState>(),
-            24 + 24 + 12 + 4 + 2 * OPTIONS_LEN
+            32 + 24 + 12 + 4 + 2 * OPTIONS_LEN
         );
     }
 
@@ -414,12 +454,85 @@ mod tests {
         reply(&mut g, 6 * S, Role::Offer, 7, 120);
         g.on_request(9 * S, &msg(Role::Discover, 7));
         assert_eq!((g.repeats, g.rejected), (2, 2));
+        assert_eq!(
+            (g.xid_start, g.last_request),
+            (S, 9 * S),
+            "one transaction, 8 s long"
+        );
         assert_eq!(g.state(10 * S), State::Rejecting);
         // Retransmitting without a reply in between is not rejecting.
         let mut h = GuestState::default();
         h.on_request(S, &msg(Role::Discover, 9));
         h.on_request(4 * S, &msg(Role::Discover, 9));
         assert_eq!(h.state(5 * S), State::Requesting);
+    }
+
+    /// ISC dhclient renews (and rebinds) with the transaction id of its
+    /// first exchange, from the address it holds (ciaddr): as seen in the
+    /// lab, with dnsmasq (T1 6 s) and with udhcpd stopped after the ACK.
+    #[test]
+    fn renewals_in_the_first_transaction_are_not_rejections() {
+        let renew = |xid| Message {
+            addr: [10, 0, 0, 5],
+            ..msg(Role::Request, xid)
+        };
+        let mut g = GuestState::default();
+        g.on_request(S, &msg(Role::Discover, 7));
+        reply(&mut g, S + 1, Role::Offer, 7, 20);
+        g.on_request(S + 2, &msg(Role::Request, 7));
+        reply(&mut g, S + 3, Role::Ack, 7, 20);
+        assert_eq!(g.state(2 * S), State::Bound);
+        // T1: a renewal, same transaction; the server answers.
+        g.on_request(10 * S + 3, &renew(7));
+        assert_eq!((g.state(11 * S + 3), g.repeats), (State::Renewing, 0));
+        reply(&mut g, 10 * S + 4, Role::Ack, 7, 20);
+        assert_eq!((g.state(11 * S), g.rejected), (State::Bound, 0));
+        // Next renewal; the server is gone now: renewing, rebinding (the
+        // REQUESTs broadcast, still from the address), expired.
+        for t in 20..30 {
+            g.on_request(t * S, &renew(7));
+            assert_eq!(g.repeats, 0, "at {t} s");
+        }
+        assert_eq!(g.state(21 * S), State::Renewing);
+        assert_eq!(g.state(28 * S), State::Rebinding);
+        assert_eq!(g.state(31 * S), State::Expired);
+        assert_eq!(g.rejected, 0);
+        // Then it starts over: DISCOVERs of a new transaction, unanswered.
+        g.on_request(31 * S, &msg(Role::Discover, 8));
+        g.on_request(32 * S, &msg(Role::Discover, 8));
+        assert_eq!((g.state(33 * S), g.rejected), (State::Expired, 0));
+    }
+
+    /// OFFERs thrown away, then one taken (the fix came in): the REQUEST
+    /// that follows is progress, not rejection.
+    #[test]
+    fn a_request_after_rejected_offers_starts_the_count_over() {
+        let mut g = GuestState::default();
+        g.on_request(S, &msg(Role::Discover, 7));
+        reply(&mut g, 2 * S, Role::Offer, 7, 120);
+        g.on_request(3 * S, &msg(Role::Discover, 7));
+        assert_eq!(g.state(3 * S), State::Rejecting);
+        reply(&mut g, 4 * S, Role::Offer, 7, 120);
+        g.on_request(4 * S + 1, &msg(Role::Request, 7));
+        assert_eq!((g.state(5 * S), g.repeats, g.rejected), (State::Requesting, 0, 1));
+        // Its ACK thrown away too: REQUEST again, without an address.
+        reply(&mut g, 5 * S, Role::Ack, 7, 120);
+        g.on_request(6 * S, &msg(Role::Request, 7));
+        assert_eq!((g.state(6 * S), g.repeats, g.rejected), (State::Rejecting, 1, 2));
+    }
+
+    /// A retransmission sent just before the reply came (ISC dhclient with
+    /// a one-second backoff cutoff retransmits at once, seen in the lab) is
+    /// no rejection; the next one, a second later, is.
+    #[test]
+    fn a_request_that_crossed_the_reply_is_no_rejection() {
+        let mut g = GuestState::default();
+        g.on_request(S, &msg(Role::Discover, 7));
+        reply(&mut g, 2 * S, Role::Offer, 7, 120);
+        g.on_request(2 * S + 1_000_000, &msg(Role::Discover, 7));
+        assert_eq!((g.state(3 * S), g.rejected), (State::Requesting, 0));
+        g.on_request(3 * S, &msg(Role::Discover, 7));
+        assert_eq!((g.state(3 * S), g.rejected), (State::Rejecting, 1));
     }
 
     #[test]

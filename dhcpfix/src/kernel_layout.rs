@@ -31,7 +31,7 @@ pub enum LayoutError {
     MissingEnum(&'static str),
     #[error("kernel member {0} has an unexpected shape ({1}); pass --kernel-layout SPEC to override")]
     Unexpected(&'static str, &'static str),
-    #[error("invalid --kernel-layout {0:?}: expected skb_dev=N,ip_summed=BYTE:SHIFT,dev_features=N,csum_bits=B[+B...]")]
+    #[error("invalid --kernel-layout {0:?}: expected skb_dev=N,ip_summed=BYTE:SHIFT,dev_features=N,nd_net=N,net_cookie=N,csum_bits=B[+B...][,csum6_bits=B[+B...]]")]
     BadSpec(String),
 }
 

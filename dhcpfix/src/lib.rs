@@ -10,7 +10,8 @@
 //! - [`kernel_layout`] (offsets from BTF), [`pins`] (the pin directory: the
 //!   one owner of pins, links and map entries), [`program`] (loading the
 //!   classifier once);
-//! - [`attach`] (per interface and namespace), [`counters`], [`metrics`];
+//! - [`attach`] (per interface and namespace), [`counters`], [`leases`]
+//!   (each guest's DHCP state), [`metrics`];
 //! - [`agent`] (`dhcpfix run`), [`doctor`] (probes, fixes, rules, report),
 //!   [`integrations`] (libvirt's domain XML, syslog for hooks);
 //!
@@ -25,6 +26,7 @@ pub mod counters;
 pub mod doctor;
 pub mod integrations;
 pub mod kernel_layout;
+pub mod leases;
 pub mod metrics;
 pub mod netdev;
 pub mod netns;

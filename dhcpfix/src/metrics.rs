@@ -12,8 +12,9 @@ use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, 
 use crate::{
     attach::AttachError,
     counters::{self, InterfaceStats, Totals},
+    leases::{self, Guest},
     netns,
-    pins::{PinDir, PinsError},
+    pins::{maps::Maps, PinDir, PinsError},
 };
 
 /// Errors while rendering or serving metrics.
@@ -44,7 +45,7 @@ type CounterSpec = (&'static str, &'static str, fn(&Totals) -> u64);
 const COUNTERS: [CounterSpec; 7] = [
     (
         "dhcpfix_packets_seen_total",
-        "IPv4 UDP packets to a watched DHCP port examined.",
+        "UDP packets (IPv4 or IPv6) to a watched DHCP port examined.",
         |t| t.seen,
     ),
     (
@@ -98,6 +99,11 @@ pub struct Context<'a> {
     pub pods: Option<&'a HashMap<u64, String>>,
     /// Interfaces matching the agent's patterns, not attached.
     pub unattached: &'a [Unattached],
+    /// The guests seen on the attached interfaces ([`leases::of`]).
+    pub guests: &'a [Guest],
+    /// Whether each guest gets series of its own (`mac` label); hosts with
+    /// very many guests turn this off and keep the per-interface ones.
+    pub per_guest: bool,
 }
 
 /// Encodes `stats` (attached interfaces are exported, gone ones are not).
@@ -134,6 +140,7 @@ pub fn encode(stats: &[InterfaceStats], ctx: &Context<'_>) -> Result<String, Met
             .set(1);
     }
     registry.register(Box::new(unattached))?;
+    encode_guests(&registry, ctx, &pod)?;
     let info = IntGaugeVec::new(
         Opts::new(
             "dhcpfix_build_info",
@@ -150,20 +157,121 @@ pub fn encode(stats: &[InterfaceStats], ctx: &Context<'_>) -> Result<String, Met
     Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
+/// Guests per state and the replies they threw away, per interface; with
+/// [`Context::per_guest`], each guest's state and remaining lease.
+fn encode_guests<'a>(
+    registry: &Registry,
+    ctx: &Context<'a>,
+    pod: &dyn Fn(u64) -> &'a str,
+) -> Result<(), MetricsError> {
+    let states = IntGaugeVec::new(
+        Opts::new(
+            "dhcpfix_guests",
+            "Guests seen on the interface, by DHCP state (requesting, rejecting, bound, renewing, rebinding, expired, declined, nak, released).",
+        ),
+        &["interface", "netns", "pod", "state"],
+    )?;
+    let rejected = IntCounterVec::new(
+        Opts::new(
+            "dhcpfix_rejected_replies_total",
+            "DHCP replies that reached a guest and were thrown away: requests repeated for a transaction whose reply had been delivered.",
+        ),
+        &["interface", "netns", "pod"],
+    )?;
+    let guest_labels = ["interface", "netns", "pod", "mac", "family"];
+    let guest_state = IntGaugeVec::new(
+        Opts::new(
+            "dhcpfix_guest_state",
+            "1 for each guest, labelled with its DHCP state.",
+        ),
+        &["interface", "netns", "pod", "mac", "family", "state"],
+    )?;
+    let remaining = IntGaugeVec::new(
+        Opts::new(
+            "dhcpfix_guest_lease_remaining_seconds",
+            "Seconds left on the guest's lease (negative once it ran out); absent without a finite lease.",
+        ),
+        &guest_labels,
+    )?;
+    let guest_rejected = IntCounterVec::new(
+        Opts::new(
+            "dhcpfix_guest_rejected_replies_total",
+            "DHCP replies this guest threw away since dhcpfix first saw it.",
+        ),
+        &guest_labels,
+    )?;
+    for g in ctx.guests {
+        let netns = g.netns.label(ctx.host);
+        let pod = pod(g.netns.cookie);
+        let iface = [g.interface.as_str(), &netns, pod];
+        states
+            .with_label_values(&[iface[0], iface[1], iface[2], g.state.name()])
+            .inc();
+        rejected
+            .with_label_values(&iface)
+            .inc_by(u64::from(g.rejected_replies));
+        if ctx.per_guest {
+            let mac = leases::format_mac(&g.mac);
+            let family = if g.family == 6 { "ipv6" } else { "ipv4" };
+            let labels = [iface[0], iface[1], iface[2], &mac, family];
+            guest_state
+                .with_label_values(&[
+                    labels[0],
+                    labels[1],
+                    labels[2],
+                    labels[3],
+                    labels[4],
+                    g.state.name(),
+                ])
+                .set(1);
+            if let Some(left) = g.lease_remaining_s {
+                remaining.with_label_values(&labels).set(left);
+            }
+            guest_rejected
+                .with_label_values(&labels)
+                .inc_by(u64::from(g.rejected_replies));
+        }
+    }
+    registry.register(Box::new(states))?;
+    registry.register(Box::new(rejected))?;
+    if ctx.per_guest {
+        registry.register(Box::new(guest_state))?;
+        registry.register(Box::new(remaining))?;
+        registry.register(Box::new(guest_rejected))?;
+    }
+    Ok(())
+}
+
 /// The metrics of every attachment in the pin directory at `path`, as read
 /// now (nothing attached when there is none).
 pub fn render(path: &std::path::Path) -> Result<String, MetricsError> {
-    let stats = match PinDir::open(path)? {
-        Some(pins) => counters::collect(&pins, &netns::scan(false), &[])?,
-        None => Vec::new(),
+    let (stats, guests) = match PinDir::open(path)? {
+        Some(pins) => read(&pins, &netns::scan(false))?,
+        None => Default::default(),
     };
     encode(
         &stats,
         &Context {
             host: netns::host_cookie(),
+            guests: &guests,
+            per_guest: true,
             ..Default::default()
         },
     )
+}
+
+/// The counters and the guests of every attachment in `namespaces`.
+pub fn read(
+    pins: &PinDir,
+    namespaces: &[crate::netns::Netns],
+) -> Result<(Vec<InterfaceStats>, Vec<Guest>), MetricsError> {
+    let stats = counters::collect(pins, namespaces, &[])?;
+    if stats.is_empty() {
+        return Ok((stats, Vec::new()));
+    }
+    let attachments: Vec<_> = stats.iter().map(|s| s.attachment.clone()).collect();
+    let guests = leases::of(&Maps::open(pins)?, &attachments, leases::boottime_ns());
+    Ok((stats, guests))
 }
 
 fn kernel_release() -> String {
@@ -263,6 +371,7 @@ mod tests {
                 host: None,
                 pods: Some(&pods),
                 unattached: &unattached,
+                ..Default::default()
             },
         )
         .unwrap();
@@ -274,6 +383,54 @@ mod tests {
             text.contains("dhcpfix_interface_unattached{interface=\"tap0\",netns=\"cni-1\",reason=\"attach_failed\"} 1\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn guests_by_state_per_interface_and_optionally_per_guest() {
+        use dhcpfix_common::{
+            dhcp::{Message, Role, FAMILY_V4},
+            guest::GuestState,
+        };
+        let mut state = GuestState::default();
+        let m = |role| Message {
+            family: FAMILY_V4,
+            role,
+            xid: 7,
+            client: [0x52, 0x54, 0, 0, 0, 9],
+            addr: [10, 0, 0, 9],
+            ..Default::default()
+        };
+        state.on_request(1_000_000_000, &m(Role::Discover));
+        state.on_reply(2_000_000_000, &m(Role::Offer));
+        state.on_request(3_000_000_000, &m(Role::Discover));
+        let a = iface("vnet0", true, 0).attachment;
+        let guests = [leases::Guest::read(&a, &state, 4_000_000_000)];
+        let ctx = |per_guest| Context {
+            host: Some(1),
+            guests: &guests,
+            per_guest,
+            ..Default::default()
+        };
+        let text = encode(&[iface("vnet0", true, 0)], &ctx(true)).unwrap();
+        assert!(
+            text.contains(
+                "dhcpfix_guests{interface=\"vnet0\",netns=\"host\",pod=\"\",state=\"rejecting\"} 1\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("dhcpfix_rejected_replies_total{interface=\"vnet0\",netns=\"host\",pod=\"\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("dhcpfix_guest_state{family=\"ipv4\",interface=\"vnet0\",mac=\"52:54:00:00:00:09\",netns=\"host\",pod=\"\",state=\"rejecting\"} 1\n"),
+            "{text}"
+        );
+        // No lease yet: no remaining-lease series.
+        assert!(!text.contains("dhcpfix_guest_lease_remaining_seconds{"), "{text}");
+        let text = encode(&[iface("vnet0", true, 0)], &ctx(false)).unwrap();
+        assert!(text.contains("dhcpfix_guests{"), "{text}");
+        assert!(!text.contains("mac="), "{text}");
     }
 
     #[test]

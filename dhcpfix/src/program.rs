@@ -22,7 +22,7 @@ pub static CLASSIFIER_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("
 
 /// The maps the loader pins (the classifier's aya-log buffer is not: it
 /// lives as long as the program, and `dhcpfix run` finds it through it).
-const PINNED_MAPS: [&str; 6] = [
+pub const PINNED_MAPS: [&str; 6] = [
     CONFIG_MAP,
     COUNTERS_MAP,
     PORTS_MAP,

@@ -463,6 +463,32 @@ pub fn seeds(target: &str, root: &Path) -> Vec<Vec<u8>> {
             let mut spec = FrameSpec::dhcp_reply(300, &mut rng);
             spec.more_fragments = true;
             out.push(spec.build(Check::Complete));
+            // DHCPv6: REPLYs (type 7, a transaction id) to 546, one to 547
+            // behind two tags, then what is left alone: extension headers,
+            // a jumbogram's zero length, a UDP length that disagrees.
+            for (i, payload) in [100usize, 4, 1, 2040, 2041].into_iter().enumerate() {
+                let mut spec = FrameSpec::dhcpv6_reply(payload, &mut rng);
+                spec.vlans = [vec![], vec![0x8100], vec![0x88a8, 0x8100]][i % 3].clone();
+                spec.trailer = [0, 6][i % 2];
+                if i == 2 {
+                    spec.dport = 547;
+                }
+                if payload >= 4 {
+                    spec.payload[..4].copy_from_slice(&[7, 0x12, 0x34, 0x56]);
+                }
+                out.push(spec.build(Check::Partial));
+            }
+            for ext in [vec![0u8], vec![60, 44]] {
+                let mut spec = FrameSpec::dhcpv6_reply(100, &mut rng);
+                spec.ipv6.as_mut().expect("IPv6").ext = ext;
+                out.push(spec.build(Check::Partial));
+            }
+            let mut spec = FrameSpec::dhcpv6_reply(100, &mut rng);
+            spec.ipv6.as_mut().expect("IPv6").payload_len = Some(0);
+            out.push(spec.build(Check::Partial));
+            spec.ipv6.as_mut().expect("IPv6").payload_len = None;
+            spec.ipv6.as_mut().expect("IPv6").udp_len = Some(50);
+            out.push(spec.build(Check::Complete));
             out
         }
         "btf" => {

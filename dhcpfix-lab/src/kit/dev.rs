@@ -161,32 +161,63 @@ pub fn set_recv_timeout(fd: &OwnedFd, timeout: Duration) -> io::Result<()> {
     setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)
 }
 
+/// `sizeof(struct virtio_net_hdr)`: what a tap with `IFF_VNET_HDR`, and an
+/// `AF_PACKET` socket with `PACKET_VNET_HDR`, put before each frame.
+pub const VNET_HDR_LEN: usize = 10;
+/// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the frame's checksum is partial.
+pub const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
 /// `PACKET_VNET_HDR` (linux/if_packet.h).
 const PACKET_VNET_HDR: libc::c_int = 15;
-/// `VIRTIO_NET_HDR_F_NEEDS_CSUM` in `virtio_net_hdr.flags`.
-pub const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
-/// `sizeof(struct virtio_net_hdr)`.
-pub const VNET_HDR_LEN: usize = 10;
 
-/// An `AF_PACKET` socket (protocol 0: it only sends) bound to `ifindex`,
-/// whose frames start with a `virtio_net_hdr` (`PACKET_VNET_HDR`): a
-/// header with `NEEDS_CSUM` makes the kernel take the frame as
-/// `CHECKSUM_PARTIAL`, as a local DHCP server's reply is.
-pub fn vnet_packet_socket(ifindex: u32) -> io::Result<OwnedFd> {
-    let fd = packet_socket(0)?;
-    setsockopt(&fd, libc::SOL_PACKET, PACKET_VNET_HDR, &(1 as libc::c_int))?;
-    bind_packet(&fd, ifindex, 0)?;
-    Ok(fd)
-}
-
-/// The `virtio_net_hdr` of a frame whose checksum the kernel is to finish
-/// (`NEEDS_CSUM`, `csum_start`, `csum_offset`); no partial checksum: all zero.
+/// A virtio-net header: with `partial` = `(csum_start, csum_offset)` the
+/// frame is `CHECKSUM_PARTIAL` (`NEEDS_CSUM`); without, flags 0.
 pub fn vnet_header(partial: Option<(u16, u16)>) -> [u8; VNET_HDR_LEN] {
     let mut h = [0u8; VNET_HDR_LEN];
     if let Some((start, offset)) = partial {
         h[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+        // hdr_len stays 0: the kernel raises it to start + offset + 2.
         h[6..8].copy_from_slice(&start.to_le_bytes());
         h[8..10].copy_from_slice(&offset.to_le_bytes());
     }
     h
+}
+
+/// An `AF_PACKET` socket that sends only (protocol 0), with
+/// `PACKET_VNET_HDR`, bound to `ifindex`: each frame written to it starts
+/// with a [`vnet_header`], so the kernel builds the skb a guest's or a
+/// host's checksum offload would (`CHECKSUM_PARTIAL`), and it leaves
+/// through the interface's egress (its tc/tcx hooks). Call it in the
+/// interface's network namespace.
+pub fn vnet_packet_socket(ifindex: u32) -> io::Result<OwnedFd> {
+    let fd = packet_socket(0)?;
+    let one: libc::c_int = 1;
+    setsockopt(&fd, libc::SOL_PACKET, PACKET_VNET_HDR, &one)?;
+    bind_packet(&fd, ifindex, 0)?;
+    Ok(fd)
+}
+
+/// Writes `header` and `frame` as one datagram or one tap frame (an
+/// `AF_PACKET` socket from [`vnet_packet_socket`], a tap fd with
+/// `IFF_VNET_HDR`).
+pub fn write_with_header(fd: &impl AsRawFd, header: &[u8; VNET_HDR_LEN], frame: &[u8]) -> io::Result<()> {
+    let iov = [
+        libc::iovec {
+            iov_base: header.as_ptr() as *mut libc::c_void,
+            iov_len: header.len(),
+        },
+        libc::iovec {
+            iov_base: frame.as_ptr() as *mut libc::c_void,
+            iov_len: frame.len(),
+        },
+    ];
+    // SAFETY: both iovecs point at live buffers of the lengths given, which
+    // writev(2) only reads.
+    let n = unsafe { libc::writev(fd.as_raw_fd(), iov.as_ptr(), 2) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if n as usize != header.len() + frame.len() {
+        return Err(io::Error::new(io::ErrorKind::WriteZero, "short write"));
+    }
+    Ok(())
 }

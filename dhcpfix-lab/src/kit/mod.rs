@@ -12,6 +12,7 @@
 //! | taps, `AF_PACKET` sockets (with a vnet header: partial checksums) | [`dev`] |
 //! | the reference model of the classifier, frames, a PRNG | [`reference`](mod@reference) |
 //! | BTF blobs for sample kernels | [`btf`] |
+//! | code running as `nobody` (what any local user can do) | [`user`] |
 
 pub mod btf;
 pub mod dev;
@@ -23,6 +24,7 @@ pub mod process;
 pub mod reference;
 pub mod sandbox;
 pub mod tools;
+pub mod user;
 
 pub use error::KitError;
 pub use mounts::{mount_bpffs, unmount_below};

@@ -195,7 +195,8 @@ fn ref_classify_v6(f: &[u8], l3: usize, ports: &[u16], max_udp: usize) -> RefVer
     RefVerdict::Dhcp { l3, l4, udp_len }
 }
 
-/// Builds an Ethernet frame carrying IPv4/UDP.
+/// Builds an Ethernet frame carrying IPv4/UDP, or IPv6/UDP with
+/// [`FrameSpec::ipv6`].
 #[derive(Clone, Debug)]
 pub struct FrameSpec {
     pub vlans: Vec<u16>,
@@ -209,7 +210,29 @@ pub struct FrameSpec {
     pub frag_offset: u16,
     /// Ethernet padding after the IP packet.
     pub trailer: usize,
+    /// IPv6 instead of IPv4: then `src`, `dst`, `ip_options` and the
+    /// fragment fields are unused.
+    pub ipv6: Option<Ipv6Spec>,
 }
+
+/// The IPv6 part of a [`FrameSpec`].
+#[derive(Clone, Debug)]
+pub struct Ipv6Spec {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// Extension headers between the fixed header and UDP, by type: 0
+    /// (hop-by-hop options), 43 (routing), 44 (fragment: offset 0, last),
+    /// 60 (destination options); 8 bytes each, padded with Pad1 options.
+    pub ext: Vec<u8>,
+    /// The payload length field as sent, when not the true length (0: a
+    /// jumbogram's).
+    pub payload_len: Option<u16>,
+    /// The UDP length field as sent, when not the true length.
+    pub udp_len: Option<u16>,
+}
+
+/// Extension header types [`Ipv6Spec::ext`] knows.
+pub const IPV6_EXT_HEADERS: [u8; 4] = [0, 43, 44, 60];
 
 impl FrameSpec {
     /// A DHCP reply (server 67 -> client 68) with `payload_len` bytes of payload.
@@ -225,6 +248,42 @@ impl FrameSpec {
             more_fragments: false,
             frag_offset: 0,
             trailer: 0,
+            ipv6: None,
+        }
+    }
+
+    /// A DHCPv6 reply (server 547 -> client 546, link-local to link-local)
+    /// with `payload_len` bytes of payload.
+    pub fn dhcpv6_reply(payload_len: usize, rng: &mut Rng) -> Self {
+        let mut src = [0u8; 16];
+        src[..2].copy_from_slice(&[0xfe, 0x80]);
+        let mut dst = src;
+        src[8..].copy_from_slice(&[0, 0, 0, 0xff, 0xfe, 0, 0, 1]);
+        dst[8..].copy_from_slice(&[0, 0, 0, 0xff, 0xfe, 0, 0, 2]);
+        Self {
+            sport: 547,
+            dport: 546,
+            ipv6: Some(Ipv6Spec {
+                src,
+                dst,
+                ext: vec![],
+                payload_len: None,
+                udp_len: None,
+            }),
+            ..Self::dhcp_reply(payload_len, rng)
+        }
+    }
+
+    /// Where the IP header starts in the built frame.
+    pub fn l3(&self) -> usize {
+        14 + 4 * self.vlans.len()
+    }
+
+    /// Where the UDP header starts in the built frame.
+    pub fn l4(&self) -> usize {
+        match &self.ipv6 {
+            Some(v6) => self.l3() + 40 + 8 * v6.ext.len(),
+            None => self.l3() + 20 + self.ip_options,
         }
     }
 
@@ -234,6 +293,9 @@ impl FrameSpec {
         for (i, tpid) in self.vlans.iter().enumerate() {
             f.extend_from_slice(&tpid.to_be_bytes());
             f.extend_from_slice(&(100 + i as u16).to_be_bytes());
+        }
+        if let Some(v6) = &self.ipv6 {
+            return self.build_v6(f, v6, check);
         }
         f.extend_from_slice(&0x0800u16.to_be_bytes());
         let ihl = 20 + self.ip_options;
@@ -270,6 +332,88 @@ impl FrameSpec {
         f.extend(std::iter::repeat_n(0u8, self.trailer));
         f
     }
+
+    fn build_v6(&self, mut f: Vec<u8>, v6: &Ipv6Spec, check: Check) -> Vec<u8> {
+        f.extend_from_slice(&0x86ddu16.to_be_bytes());
+        let udp_len = 8 + self.payload.len();
+        let payload_len = 8 * v6.ext.len() + udp_len;
+        let mut ip = vec![0x60, 0, 0, 0];
+        ip.extend_from_slice(&v6.payload_len.unwrap_or(payload_len as u16).to_be_bytes());
+        ip.push(v6.ext.first().copied().unwrap_or(17));
+        ip.push(255);
+        ip.extend_from_slice(&v6.src);
+        ip.extend_from_slice(&v6.dst);
+        for i in 0..v6.ext.len() {
+            let next = v6.ext.get(i + 1).copied().unwrap_or(17);
+            // Next header, length 0 (8 bytes); the rest zero: Pad1 options,
+            // a routing header with nothing left, an atomic fragment.
+            ip.extend_from_slice(&[next, 0, 0, 0, 0, 0, 0, 0]);
+        }
+        f.extend_from_slice(&ip);
+        let mut udp = vec![0u8; 8];
+        udp[0..2].copy_from_slice(&self.sport.to_be_bytes());
+        udp[2..4].copy_from_slice(&self.dport.to_be_bytes());
+        udp[4..6].copy_from_slice(&v6.udp_len.unwrap_or(udp_len as u16).to_be_bytes());
+        udp.extend_from_slice(&self.payload);
+        let check = match check {
+            Check::Partial => ref_partial_seed(&v6.src, &v6.dst, udp_len),
+            Check::Complete => ref_udp_checksum(&v6.src, &v6.dst, &udp),
+            Check::Zero => 0,
+            Check::Value(v) => v,
+        };
+        udp[6..8].copy_from_slice(&check.to_be_bytes());
+        f.extend_from_slice(&udp);
+        f.extend(std::iter::repeat_n(0u8, self.trailer));
+        f
+    }
+}
+
+/// A DHCPv6-shaped frame, varied in what is IPv6's own: extension
+/// headers before UDP (one in five), the ports (DHCPv6's, DHCPv4's, others),
+/// the payload length field (a jumbogram's 0, off by a little or a lot)
+/// and the UDP length field, link-local or random addresses. The caller
+/// adds VLAN tags, a trailer and damage. Payload up to `max_payload` bytes.
+pub fn random_ipv6_spec(rng: &mut Rng, max_payload: u64) -> FrameSpec {
+    let mut spec = FrameSpec::dhcpv6_reply(rng.below(max_payload + 1) as usize, rng);
+    let Some(v6) = spec.ipv6.as_mut() else {
+        unreachable!("dhcpv6_reply builds IPv6")
+    };
+    if rng.chance(20) {
+        v6.ext = (0..1 + rng.below(2))
+            .map(|_| IPV6_EXT_HEADERS[rng.below(4) as usize])
+            .collect();
+    }
+    if rng.chance(30) {
+        v6.src = rng.bytes(16).try_into().unwrap_or(v6.src);
+        v6.dst = rng.bytes(16).try_into().unwrap_or(v6.dst);
+    }
+    let true_len = (8 * v6.ext.len() + 8 + spec.payload.len()) as u16;
+    v6.payload_len = match rng.below(25) {
+        0 => Some(0),
+        1 => Some(true_len.wrapping_add([1, 8, 0x8000][rng.below(3) as usize])),
+        2 => Some(true_len.wrapping_sub([1, 2, 100][rng.below(3) as usize])),
+        _ => None,
+    };
+    if rng.chance(4) {
+        v6.udp_len = Some([0, 7, 8, rng.next_u64() as u16][rng.below(4) as usize]);
+    }
+    spec.dport = [546, 546, 546, 547, 547, 68, 67, 53, rng.next_u64() as u16][rng.below(9) as usize];
+    spec.sport = [547, 546, rng.next_u64() as u16][rng.below(3) as usize];
+    spec
+}
+
+/// A DHCPv4 message from a server (BOOTREPLY) of type `msg_type` (2 OFFER,
+/// 5 ACK, ...) for the client `chaddr`, transaction `xid`: fixed header,
+/// magic cookie, option 53, end. 244 bytes, the UDP payload of a
+/// [`FrameSpec`].
+pub fn dhcp_reply_message(msg_type: u8, xid: u32, chaddr: [u8; 6]) -> Vec<u8> {
+    let mut m = vec![0u8; 244];
+    m[..4].copy_from_slice(&[2, 1, 6, 0]); // BOOTREPLY, Ethernet, hlen 6, hops
+    m[4..8].copy_from_slice(&xid.to_be_bytes());
+    m[28..34].copy_from_slice(&chaddr);
+    m[236..240].copy_from_slice(&[99, 130, 83, 99]);
+    m[240..244].copy_from_slice(&[53, 1, msg_type, 255]);
+    m
 }
 
 /// What the check field holds when the frame is built.

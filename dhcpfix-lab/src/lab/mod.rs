@@ -42,19 +42,20 @@
 
 mod clients;
 mod dhcpd;
+pub mod flood;
 mod relay;
 
 use std::ffi::OsStr;
 use std::fs;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-pub use clients::ClientOutcome;
+pub use clients::{Client, ClientOutcome, Dhclient, ScriptEvent};
 pub use dhcpd::DhcpdStats;
-pub use relay::RelayStats;
+pub use relay::{DhcpFrame, RelayStats};
 
 use crate::kit::{find_tool, is_root, netns, poll, process, KitError, Netns, Place, Sandbox};
 
@@ -102,19 +103,66 @@ pub enum GuestKind {
     Modern,
 }
 
+/// The DHCP server on the bridge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Server {
+    /// dnsmasq (DHCPv4, and DHCPv6 with [`LabOptions::dhcpv6`]): replies
+    /// go out through its UDP socket, as `CHECKSUM_PARTIAL` skbs. Leases
+    /// of at least two minutes.
+    Dnsmasq,
+    /// busybox udhcpd (DHCPv4 only), for leases shorter than dnsmasq's two
+    /// minutes. It sends replies to clients without an address through a
+    /// packet socket with the checksum computed (not partial), and those to
+    /// a client's address (renewals) through its UDP socket (partial).
+    Udhcpd,
+}
+
+/// What the lab looks like. [`LabOptions::new`] gives the classic lab
+/// (dnsmasq, DHCPv4, ten-minute leases); the other fields change one thing
+/// each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LabOptions {
     pub offload: Offload,
     pub guest: GuestKind,
+    pub server: Server,
+    /// The lease the server gives (dnsmasq raises anything below two
+    /// minutes to two minutes).
+    pub lease: Duration,
+    /// T1 and T2 the server sends (DHCPv4 options 58 and 59; dnsmasq
+    /// only). Without them dnsmasq sends half and seven eighths of the
+    /// lease, less a random second or so, and udhcpd sends neither.
+    pub renew: Option<Duration>,
+    pub rebind: Option<Duration>,
+    /// DHCPv6 too (dnsmasq only): the bridge gets an address in a ULA /64
+    /// of its own and dnsmasq gives out addresses (IA_NA) from it; IPv6
+    /// duplicate address detection is off on both sides, so link-local
+    /// addresses are usable at once.
+    pub dhcpv6: bool,
+}
+
+impl LabOptions {
+    /// dnsmasq, DHCPv4 only, ten-minute leases.
+    pub fn new(offload: Offload, guest: GuestKind) -> Self {
+        Self {
+            offload,
+            guest,
+            server: Server::Dnsmasq,
+            lease: Duration::from_secs(600),
+            renew: None,
+            rebind: None,
+            dhcpv6: false,
+        }
+    }
 }
 
 /// What plays the host side of the guest's tap.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Host {
-    /// A libvirt host: `vnet0` on `br0`, dnsmasq, in a namespace of the
-    /// lab's own (`<lab>-h`).
+    /// A libvirt host: `vnet0` on `br0`, the server of [`LabOptions`], in a
+    /// namespace of the lab's own (`<lab>-h`).
     Libvirt,
-    /// A KubeVirt virt-launcher pod.
+    /// A KubeVirt virt-launcher pod, with its own DHCP server (DHCPv4 on a
+    /// UDP socket; [`LabOptions::server`] and `dhcpv6` do not apply).
     Pod(Pod),
 }
 
@@ -157,18 +205,23 @@ pub enum LabError {
         flags: u32,
         error: std::io::Error,
     },
-    #[error("dnsmasq in {netns} exited during startup ({status}): {log}")]
+    #[error("{server} in {netns} exited during startup ({status}): {log}")]
     DnsmasqExited {
+        server: &'static str,
         netns: String,
         status: String,
         log: String,
     },
-    #[error("dnsmasq in {netns} did not bind UDP port 67 within {waited:?}: {log}")]
+    #[error("{server} in {netns} did not bind UDP port {port} within {waited:?}: {log}")]
     DnsmasqNotReady {
+        server: &'static str,
         netns: String,
+        port: u16,
         waited: Duration,
         log: String,
     },
+    #[error("{what} is not possible in this lab: {why}")]
+    Unsupported { what: String, why: &'static str },
     #[error("relay for {netns}: {reason}")]
     Relay { netns: String, reason: String },
     #[error("the pod's DHCP server: {reason}")]
@@ -182,14 +235,8 @@ pub enum LabError {
 /// Per-process lab counter, for the subnets.
 static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
 
-/// What answers the guest's DHCP requests.
-enum Server {
-    Dnsmasq(Child),
-    Socket(dhcpd::Dhcpd),
-}
-
 /// A running lab: two namespaces, two taps, a relay thread and a DHCP
-/// server (dnsmasq, or a pod's).
+/// server (dnsmasq or udhcpd, or a pod's).
 pub struct Lab {
     name: String,
     /// The host namespace's name under /run/netns, or for a pod held only
@@ -198,11 +245,15 @@ pub struct Lab {
     host_path: PathBuf,
     guest_ns: String,
     subnet: Ipv4Addr,
+    subnet6: Ipv6Addr,
     opts: LabOptions,
     shape: Host,
+    started: Instant,
     dir: PathBuf,
     relay: Option<relay::RelayHandle>,
-    server: Option<Server>,
+    server: Option<Child>,
+    /// A pod's DHCP server (instead of `server`).
+    dhcpd: Option<dhcpd::Dhcpd>,
     /// A pod's process holding its UTS namespace (and, for
     /// [`PodNetns::Process`], its network namespace).
     pause: Option<Child>,
@@ -221,7 +272,7 @@ impl std::fmt::Debug for Lab {
             .field("opts", &self.opts)
             .field("host", &self.shape)
             .field("host_netns", &self.host_ns)
-            .field("dnsmasq_pid", &self.dnsmasq_pid())
+            .field("server_pid", &self.dnsmasq_pid())
             .finish_non_exhaustive()
     }
 }
@@ -240,10 +291,23 @@ impl Lab {
             return Err(LabError::NotRoot);
         }
         find_tool("ip", "iproute2")?;
-        match shape {
-            Host::Libvirt => find_tool("dnsmasq", "dnsmasq-base")?,
-            Host::Pod(_) => find_tool("unshare", "util-linux")?,
-        };
+        match (&shape, opts.server) {
+            (Host::Pod(_), _) => drop(find_tool("unshare", "util-linux")?),
+            (Host::Libvirt, Server::Dnsmasq) => drop(find_tool("dnsmasq", "dnsmasq-base")?),
+            (Host::Libvirt, Server::Udhcpd) => drop(find_tool("busybox", "busybox")?),
+        }
+        if opts.dhcpv6 && matches!(shape, Host::Pod(_)) {
+            return Err(LabError::Unsupported {
+                what: "DHCPv6 in a pod".into(),
+                why: "the pod's server (virt-launcher's) is DHCPv4 only here",
+            });
+        }
+        if opts.dhcpv6 && opts.server != Server::Dnsmasq {
+            return Err(LabError::Unsupported {
+                what: "DHCPv6 with udhcpd".into(),
+                why: "udhcpd serves DHCPv4 only; use dnsmasq",
+            });
+        }
 
         let sandbox = Sandbox::create(&PLACE)?;
         let id = NEXT_LAB.fetch_add(1, Ordering::Relaxed);
@@ -255,10 +319,13 @@ impl Lab {
             dir: sandbox.dir().to_path_buf(),
             name,
             subnet: Ipv4Addr::new(10, 199, (id % 250) as u8, 0),
+            subnet6: Ipv6Addr::new(0xfd00, 0xdfc, (id % 250) as u16, 0, 0, 0, 0, 0),
             opts,
             shape,
+            started: Instant::now(),
             relay: None,
             server: None,
+            dhcpd: None,
             pause: None,
             runs: AtomicU32::new(0),
             host: None,
@@ -281,6 +348,7 @@ impl Lab {
 
     fn build(&mut self) -> Result<(), LabError> {
         clients::write_noop_script(&self.dir)?;
+        clients::write_configure_script(&self.dir)?;
         let Some(sb) = &self.sandbox else {
             unreachable!("a lab being built has its sandbox")
         };
@@ -302,20 +370,37 @@ impl Lab {
                 self.start_pause(&pod)?;
             }
         }
+        if self.opts.dhcpv6 {
+            // No duplicate address detection: link-local addresses (which
+            // DHCPv6 runs over) and the bridge's address are usable at once,
+            // as on a host that has been up for a while.
+            for ns in [&self.host_path, guest.path()] {
+                netns::in_netns(ns, || no_dad(&["all", "default"]))??;
+            }
+        }
+        let guest_path = guest.path().to_path_buf();
         self.guest = Some(guest);
         let (bridge, tap) = (self.bridge(), self.tap_name());
         self.relay = Some(relay::start(relay::RelayConfig {
             host_ns: self.host_path.clone(),
-            guest_ns: netns::path(&self.guest_ns),
+            guest_ns: guest_path.clone(),
             host_tap: tap.into(),
             guest_tap: GUEST_TAP.into(),
             offload: self.opts.offload,
             guest: self.opts.guest,
+            start: self.started,
         })?);
 
         let cidr = format!("{}/24", self.gateway());
         self.host_ip(&["link", "add", bridge, "type", "bridge", "stp_state", "0"])?;
         self.host_ip(&["addr", "add", &cidr, "dev", bridge])?;
+        if self.opts.dhcpv6 {
+            // The taps existed before DAD was turned off by default.
+            netns::in_netns(&self.host_path, || no_dad(&[tap]))??;
+            netns::in_netns(&guest_path, || no_dad(&[GUEST_TAP]))??;
+            let cidr6 = format!("{}/64", self.gateway6());
+            self.host_ip(&["addr", "add", &cidr6, "dev", bridge, "nodad"])?;
+        }
         self.host_ip(&["link", "set", tap, "master", bridge])?;
         self.host_ip(&["link", "set", tap, "up"])?;
         if matches!(self.shape, Host::Pod(_)) {
@@ -327,21 +412,7 @@ impl Lab {
         self.host_ip(&["link", "set", bridge, "up"])?;
         netns::ip_in(&self.guest_ns, &["link", "set", GUEST_TAP, "up"])?;
 
-        self.server = Some(match self.shape {
-            Host::Libvirt => Server::Dnsmasq(clients::start_dnsmasq(self)?),
-            Host::Pod(_) => {
-                let o = self.subnet.octets();
-                Server::Socket(dhcpd::Dhcpd::start(
-                    &self.host_path,
-                    bridge,
-                    dhcpd::Pool {
-                        server: self.gateway(),
-                        first: Ipv4Addr::new(o[0], o[1], o[2], 50),
-                    },
-                )?)
-            }
-        });
-        Ok(())
+        self.start_server()
     }
 
     /// Starts the pod's "pause" process: `sleep` in a UTS namespace of its
@@ -398,6 +469,42 @@ impl Lab {
         Ok(())
     }
 
+    /// Stops the DHCP server (SIGTERM; it sends nothing on its way out):
+    /// bound guests keep their leases until they run out.
+    pub fn stop_server(&mut self) -> Result<(), LabError> {
+        if let Some(mut child) = self.server.take() {
+            process::stop(&mut child, Duration::from_secs(2))
+                .map_err(KitError::sys("stop the DHCP server"))?;
+        }
+        if let Some(mut server) = self.dhcpd.take() {
+            server.stop().map_err(|reason| LabError::Dhcpd { reason })?;
+        }
+        Ok(())
+    }
+
+    /// Starts the DHCP server again after [`Lab::stop_server`] (its leases
+    /// file kept); a no-op while it runs.
+    pub fn start_server(&mut self) -> Result<(), LabError> {
+        match self.shape {
+            Host::Libvirt if self.server.is_none() => {
+                self.server = Some(clients::start_server(self)?);
+            }
+            Host::Pod(_) if self.dhcpd.is_none() => {
+                let o = self.subnet.octets();
+                self.dhcpd = Some(dhcpd::Dhcpd::start(
+                    &self.host_path,
+                    self.bridge(),
+                    dhcpd::Pool {
+                        server: self.gateway(),
+                        first: Ipv4Addr::new(o[0], o[1], o[2], 50),
+                    },
+                )?);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     /// `ip ARGS` in the host namespace (a pod's too).
     pub fn host_ip(&self, args: &[&str]) -> Result<(), LabError> {
         Ok(netns::ip_at(&self.host_path, args)?)
@@ -426,6 +533,11 @@ impl Lab {
             Host::Libvirt => BRIDGE,
             Host::Pod(_) => POD_BRIDGE,
         }
+    }
+
+    /// What a pod's DHCP server answered so far.
+    pub fn dhcpd_stats(&self) -> Option<DhcpdStats> {
+        self.dhcpd.as_ref().map(dhcpd::Dhcpd::stats)
     }
 
     /// Name of the guest namespace (under `/run/netns`).
@@ -463,6 +575,24 @@ impl Lab {
         Ipv4Addr::new(o[0], o[1], o[2], 1)
     }
 
+    /// The lab's IPv6 /64 (`fd00:dfc:N::`), used with
+    /// [`LabOptions::dhcpv6`]: the bridge is `::1`, leases `::100-::1ff`.
+    pub fn subnet6(&self) -> Ipv6Addr {
+        self.subnet6
+    }
+
+    /// The bridge's IPv6 address (`::1`) with [`LabOptions::dhcpv6`].
+    pub fn gateway6(&self) -> Ipv6Addr {
+        self.v6_host(1)
+    }
+
+    /// The address `::<last>` of the lab's /64.
+    pub(crate) fn v6_host(&self, last: u16) -> Ipv6Addr {
+        let mut s = self.subnet6.segments();
+        s[7] = last;
+        Ipv6Addr::from(s)
+    }
+
     /// Lab name `dfx-<pid>-<n>` (the namespaces add `-h` / `-g`).
     pub fn name(&self) -> &str {
         &self.name
@@ -478,25 +608,47 @@ impl Lab {
         &self.dir
     }
 
-    /// Pid of the lab's dnsmasq (a libvirt host's).
+    /// Pid of the lab's DHCP server (dnsmasq, or udhcpd), while it runs.
     pub fn dnsmasq_pid(&self) -> Option<u32> {
-        match &self.server {
-            Some(Server::Dnsmasq(child)) => Some(child.id()),
-            _ => None,
-        }
+        self.server.as_ref().map(Child::id)
     }
 
-    /// What a pod's DHCP server answered so far.
-    pub fn dhcpd_stats(&self) -> Option<DhcpdStats> {
-        match &self.server {
-            Some(Server::Socket(server)) => Some(server.stats()),
-            _ => None,
-        }
-    }
-
-    /// dnsmasq's log so far (`--log-dhcp` output).
+    /// dnsmasq's log so far (`--log-dhcp` output); udhcpd's stderr.
     pub fn dnsmasq_log(&self) -> String {
-        fs::read_to_string(self.dir.join("dnsmasq.log")).unwrap_or_default()
+        let file = match self.opts.server {
+            Server::Dnsmasq => "dnsmasq.log",
+            Server::Udhcpd => "udhcpd.stderr",
+        };
+        fs::read_to_string(self.dir.join(file)).unwrap_or_default()
+    }
+
+    /// The DHCP messages that crossed the relay so far, in order: what the
+    /// guest sent and what reached it, with whether its checksum was good.
+    pub fn dhcp_frames(&self) -> Vec<DhcpFrame> {
+        self.relay
+            .as_ref()
+            .map(relay::RelayHandle::dhcp_frames)
+            .unwrap_or_default()
+    }
+
+    /// UDP datagrams the guest's kernel dropped for a bad checksum so far:
+    /// `Udp: InCsumErrors` plus `Udp6InCsumErrors` of the guest namespace
+    /// (Linux 6.18 counts UDPv6 checksum errors under the former).
+    pub fn guest_udp_csum_errors(&self) -> Result<u64, LabError> {
+        let (snmp, snmp6) = netns::in_netns(&self.guest_netns_path(), || {
+            (
+                fs::read_to_string("/proc/thread-self/net/snmp"),
+                fs::read_to_string("/proc/thread-self/net/snmp6"),
+            )
+        })?;
+        let snmp = snmp.map_err(KitError::io("read", "/proc/thread-self/net/snmp"))?;
+        let snmp6 = snmp6.map_err(KitError::io("read", "/proc/thread-self/net/snmp6"))?;
+        Ok(snmp_counter(&snmp, "Udp:", "InCsumErrors") + snmp6_counter(&snmp6, "Udp6InCsumErrors"))
+    }
+
+    /// Since when the lab runs: [`DhcpFrame::at`] counts from it.
+    pub fn started(&self) -> Instant {
+        self.started
     }
 
     /// Frame counters of the relay.
@@ -518,10 +670,27 @@ impl Lab {
         clients::run_dhclient(self, timeout)
     }
 
+    /// Starts ISC dhclient in the guest namespace and leaves it running:
+    /// it binds, renews at T1, rebinds at T2 and starts over when its lease
+    /// runs out, configuring what it gets on the guest's interface, until
+    /// [`Client::stop`] (or drop) kills it. Its script reports each event
+    /// ([`Client::wait_event`]).
+    pub fn start_dhclient(&self, opts: &Dhclient) -> Result<Client, LabError> {
+        clients::start_dhclient(self, opts)
+    }
+
     /// Runs `busybox udhcpc -f -q -n` once in the guest namespace (no-op
     /// script); killed at `timeout` if still running.
     pub fn run_udhcpc(&self, timeout: Duration) -> Result<ClientOutcome, LabError> {
         clients::run_udhcpc(self, timeout)
+    }
+
+    /// A misbehaving guest: sends `count` DHCPDISCOVERs from random MACs
+    /// with random transaction ids (seeded by `seed`) out of the guest's
+    /// interface, in bursts the relay keeps up with; returns how many were
+    /// sent. They enter the host through the tap, as the real guest's do.
+    pub fn flood_discovers(&self, count: u64, seed: u64) -> Result<u64, LabError> {
+        flood::flood_discovers(self, count, seed)
     }
 
     /// A command that runs in the host namespace (see
@@ -558,18 +727,15 @@ impl Lab {
                 problems.push(e);
             }
         }
-        match self.server.take() {
-            Some(Server::Dnsmasq(mut child)) => {
-                if let Err(e) = process::stop(&mut child, Duration::from_secs(2)) {
-                    problems.push(format!("stop dnsmasq: {e}"));
-                }
+        if let Some(mut child) = self.server.take() {
+            if let Err(e) = process::stop(&mut child, Duration::from_secs(2)) {
+                problems.push(format!("stop the DHCP server: {e}"));
             }
-            Some(Server::Socket(mut server)) => {
-                if let Err(e) = server.stop() {
-                    problems.push(e);
-                }
+        }
+        if let Some(mut server) = self.dhcpd.take() {
+            if let Err(e) = server.stop() {
+                problems.push(e);
             }
-            None => {}
         }
         if let Some(mut child) = self.pause.take() {
             if let Err(e) = process::stop(&mut child, Duration::from_secs(2)) {
@@ -628,4 +794,51 @@ pub fn clean_stale() -> Result<usize, LabError> {
 /// [`crate::kit::sandbox::install_cleanup`].
 pub fn install_interrupt_cleanup() -> Result<(), LabError> {
     Ok(crate::kit::sandbox::install_cleanup()?)
+}
+
+/// Turns IPv6 duplicate address detection off for `interfaces` (or `all`,
+/// `default`) of the calling thread's network namespace.
+fn no_dad(interfaces: &[&str]) -> Result<(), LabError> {
+    for iface in interfaces {
+        let path = format!("/proc/sys/net/ipv6/conf/{iface}/accept_dad");
+        fs::write(&path, "0").map_err(KitError::io("write", &path))?;
+    }
+    Ok(())
+}
+
+/// A counter of `/proc/net/snmp`: a line of names after `prefix`, then a
+/// line of values.
+fn snmp_counter(text: &str, prefix: &str, name: &str) -> u64 {
+    let mut lines = text.lines().filter(|l| l.starts_with(prefix));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A counter of `/proc/net/snmp6`: one `name value` per line.
+fn snmp6_counter(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter_map(|l| l.split_once(char::is_whitespace))
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_snmp_counters() {
+        let snmp = "Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors InCsumErrors\n\
+                    Udp: 5 0 4 3 0 0 4\n";
+        assert_eq!(super::snmp_counter(snmp, "Udp:", "InCsumErrors"), 4);
+        assert_eq!(super::snmp_counter(snmp, "Udp:", "Nothing"), 0);
+        let snmp6 = "Udp6InErrors                    \t2\nUdp6InCsumErrors                \t3\n";
+        assert_eq!(super::snmp6_counter(snmp6, "Udp6InCsumErrors"), 3);
+    }
 }

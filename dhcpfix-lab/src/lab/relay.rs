@@ -7,16 +7,18 @@
 //! or removing the 10-byte `virtio_net_hdr`.
 
 use std::io;
+use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
 
 use super::{GuestKind, LabError, Offload};
 use crate::kit::{
     dev, netns,
-    reference::{ref_addresses, ref_classify, ref_verifies, RefVerdict},
+    reference::{ref_addresses, ref_verifies},
     KitError,
 };
 
@@ -39,15 +41,130 @@ pub struct RelayStats {
     pub guest_to_host: u64,
     /// Reads or writes that failed (frame dropped).
     pub errors: u64,
-    /// Of the frames written to the guest tap, DHCP messages (IPv4 or IPv6
-    /// UDP to port 68 or 67, IPv4 not fragmented): what dhcpfix watches.
-    pub dhcp_to_guest: u64,
-    /// Of those, the ones whose vnet header had `NEEDS_CSUM`.
-    pub dhcp_to_guest_needs_csum: u64,
-    /// Of those, the ones whose UDP checksum does not verify as written to
-    /// the guest tap: what a DHCP client that checks it drops.
-    pub dhcp_to_guest_bad_checksum: u64,
 }
+
+/// One DHCP message that crossed the relay, as the guest got it or sent
+/// it: the lab's own record of the conversation, independent of dhcpfix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct DhcpFrame {
+    /// When the relay passed it on, since the lab started.
+    pub at: Duration,
+    /// Host to guest (a server's reply), or guest to host.
+    pub to_guest: bool,
+    /// 4 or 6.
+    pub family: u8,
+    /// DHCPv4 option 53 (0 without one), or the DHCPv6 message type.
+    pub msg_type: u8,
+    /// The transaction id (DHCPv6: 24 bits).
+    pub xid: u32,
+    /// The guest's MAC: DHCPv4 `chaddr`; DHCPv6 the frame's source (from
+    /// the guest) or destination (to it).
+    pub mac: [u8; 6],
+    /// A DHCPv4 reply's `yiaddr`.
+    pub yiaddr: Ipv4Addr,
+    /// The vnet header had `VIRTIO_NET_HDR_F_NEEDS_CSUM`.
+    pub needs_csum: bool,
+    /// Whether the UDP checksum is good as the guest's kernel and client
+    /// see it: the bytes verify, or (a modern guest) the header tells it
+    /// to complete the checksum itself.
+    pub checksum_ok: bool,
+}
+
+impl DhcpFrame {
+    /// DHCPv4 message types (option 53).
+    pub const DISCOVER: u8 = 1;
+    pub const OFFER: u8 = 2;
+    pub const REQUEST: u8 = 3;
+    pub const ACK: u8 = 5;
+    /// DHCPv6 message types.
+    pub const SOLICIT: u8 = 1;
+    pub const ADVERTISE: u8 = 2;
+    pub const REQUEST6: u8 = 3;
+    pub const RENEW6: u8 = 5;
+    pub const REPLY6: u8 = 7;
+
+    /// Reads a DHCP message (UDP 67/68 over IPv4, 546/547 right after an
+    /// IPv6 header) in an untagged Ethernet frame; `None` for anything else.
+    pub fn read(
+        frame: &[u8],
+        to_guest: bool,
+        at: Duration,
+        needs_csum: bool,
+        modern: bool,
+    ) -> Option<DhcpFrame> {
+        let be16 =
+            |at: usize| -> Option<u16> { Some(u16::from_be_bytes([*frame.get(at)?, *frame.get(at + 1)?])) };
+        let (family, l3, l4, udp_len, ports) = match be16(12)? {
+            0x0800 => {
+                let ihl = usize::from(frame.get(14)? & 0x0f) * 4;
+                if *frame.get(23)? != 17 || be16(20)? & 0x3fff != 0 || ihl < 20 {
+                    return None;
+                }
+                let total = usize::from(be16(16)?);
+                (4, 14, 14 + ihl, total.checked_sub(ihl)?, [67, 68])
+            }
+            0x86dd => {
+                if *frame.get(20)? != 17 {
+                    return None;
+                }
+                (6, 14, 54, usize::from(be16(18)?), [546, 547])
+            }
+            _ => return None,
+        };
+        let dport = be16(l4 + 2)?;
+        if !ports.contains(&dport) || udp_len < 8 {
+            return None;
+        }
+        let udp = frame.get(l4..l4 + udp_len)?;
+        let (src, dst) = ref_addresses(frame, l3);
+        let checksum_ok = (modern && needs_csum) || ref_verifies(src, dst, udp);
+        let dhcp = &udp[8..];
+        let mut out = DhcpFrame {
+            at,
+            to_guest,
+            family,
+            msg_type: 0,
+            xid: 0,
+            mac: [0; 6],
+            yiaddr: Ipv4Addr::UNSPECIFIED,
+            needs_csum,
+            checksum_ok,
+        };
+        if family == 6 {
+            let head = dhcp.get(..4)?;
+            out.msg_type = head[0];
+            out.xid = u32::from_be_bytes([0, head[1], head[2], head[3]]);
+            let mac = if to_guest { &frame[..6] } else { &frame[6..12] };
+            out.mac.copy_from_slice(mac);
+            return Some(out);
+        }
+        if dhcp.get(236..240)? != [99, 130, 83, 99] {
+            return None;
+        }
+        out.xid = u32::from_be_bytes(dhcp[4..8].try_into().ok()?);
+        out.yiaddr = Ipv4Addr::new(dhcp[16], dhcp[17], dhcp[18], dhcp[19]);
+        out.mac.copy_from_slice(&dhcp[28..34]);
+        let mut at = 240;
+        while let Some(&code) = dhcp.get(at) {
+            match code {
+                0 => at += 1,
+                255 => break,
+                _ => {
+                    let len = usize::from(*dhcp.get(at + 1)?);
+                    if code == 53 && len >= 1 {
+                        out.msg_type = *dhcp.get(at + 2)?;
+                        break;
+                    }
+                    at += 2 + len;
+                }
+            }
+        }
+        Some(out)
+    }
+}
+
+/// DHCP messages kept per lab (a flood keeps only its first ones).
+const TRANSCRIPT_MAX: usize = 200_000;
 
 #[derive(Default)]
 struct Counters {
@@ -55,9 +172,20 @@ struct Counters {
     h2g_csum: AtomicU64,
     g2h: AtomicU64,
     errors: AtomicU64,
-    dhcp: AtomicU64,
-    dhcp_csum: AtomicU64,
-    dhcp_bad: AtomicU64,
+    dhcp: Mutex<Vec<DhcpFrame>>,
+}
+
+impl Counters {
+    /// Records `frame` if it is a DHCP message.
+    fn record(&self, frame: &[u8], to_guest: bool, needs_csum: bool, kind: GuestKind, start: Instant) {
+        let modern = kind == GuestKind::Modern;
+        if let Some(m) = DhcpFrame::read(frame, to_guest, start.elapsed(), needs_csum, modern) {
+            let mut dhcp = self.dhcp.lock().unwrap_or_else(|p| p.into_inner());
+            if dhcp.len() < TRANSCRIPT_MAX {
+                dhcp.push(m);
+            }
+        }
+    }
 }
 
 pub(crate) struct RelayConfig {
@@ -69,6 +197,8 @@ pub(crate) struct RelayConfig {
     pub guest_tap: String,
     pub offload: Offload,
     pub guest: GuestKind,
+    /// When the lab started: the transcript's times count from it.
+    pub start: Instant,
 }
 
 pub(crate) struct RelayHandle {
@@ -85,10 +215,16 @@ impl RelayHandle {
             host_to_guest_needs_csum: c.h2g_csum.load(Ordering::Relaxed),
             guest_to_host: c.g2h.load(Ordering::Relaxed),
             errors: c.errors.load(Ordering::Relaxed),
-            dhcp_to_guest: c.dhcp.load(Ordering::Relaxed),
-            dhcp_to_guest_needs_csum: c.dhcp_csum.load(Ordering::Relaxed),
-            dhcp_to_guest_bad_checksum: c.dhcp_bad.load(Ordering::Relaxed),
         }
+    }
+
+    /// The DHCP messages that crossed the relay so far, in order.
+    pub(crate) fn dhcp_frames(&self) -> Vec<DhcpFrame> {
+        self.counters
+            .dhcp
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Signals the thread and joins it; its tap fds close, so both
@@ -135,6 +271,7 @@ pub(crate) fn start(cfg: RelayConfig) -> Result<RelayHandle, LabError> {
     let counters_thread = Arc::clone(&counters);
     let (tx, rx) = mpsc::sync_channel::<Result<(), LabError>>(1);
     let relay_ns = ns_name(&cfg.guest_ns);
+    let start = cfg.start;
     let thread_name = format!("relay-{relay_ns}");
 
     let thread = thread::Builder::new()
@@ -151,7 +288,14 @@ pub(crate) fn start(cfg: RelayConfig) -> Result<RelayHandle, LabError> {
                 return;
             }
             drop(tx);
-            run(&host, &guest, &stop_for_thread, guest_kind, &counters_thread);
+            run(
+                &host,
+                &guest,
+                &stop_for_thread,
+                guest_kind,
+                &counters_thread,
+                start,
+            );
         })
         .map_err(KitError::sys("spawn relay thread"))?;
 
@@ -270,7 +414,7 @@ fn is_transient(e: &io::Error) -> bool {
 
 /// The relay loop. `host` carries vnet headers; `guest` does too only for
 /// [`GuestKind::Modern`].
-fn run(host: &OwnedFd, guest: &OwnedFd, stop: &OwnedFd, kind: GuestKind, c: &Counters) {
+fn run(host: &OwnedFd, guest: &OwnedFd, stop: &OwnedFd, kind: GuestKind, c: &Counters, start: Instant) {
     let (h, g, s) = (host.as_raw_fd(), guest.as_raw_fd(), stop.as_raw_fd());
     let mut buf = vec![0u8; BUF_LEN];
     loop {
@@ -324,7 +468,7 @@ fn run(host: &OwnedFd, guest: &OwnedFd, stop: &OwnedFd, kind: GuestKind, c: &Cou
                     };
                     let written = write_fd(g, out);
                     if written.is_ok() {
-                        count_dhcp(&buf[VNET_HDR_LEN..n], needs_csum, c);
+                        c.record(&buf[VNET_HDR_LEN..n], true, needs_csum, kind, start);
                     }
                     count(written, &c.h2g, c, "write guest tap");
                 }
@@ -350,7 +494,14 @@ fn run(host: &OwnedFd, guest: &OwnedFd, stop: &OwnedFd, kind: GuestKind, c: &Cou
                 GuestKind::Modern => read_fd(g, &mut buf),
             };
             match res {
-                Ok(n) => count(write_fd(h, &buf[..n]), &c.g2h, c, "write host tap"),
+                Ok(n) => {
+                    let written = write_fd(h, &buf[..n]);
+                    if written.is_ok() && n >= VNET_HDR_LEN {
+                        let needs_csum = buf[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0;
+                        c.record(&buf[VNET_HDR_LEN..n], false, needs_csum, kind, start);
+                    }
+                    count(written, &c.g2h, c, "write host tap")
+                }
                 Err(e) if is_transient(&e) => {}
                 Err(e) => {
                     log::debug!("lab relay: read guest tap: {e}");
@@ -358,22 +509,6 @@ fn run(host: &OwnedFd, guest: &OwnedFd, stop: &OwnedFd, kind: GuestKind, c: &Cou
                 }
             }
         }
-    }
-}
-
-/// Counts a frame written to the guest if it is a DHCP message, and checks
-/// its UDP checksum as the guest's client would.
-fn count_dhcp(frame: &[u8], needs_csum: bool, c: &Counters) {
-    let RefVerdict::Dhcp { l3, l4, udp_len } = ref_classify(frame, &[68, 67], usize::MAX) else {
-        return;
-    };
-    c.dhcp.fetch_add(1, Ordering::Relaxed);
-    if needs_csum {
-        c.dhcp_csum.fetch_add(1, Ordering::Relaxed);
-    }
-    let (src, dst) = ref_addresses(frame, l3);
-    if !ref_verifies(src, dst, &frame[l4..l4 + udp_len]) {
-        c.dhcp_bad.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -5,10 +5,11 @@
 //! interfaces = ["vnet*", "tap*"]
 //! metrics_addr = "127.0.0.1:9788"   # or "none"
 //! mode = "fill"                     # or "audit"
-//! ports = [68, 67]
+//! ports = [68, 67, 546, 547]
 //! method = "auto"                   # or "tcx", "netlink"
 //! detach_on_exit = false
 //! netns = "all"                     # or ["cni-*"]; default: its own only
+//! guest_metrics = true              # per-guest series (mac label)
 //! ```
 
 use std::{fmt, net::SocketAddr, path::Path, str::FromStr, time::Duration};
@@ -69,6 +70,7 @@ pub struct FileConfig {
     pub method: Option<String>,
     pub detach_on_exit: Option<bool>,
     pub netns: Option<NetnsList>,
+    pub guest_metrics: Option<bool>,
 }
 
 /// `netns = "all"` or `netns = ["cni-*", ...]`.
@@ -121,6 +123,8 @@ pub struct Overrides {
     pub layout: LayoutSource,
     pub resync: Option<Duration>,
     pub netns: Vec<String>,
+    /// `--no-guest-metrics`.
+    pub no_guest_metrics: bool,
 }
 
 /// Everything the agent runs with.
@@ -133,6 +137,8 @@ pub struct Settings {
     pub metrics_addr: MetricsAddr,
     pub detach_on_exit: bool,
     pub resync: Duration,
+    /// Series per guest on /metrics (the per-interface ones are always there).
+    pub guest_metrics: bool,
 }
 
 impl Settings {
@@ -202,6 +208,7 @@ impl Settings {
             metrics_addr,
             detach_on_exit: cli.detach_on_exit || file.detach_on_exit.unwrap_or(false),
             resync: cli.resync.unwrap_or(DEFAULT_RESYNC),
+            guest_metrics: !cli.no_guest_metrics && file.guest_metrics.unwrap_or(true),
         })
     }
 }
@@ -263,6 +270,10 @@ mod tests {
         assert_eq!(s.attach.method, Method::Auto);
         assert!(!s.detach_on_exit);
         assert_eq!(s.resync, DEFAULT_RESYNC);
+        assert!(s.guest_metrics);
+        let file = FileConfig::parse("interfaces = [\"vnet*\"]\nguest_metrics = false\n").unwrap();
+        let s = Settings::resolve(Overrides::default(), Some((Path::new("f.toml"), file))).unwrap();
+        assert!(!s.guest_metrics);
     }
 
     #[test]

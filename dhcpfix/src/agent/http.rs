@@ -3,12 +3,17 @@
 //! is loaded and the first pass is done).
 //!
 //! Any local user can connect, so every resource is bounded: at most
-//! [`MAX_CONNECTIONS`] at once (more are closed at once), 8 KiB of request
-//! head, [`HEADER_TIMEOUT`] to send it and [`CONNECTION_TIMEOUT`] in all,
-//! one request per connection. An accept error (EMFILE: out of descriptors)
-//! is logged with its errno and retried; the listener never dies of it.
+//! [`MAX_CONNECTIONS`] at once, 8 KiB of request head, [`HEADER_TIMEOUT`]
+//! to send it and [`CONNECTION_TIMEOUT`] in all, one request per
+//! connection. When all are taken, a new connection takes the place of the
+//! oldest one that has not sent its request yet (so connections that only
+//! sit there cannot lock a scraper or a liveness probe out); only when
+//! every one is being answered is the new one closed. An accept error
+//! (EMFILE: out of descriptors) is logged with its errno and retried; the
+//! listener never dies of it.
 
 use std::{
+    collections::VecDeque,
     convert::Infallible,
     net::SocketAddr,
     sync::{
@@ -27,9 +32,9 @@ use hyper::{
     Method, Request, Response, StatusCode,
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::{net::TcpListener, task::AbortHandle};
 
-/// Connections served at once; more are closed as they come.
+/// Connections served at once (see the module for what happens to more).
 pub const MAX_CONNECTIONS: usize = 64;
 /// Time to send the request head.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -86,9 +91,35 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
+/// A connection being served.
+struct Connection {
+    /// Set once its request head has arrived: it is being answered.
+    answering: Arc<AtomicBool>,
+    task: AbortHandle,
+}
+
+/// Makes room for one more connection: forgets those that ended, then, if
+/// all [`MAX_CONNECTIONS`] are still open, closes the oldest that has not
+/// sent its request. False if every one is being answered.
+fn make_room(open: &mut VecDeque<Connection>) -> bool {
+    open.retain(|c| !c.task.is_finished());
+    if open.len() < MAX_CONNECTIONS {
+        return true;
+    }
+    let Some(idle) = open.iter().position(|c| !c.answering.load(Ordering::Relaxed)) else {
+        return false;
+    };
+    if let Some(oldest) = open.remove(idle) {
+        // Dropping the task closes its socket.
+        oldest.task.abort();
+        log::debug!("metrics: {MAX_CONNECTIONS} connections open; closed the oldest that sent nothing yet");
+    }
+    true
+}
+
 /// Serves until the task is dropped.
 pub async fn serve(listener: TcpListener, health: Arc<Health>, render: Render) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut open: VecDeque<Connection> = VecDeque::with_capacity(MAX_CONNECTIONS);
     let mut last_complaint: Option<Instant> = None;
     loop {
         let (stream, _) = match listener.accept().await {
@@ -107,15 +138,21 @@ pub async fn serve(listener: TcpListener, health: Arc<Health>, render: Render) {
                 continue;
             }
         };
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            // Too many at once: close this one now rather than queue it.
+        if !make_room(&mut open) {
+            // Every connection is being answered: close this one now rather
+            // than queue it.
             drop(stream);
             continue;
-        };
+        }
         let health = Arc::clone(&health);
         let render = Arc::clone(&render);
-        tokio::spawn(async move {
-            let service = service_fn(move |req| respond(req, Arc::clone(&health), Arc::clone(&render)));
+        let answering = Arc::new(AtomicBool::new(false));
+        let answered = Arc::clone(&answering);
+        let task = tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                answered.store(true, Ordering::Relaxed);
+                respond(req, Arc::clone(&health), Arc::clone(&render))
+            });
             let mut builder = http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
@@ -130,7 +167,10 @@ pub async fn serve(listener: TcpListener, health: Arc<Health>, render: Render) {
                 }
                 Ok(Ok(())) => {}
             }
-            drop(slot);
+        });
+        open.push_back(Connection {
+            answering,
+            task: task.abort_handle(),
         });
     }
 }

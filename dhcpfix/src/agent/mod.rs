@@ -10,8 +10,9 @@
 //!   namespaces are found as they appear ([`namespaces`]) and forgotten with
 //!   everything of theirs when the kernel reports them gone. A full pass
 //!   runs again when the kernel reports lost events, and periodically.
-//! - It logs fills from the classifier's ring buffer ([`events`]), and
-//!   serves metrics and health probes ([`http`]).
+//! - It logs fills from the classifier's ring buffer ([`events`]), warns
+//!   when a guest starts throwing DHCP replies away or is about to lose its
+//!   lease ([`guests`]), and serves metrics and health probes ([`http`]).
 //! - On SIGTERM/SIGINT it exits and leaves the attachments in place, so
 //!   guests stay covered while it restarts (`--detach-on-exit` removes them).
 //!
@@ -20,6 +21,7 @@
 
 pub mod config;
 pub mod events;
+pub mod guests;
 pub mod http;
 pub mod namespaces;
 pub mod pattern;

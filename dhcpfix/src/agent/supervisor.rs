@@ -22,13 +22,14 @@ use tokio::{
 use super::{
     config::{MetricsAddr, Settings},
     events::{EventStream, MAX_PER_DRAIN},
+    guests::GuestWatch,
     http::{self, Health},
     namespaces::{self, Found, Select, Watcher},
     reconcile::Reconciler,
     AgentError,
 };
 use crate::{
-    attach, counters,
+    attach, leases,
     metrics::{self, Unattached},
     netdev::{self, LinkEvent as Event, LinkMonitor as Monitor},
     netns::{self, Netns, NetnsError},
@@ -39,6 +40,10 @@ use crate::{
 /// How often the loop turns without events: heartbeat, retries, the scan of
 /// `/proc` for namespaces only processes hold.
 const TICK: Duration = Duration::from_secs(2);
+/// How often the guests' DHCP states are read for the log. States change
+/// in seconds (a client retransmits every few); a lease's end is known
+/// ahead of time.
+const GUEST_CHECK: Duration = Duration::from_secs(4);
 /// Datagrams of link events read per wake-up.
 const MAX_DATAGRAMS: usize = 64;
 /// A namespace file that is not a namespace yet (`ip netns add` creates the
@@ -100,6 +105,8 @@ struct Agent {
     shared: Arc<RwLock<Shared>>,
     next_pass: Instant,
     next_proc_scan: Instant,
+    next_guest_check: Instant,
+    guests: GuestWatch,
 }
 
 impl Agent {
@@ -145,6 +152,8 @@ impl Agent {
             dying: BTreeMap::new(),
             shared,
             next_proc_scan: now + TICK,
+            next_guest_check: now,
+            guests: GuestWatch::default(),
         })
     }
 
@@ -446,6 +455,23 @@ impl Agent {
             self.next_pass = now + self.settings.resync;
             self.full_all();
         }
+        if now >= self.next_guest_check {
+            self.next_guest_check = now + GUEST_CHECK;
+            self.check_guests();
+        }
+    }
+
+    /// Logs guests entering trouble (and leaving it).
+    fn check_guests(&mut self) {
+        let namespaces: Vec<Netns> = self.spaces.values().map(|s| s.netns.clone()).collect();
+        match leases::collect(&self.pins, &namespaces, &[]) {
+            Ok(guests) => {
+                for (level, line) in self.guests.check(&guests, self.host) {
+                    log::log!(level, "{line}");
+                }
+            }
+            Err(e) => log::debug!("reading the guests' DHCP states: {e}"),
+        }
     }
 
     /// Names the pods of namespaces found before their processes started
@@ -613,14 +639,15 @@ fn spawn_http(
     shared: &Arc<RwLock<Shared>>,
     pin_dir: &Path,
     host: Option<u64>,
+    per_guest: bool,
 ) -> JoinHandle<()> {
     let shared = Arc::clone(shared);
     let pin_dir = pin_dir.to_path_buf();
     let render: http::Render = Arc::new(move || {
         let shared = shared.read().unwrap_or_else(|e| e.into_inner());
-        let stats = match PinDir::open(&pin_dir) {
-            Ok(Some(pins)) => counters::collect(&pins, &shared.namespaces, &[]).map_err(|e| e.to_string())?,
-            Ok(None) => Vec::new(),
+        let (stats, guests) = match PinDir::open(&pin_dir) {
+            Ok(Some(pins)) => metrics::read(&pins, &shared.namespaces).map_err(|e| e.to_string())?,
+            Ok(None) => Default::default(),
             Err(e) => return Err(e.to_string()),
         };
         metrics::encode(
@@ -629,6 +656,8 @@ fn spawn_http(
                 host,
                 pods: Some(&shared.pods),
                 unattached: &shared.unattached,
+                guests: &guests,
+                per_guest,
             },
         )
         .map_err(|e| e.to_string())
@@ -701,7 +730,16 @@ pub async fn run(pin_dir: PathBuf, settings: Settings) -> Result<(), AgentError>
     );
     health.beat();
     health.set_ready();
-    let mut server = listener.map(|l| spawn_http(l, &health, &shared, &pin_dir, agent.host));
+    let mut server = listener.map(|l| {
+        spawn_http(
+            l,
+            &health,
+            &shared,
+            &pin_dir,
+            agent.host,
+            agent.settings.guest_metrics,
+        )
+    });
     let mut tick = tokio::time::interval(TICK);
 
     loop {
@@ -763,7 +801,7 @@ pub async fn run(pin_dir: PathBuf, settings: Settings) -> Result<(), AgentError>
                     if let MetricsAddr::On(addr) = agent.settings.metrics_addr {
                         log::error!("metrics: the listener stopped; starting it again on {addr}");
                         server = match http::bind(addr).await {
-                            Ok(l) => Some(spawn_http(l, &health, &shared, &pin_dir, agent.host)),
+                            Ok(l) => Some(spawn_http(l, &health, &shared, &pin_dir, agent.host, agent.settings.guest_metrics)),
                             Err(e) => {
                                 log::error!("metrics: binding {addr} again: {e}");
                                 server.take()

@@ -39,10 +39,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let fail_timeout = Duration::from_secs(args.fail_timeout);
     let mut ok = true;
 
-    let lab = Lab::create(LabOptions {
-        offload: Offload::On,
-        guest: GuestKind::Legacy,
-    })?;
+    let lab = Lab::create(LabOptions::new(Offload::On, GuestKind::Legacy))?;
     println!("dhcpfix demo: a KVM host in a box, in network namespaces");
     println!(
         "  host  {}: br0 {}/24 served by dnsmasq; {} = the guest's tap (vnet header, like vhost-net)",
@@ -66,10 +63,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     ok &= dhcpfix(&exe, &lab, &["stats", lab.tap_name()])?;
     lab.destroy()?;
 
-    let lab = Lab::create(LabOptions {
-        offload: Offload::Off,
-        guest: GuestKind::Legacy,
-    })?;
+    let lab = Lab::create(LabOptions::new(Offload::Off, GuestKind::Legacy))?;
     println!(
         "\n3. Guest without checksum offload (firmware, PXE, iPXE): the host kernel completes the checksum"
     );

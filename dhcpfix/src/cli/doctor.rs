@@ -7,8 +7,11 @@ use std::{
     process::ExitCode,
 };
 
-use super::output;
-use dhcpfix::doctor::{self, Check, Level, Options, Report};
+use super::{netns_arg::NetnsArg, output};
+use dhcpfix::{
+    doctor::{self, Check, Level, Options, Report},
+    netns::Netns,
+};
 
 /// Exit status when an item needs action.
 pub const EXIT_ACTION: u8 = 2;
@@ -22,12 +25,19 @@ pub struct Args {
     /// /sys/kernel/btf/vmlinux.
     #[arg(long, value_name = "FILE")]
     pub btf: Option<PathBuf>,
+    #[command(flatten)]
+    pub netns: NetnsArg,
 }
 
 pub fn run(pin_dir: &Path, args: Args) -> anyhow::Result<ExitCode> {
+    let netns = match &args.netns.netns {
+        Some(spec) => Some(Netns::open(spec)?),
+        None => None,
+    };
     let report = doctor::examine(&Options {
         pin_dir: pin_dir.to_owned(),
         btf: args.btf,
+        netns,
     })?;
     if args.json {
         output::json(&report)?;
@@ -77,7 +87,10 @@ fn print_tables(report: &Report) {
                 ]
             })
             .collect();
-        println!("Guest taps");
+        println!(
+            "Guest taps (network namespace {})",
+            report.netns.label(dhcpfix::netns::host_cookie())
+        );
         println!(
             "{}\n",
             output::table(
@@ -132,6 +145,16 @@ fn print_tables(report: &Report) {
             .collect();
         println!("Other checksum fixes");
         println!("{}\n", output::table(&["kind", "applies to", "rule"], rows, 99));
+    }
+
+    let guests: Vec<Vec<String>> = report
+        .interfaces
+        .iter()
+        .flat_map(|t| t.guests.iter().map(|g| vec![g.clone()]))
+        .collect();
+    if !guests.is_empty() {
+        println!("Guests dhcpfix saw (`dhcpfix leases` has the details)");
+        println!("{}\n", output::table(&["guest"], guests, 99));
     }
 
     if !report.notes.is_empty() {

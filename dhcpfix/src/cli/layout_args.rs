@@ -12,7 +12,7 @@ pub struct LayoutArgs {
     #[arg(long, value_name = "FILE", conflicts_with = "kernel_layout")]
     pub btf: Option<PathBuf>,
     /// Use these kernel offsets instead of BTF (at your own risk):
-    /// skb_dev=N,ip_summed=BYTE:SHIFT,dev_features=N,csum_bits=B+B
+    /// skb_dev=N,ip_summed=BYTE:SHIFT,dev_features=N,nd_net=N,net_cookie=N,csum_bits=B+B[,csum6_bits=B+B]
     #[arg(long, value_name = "SPEC")]
     pub kernel_layout: Option<LayoutSpec>,
 }

@@ -39,7 +39,7 @@ pub struct Args {
     #[arg(long)]
     pub audit: bool,
     /// UDP destination ports to act on (at most 4).
-    #[arg(long, value_delimiter = ',', default_values_t = [68u16, 67])]
+    #[arg(long, value_delimiter = ',', default_values_t = dhcpfix_common::config::DEFAULT_PORTS)]
     pub ports: Vec<u16>,
     /// libvirt's arguments: domain name, operation, sub-operation, extra.
     /// Pass them after `--` so no domain name is taken for an option.

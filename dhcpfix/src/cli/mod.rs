@@ -16,6 +16,7 @@ mod detach;
 mod doctor;
 mod generate;
 mod layout_args;
+mod leases;
 mod libvirt_hook;
 mod netns_arg;
 mod output;
@@ -48,6 +49,9 @@ pub enum Command {
     Status(status::Args),
     /// Show per-interface counters.
     Stats(stats::Args),
+    /// Show each guest's DHCP state: bound, renewing, about to lose its
+    /// lease, or throwing replies away.
+    Leases(leases::Args),
     /// Build a lab in network namespaces and show the fix at work.
     Demo(demo::Args),
     /// Run the host agent: attach to matching interfaces as they appear,
@@ -87,6 +91,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Detach(args) => detach::run(&cli.pin_dir, args),
         Command::Status(args) => status::run(&cli.pin_dir, args),
         Command::Stats(args) => stats::run(&cli.pin_dir, args),
+        Command::Leases(args) => leases::run(&cli.pin_dir, args),
         Command::Demo(args) => demo::run(args),
         Command::Run(args) => run::run(&cli.pin_dir, args),
         Command::Watch(args) => watch::run(&cli.pin_dir, args),

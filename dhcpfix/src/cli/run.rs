@@ -17,7 +17,8 @@ pub struct Args {
     #[arg(long = "iface", value_name = "PATTERN")]
     pub interfaces: Vec<String>,
     /// Read settings from this TOML file (interfaces, metrics_addr, mode,
-    /// ports, method, detach_on_exit); flags given here win.
+    /// ports, method, detach_on_exit, netns, guest_metrics); flags given
+    /// here win.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Serve Prometheus metrics at http://ADDR/metrics, or "none"
@@ -30,7 +31,7 @@ pub struct Args {
     /// Same as --mode audit: only count what would be filled.
     #[arg(long, conflicts_with = "mode")]
     pub audit: bool,
-    /// UDP destination ports to act on, at most 4 [default: 68,67].
+    /// UDP destination ports to act on, at most 4 [default: 68,67,546,547].
     #[arg(long, value_delimiter = ',')]
     pub ports: Option<Vec<u16>>,
     /// How to hook into interfaces [default: auto].
@@ -51,6 +52,10 @@ pub struct Args {
     /// docs/kubevirt.md.
     #[arg(long, value_name = "all|PATTERN")]
     pub netns: Vec<String>,
+    /// Leave out the per-guest series (mac label) on /metrics, for hosts
+    /// with very many guests; the per-interface guest counts stay.
+    #[arg(long)]
+    pub no_guest_metrics: bool,
     #[command(flatten)]
     pub layout: super::layout_args::LayoutArgs,
 }
@@ -67,6 +72,7 @@ pub fn run(pin_dir: &Path, args: Args) -> anyhow::Result<()> {
         layout,
         resync: args.resync.map(std::time::Duration::from_secs),
         netns: args.netns,
+        no_guest_metrics: args.no_guest_metrics,
     };
     let file = match &args.config {
         Some(path) => Some((path.as_path(), FileConfig::load(path)?)),

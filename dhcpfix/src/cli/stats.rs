@@ -7,8 +7,8 @@ use serde::Serialize;
 use super::{netns_arg::NetnsArg, output};
 use dhcpfix::{
     counters::{self, InterfaceStats},
-    netns,
-    pins::PinDir,
+    leases, netns,
+    pins::{maps::Maps, PinDir},
 };
 
 #[derive(Debug, clap::Args)]
@@ -66,8 +66,17 @@ pub fn run(pin_dir: &Path, args: Args) -> anyhow::Result<()> {
         return output::json(&stats);
     }
     if args.format == Format::Prometheus {
+        let attachments: Vec<_> = stats.interfaces.iter().map(|s| s.attachment.clone()).collect();
+        let guests = match PinDir::open(pin_dir)? {
+            Some(pins) if !attachments.is_empty() => {
+                leases::of(&Maps::open(&pins)?, &attachments, leases::boottime_ns())
+            }
+            _ => Vec::new(),
+        };
         let ctx = dhcpfix::metrics::Context {
             host: netns::host_cookie(),
+            guests: &guests,
+            per_guest: true,
             ..Default::default()
         };
         print!("{}", dhcpfix::metrics::encode(&stats.interfaces, &ctx)?);

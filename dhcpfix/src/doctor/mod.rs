@@ -27,7 +27,11 @@ pub use fixes::{OtherFix, OtherFixKind};
 pub use report::{Check, DhcpServer, DhcpfixState, Level, Report, TapReport};
 pub use rules::Verdict;
 
-use crate::netdev::{self, Link, NetlinkError};
+use crate::{
+    leases::{self, Guest},
+    netdev::{self, Link, NetlinkError},
+    netns::{Netns, NetnsError},
+};
 
 /// Errors that stop the doctor from reporting at all.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +39,9 @@ pub enum DoctorError {
     /// Listing the network devices (`RTM_GETLINK`, `RTM_GETADDR`).
     #[error(transparent)]
     Links(#[from] NetlinkError),
+    /// Entering or naming the namespace to examine.
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
 }
 
 /// What to examine.
@@ -43,10 +50,22 @@ pub struct Options {
     pub pin_dir: PathBuf,
     /// BTF file instead of the running kernel's.
     pub btf: Option<PathBuf>,
+    /// The network namespace to examine (default: the caller's).
+    pub netns: Option<Netns>,
 }
 
-/// Examines the host.
+/// Examines the host, in `opts.netns` if given (on a thread that enters
+/// it: the tools the doctor runs inherit it).
 pub fn examine(opts: &Options) -> Result<Report, DoctorError> {
+    match &opts.netns {
+        Some(ns) => ns.run(|| examine_here(opts))?,
+        None => examine_here(opts),
+    }
+}
+
+fn examine_here(opts: &Options) -> Result<Report, DoctorError> {
+    let here = Netns::current()?.info();
+    let host = crate::netns::host_cookie();
     let links = netdev::links_with_addresses()?;
     let by_index: BTreeMap<u32, &Link> = links.iter().map(|l| (l.ifindex, l)).collect();
     let mut notes = Vec::new();
@@ -55,15 +74,15 @@ pub fn examine(opts: &Options) -> Result<Report, DoctorError> {
     let kernel = rules::kernel_checks(&kernel_facts);
     let csum_mask = rules::csum_mask(&kernel_facts);
 
-    let attachments = match probes::attachments(&opts.pin_dir) {
-        Ok(a) => a,
+    let (attachments, guests) = match probes::attachments(&opts.pin_dir) {
+        Ok(found) => found,
         Err(e) => {
             notes.push(Check::new(
                 "dhcpfix attachments",
                 Level::Warn,
                 format!("cannot read {}: {e}", opts.pin_dir.display()),
             ));
-            Vec::new()
+            Default::default()
         }
     };
     notes.extend(
@@ -152,7 +171,12 @@ pub fn examine(opts: &Options) -> Result<Report, DoctorError> {
         } else {
             probes::tx_checksum_offload(&tap.name, csum_mask)
         };
+        let seen: Vec<&Guest> = guests
+            .iter()
+            .filter(|g| attachment.is_some_and(|a| a.ifindex == g.ifindex))
+            .collect();
         let verdict = rules::judge(tap, offload, attachment, &fixes, bridge.as_deref(), &served_by);
+        let verdict = rules::with_evidence(verdict, &seen, host);
         if matches!(verdict, Verdict::Covered { .. }) && !fixes.is_empty() {
             notes.push(rules::overlap(&tap.name, &fixes));
         }
@@ -169,6 +193,7 @@ pub fn examine(opts: &Options) -> Result<Report, DoctorError> {
                 ports: a.ports.clone(),
             }),
             other_fixes: fixes.iter().map(|f| f.rule.clone()).collect(),
+            guests: seen.iter().map(|g| leases::describe(g, host)).collect(),
             verdict,
         });
     }
@@ -188,6 +213,7 @@ pub fn examine(opts: &Options) -> Result<Report, DoctorError> {
     }
 
     Ok(Report {
+        netns: here,
         verdict: rules::overall(&kernel, &notes, &interfaces),
         actions: rules::actions(&interfaces),
         kernel,

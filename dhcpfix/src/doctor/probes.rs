@@ -4,8 +4,9 @@
 //! the processes holding them, and what `iptables-save` and `tc` print.
 //!
 //! Everything is read in the caller's network namespace, through netlink,
-//! ioctls and `/proc/self/net` (never `/sys/class/net`, which may show
-//! another namespace). The tools are optional: [`find_tool`] says whether
+//! ioctls and `/proc/thread-self/net` (never `/sys/class/net` or
+//! `/proc/self/net`, which may show another namespace: `doctor --netns`
+//! runs on a thread of its own in the namespace it examines). The tools are optional: [`find_tool`] says whether
 //! one is installed.
 
 use std::{
@@ -23,12 +24,13 @@ use super::Options;
 use crate::{
     attach::{self, AttachError, Attachment},
     kernel_layout::{self, LayoutError},
+    leases::{self, Guest},
     netdev::{
         self,
         caps::{Capabilities, CapsError},
     },
     netns::Netns,
-    pins::PinDir,
+    pins::{maps::Maps, PinDir},
     program,
 };
 
@@ -47,6 +49,8 @@ pub struct KernelFacts {
 /// The pin directory.
 pub struct PinDirFacts {
     pub path: PathBuf,
+    /// Something is there (a mount needs an existing directory).
+    pub exists: bool,
     /// It exists, on a bpffs.
     pub on_bpffs: bool,
     /// The program is pinned there.
@@ -76,6 +80,7 @@ pub fn kernel(opts: &Options) -> KernelFacts {
         caps: Capabilities::current(),
         pin_dir: PinDirFacts {
             path: pin_dir.clone(),
+            exists: std::fs::symlink_metadata(pin_dir).is_ok(),
             on_bpffs,
             loaded,
             refused: opened.err().map(|e| e.to_string()),
@@ -84,17 +89,23 @@ pub fn kernel(opts: &Options) -> KernelFacts {
 }
 
 /// dhcpfix's attachments in this network namespace, as the pin directory
-/// records them.
-pub fn attachments(pin_dir: &Path) -> Result<Vec<Attachment>, AttachError> {
+/// records them, and the guests the classifier saw on them.
+pub fn attachments(pin_dir: &Path) -> Result<(Vec<Attachment>, Vec<Guest>), AttachError> {
     let Some(pins) = PinDir::open(pin_dir)? else {
-        return Ok(Vec::new());
+        return Ok(Default::default());
     };
     let here = Netns::current()?;
     let cookie = here.cookie();
-    Ok(attach::list(&pins, &[here])?
+    let attachments: Vec<Attachment> = attach::list(&pins, &[here])?
         .into_iter()
         .filter(|a| a.netns.cookie == cookie)
-        .collect())
+        .collect();
+    let guests = if attachments.iter().any(|a| a.attached) {
+        leases::of(&Maps::open(&pins)?, &attachments, leases::boottime_ns())
+    } else {
+        Vec::new()
+    };
+    Ok((attachments, guests))
 }
 
 /// Whether `iface` offloads tx checksums (any feature bit of `mask`);
@@ -114,13 +125,13 @@ pub struct ServerSocket {
     pub processes: Vec<String>,
 }
 
-/// The UDP sockets on port 67 (`/proc/self/net/udp`), with the device each
+/// The UDP sockets on port 67 (`/proc/thread-self/net/udp`), with the device each
 /// is bound to (sock_diag, best effort: a kernel without udp_diag says
 /// nothing) and the processes holding each. `Err` is one line for the
 /// report.
 pub fn dhcp_sockets() -> Result<Vec<ServerSocket>, String> {
-    let text =
-        fs::read_to_string("/proc/self/net/udp").map_err(|e| format!("reading /proc/self/net/udp: {e}"))?;
+    let text = fs::read_to_string("/proc/thread-self/net/udp")
+        .map_err(|e| format!("reading /proc/thread-self/net/udp: {e}"))?;
     let sockets = parse_proc_net_udp(&text, 67);
     if sockets.is_empty() {
         return Ok(Vec::new());

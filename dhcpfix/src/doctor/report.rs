@@ -72,6 +72,9 @@ pub struct TapReport {
     pub dhcpfix: Option<DhcpfixState>,
     /// Other fixes that cover it (their rules).
     pub other_fixes: Vec<String>,
+    /// What dhcpfix saw of each guest's DHCP on it, one line per guest
+    /// (`dhcpfix leases` has the details).
+    pub guests: Vec<String>,
     #[serde(flatten)]
     pub verdict: Verdict,
 }
@@ -103,6 +106,8 @@ impl DhcpServer {
 /// The whole report.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
+    /// The network namespace examined.
+    pub netns: crate::netns::NetnsInfo,
     /// The worst level of all items.
     pub verdict: Level,
     pub kernel: Vec<Check>,
@@ -131,6 +136,7 @@ mod tests {
             dhcp_servers: vec!["dnsmasq[9]".into()],
             dhcpfix: None,
             other_fixes: vec![],
+            guests: vec![],
             verdict: Verdict::AtRisk {
                 bridge: Some("virbr0".into()),
                 servers: vec!["dnsmasq[9]".into()],
@@ -138,7 +144,7 @@ mod tests {
         };
         assert_eq!(
             serde_json::to_string(&tap).unwrap(),
-            r#"{"name":"vnet0","ifindex":7,"kind":"tun","tx_checksum_offload":true,"bridge":"virbr0","dhcp_servers":["dnsmasq[9]"],"dhcpfix":null,"other_fixes":[],"verdict":"at-risk","level":"action","detail":"tx checksum offload on and no fix; port of virbr0, served by dnsmasq[9]"}"#
+            r#"{"name":"vnet0","ifindex":7,"kind":"tun","tx_checksum_offload":true,"bridge":"virbr0","dhcp_servers":["dnsmasq[9]"],"dhcpfix":null,"other_fixes":[],"guests":[],"verdict":"at-risk","level":"action","detail":"tx checksum offload on and no fix; port of virbr0, served by dnsmasq[9]"}"#
         );
         let covered = TapReport {
             dhcpfix: Some(DhcpfixState {
@@ -152,7 +158,7 @@ mod tests {
         let json = serde_json::to_string(&covered).unwrap();
         assert!(
             json.ends_with(
-                r#""dhcpfix":{"mode":"fill","method":"tcx","ports":[68,67]},"other_fixes":[],"verdict":"covered","level":"ok","detail":"dhcpfix attached (tcx, fill)"}"#
+                r#""dhcpfix":{"mode":"fill","method":"tcx","ports":[68,67]},"other_fixes":[],"guests":[],"verdict":"covered","level":"ok","detail":"dhcpfix attached (tcx, fill)"}"#
             ),
             "{json}"
         );

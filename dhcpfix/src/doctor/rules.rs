@@ -16,8 +16,10 @@ use super::{
 use crate::{
     attach::{Attachment, Method, Mode},
     kernel_layout,
+    leases::{self, Guest},
     netdev::{caps::Operation, Link},
 };
+use dhcpfix_common::guest::State;
 
 /// What protects (or fails to protect) one guest tap, and why.
 ///
@@ -47,6 +49,10 @@ pub enum Verdict {
     Unsupported { kind: String },
     /// Its offload state could not be read.
     Unknown,
+    /// dhcpfix is attached (`mode`) and saw a guest throw replies away
+    /// (`evidence`, as [`leases::describe`] says it): in audit mode, the
+    /// proof the fix is needed; in fill mode, something else is wrong.
+    Rejecting { mode: Option<Mode>, evidence: String },
 }
 
 impl Verdict {
@@ -62,6 +68,7 @@ impl Verdict {
             Self::Exposed { .. } => "exposed",
             Self::Unsupported { .. } => "unsupported",
             Self::Unknown => "unknown",
+            Self::Rejecting { .. } => "rejecting",
         }
     }
 
@@ -72,7 +79,7 @@ impl Verdict {
             | Self::CoveredByIptables { .. }
             | Self::CoveredByTc { .. } => Level::Ok,
             Self::Audit | Self::Exposed { .. } | Self::Unsupported { .. } | Self::Unknown => Level::Warn,
-            Self::AtRisk { .. } => Level::Action,
+            Self::AtRisk { .. } | Self::Rejecting { .. } => Level::Action,
         }
     }
 
@@ -106,6 +113,13 @@ impl Verdict {
                  serve it (docs/macvtap.md)"
             ),
             Self::Unknown => "its checksum offload could not be read (ETHTOOL_GFEATURES failed)".into(),
+            Self::Rejecting {
+                mode: Some(Mode::Audit),
+                evidence,
+            } => format!("{evidence}; dhcpfix is in audit mode: attach in fill mode"),
+            Self::Rejecting { evidence, .. } => format!(
+                "{evidence}; dhcpfix fills here, so the replies are rejected for another reason: see `dhcpfix leases` and `dhcpfix stats`"
+            ),
         }
     }
 }
@@ -173,6 +187,23 @@ pub fn judge(
             bridge,
             servers: served_by.to_vec(),
         }
+    }
+}
+
+/// The verdict once the guests dhcpfix saw on the tap are known: a guest
+/// throwing replies away outweighs what the settings suggest.
+pub fn with_evidence(verdict: Verdict, guests: &[&Guest], host: Option<u64>) -> Verdict {
+    let mode = match &verdict {
+        Verdict::Covered { .. } => Some(Mode::Fill),
+        Verdict::Audit => Some(Mode::Audit),
+        _ => return verdict,
+    };
+    match guests.iter().find(|g| g.state == State::Rejecting) {
+        Some(g) => Verdict::Rejecting {
+            mode,
+            evidence: leases::describe(g, host),
+        },
+        None => verdict,
     }
 }
 
@@ -258,12 +289,18 @@ fn pin_dir_check(kernel: &KernelFacts) -> Check {
             format!("{shown} has no bpffs yet; attach creates and mounts it"),
         )
     } else {
+        // mount(8) needs the directory to exist.
+        let mkdir = if pins.exists {
+            String::new()
+        } else {
+            format!("mkdir -p -m 0700 {shown} && ")
+        };
         Check::new(
             item,
             Level::Action,
             format!(
                 "{shown} has no bpffs and this user cannot mount one: run as root, or mount one \
-                 there (mount -t bpf -o mode=0700 bpf {shown})"
+                 there ({mkdir}mount -t bpf -o mode=0700 bpf {shown})"
             ),
         )
     }
@@ -345,7 +382,16 @@ pub fn overlap(tap: &str, fixes: &[&OtherFix]) -> Check {
 pub fn actions(interfaces: &[TapReport]) -> Vec<String> {
     let at_risk: Vec<&str> = interfaces
         .iter()
-        .filter(|t| matches!(t.verdict, Verdict::AtRisk { .. }))
+        .filter(|t| {
+            matches!(
+                t.verdict,
+                Verdict::AtRisk { .. }
+                    | Verdict::Rejecting {
+                        mode: Some(Mode::Audit),
+                        ..
+                    }
+            )
+        })
         .map(|t| t.name.as_str())
         .collect();
     if at_risk.is_empty() {
@@ -432,6 +478,35 @@ mod tests {
         let unsupported = verdict(&macvtap, Some(true), &[], &server);
         assert_eq!(unsupported.name(), "unsupported");
         assert!(unsupported.detail().starts_with("macvtap device: "));
+    }
+
+    use crate::leases::example as guest;
+
+    #[test]
+    fn a_guest_throwing_replies_away_is_evidence() {
+        let rejecting = guest(State::Rejecting);
+        let bound = guest(State::Bound);
+        let audit = with_evidence(Verdict::Audit, &[&bound, &rejecting], Some(1));
+        assert_eq!((audit.name(), audit.level()), ("rejecting", Level::Action));
+        assert!(
+            audit.detail().starts_with(
+                "vnet5 52:54:00:00:00:05: rejecting: the guest threw away 5 DHCP replies in 40 s"
+            ),
+            "{}",
+            audit.detail()
+        );
+        assert!(
+            audit.detail().ends_with("attach in fill mode"),
+            "{}",
+            audit.detail()
+        );
+        let covered = Verdict::Covered { method: Method::Tcx };
+        assert_eq!(with_evidence(covered.clone(), &[&bound], Some(1)), covered);
+        let still = with_evidence(covered, &[&rejecting], Some(1));
+        assert!(still.detail().contains("another reason"), "{}", still.detail());
+        // Without an attachment there is no evidence to weigh.
+        let at_risk = Verdict::Exposed { bridge: None };
+        assert_eq!(with_evidence(at_risk.clone(), &[&rejecting], Some(1)), at_risk);
     }
 
     #[test]

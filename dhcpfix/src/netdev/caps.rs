@@ -145,13 +145,11 @@ const MOUNT_BPFFS: &[Requirement] = &[Requirement {
     cap: Capability::SysAdmin,
     or_sys_admin: true,
 }];
-// Measured (tests/deploy.rs, "kernel facts"): setns(2) fails without
-// CAP_SYS_ADMIN; NETLINK_LISTEN_ALL_NSID needs CAP_NET_BROADCAST, which
-// CAP_SYS_ADMIN does not stand in for; /proc/PID/ns/net of another process
-// needs CAP_SYS_PTRACE. Giving a namespace an id (RTM_NEWNSID, so that its
-// link events reach the agent) needs CAP_NET_ADMIN itself: with
-// CAP_SYS_ADMIN alone `ip netns set NS auto` fails with EPERM (Linux
-// 6.18; rtnetlink asks CAP_NET_ADMIN of every request that changes).
+// Measured (tests/integration/deploy.rs, "kernel facts"): setns(2) fails
+// without CAP_SYS_ADMIN; giving a namespace an id (RTM_NEWNSID, which its
+// link events are told apart by) needs CAP_NET_ADMIN, and
+// NETLINK_LISTEN_ALL_NSID CAP_NET_BROADCAST, which CAP_SYS_ADMIN does not
+// stand in for; /proc/PID/ns/net of another process needs CAP_SYS_PTRACE.
 const OTHER_NAMESPACES: &[Requirement] = &[
     Requirement {
         cap: Capability::SysAdmin,
@@ -361,10 +359,19 @@ mod tests {
             Capabilities::default().missing(&[Load, AttachNetlink, MountBpffs]),
             [Bpf, NetAdmin, Perfmon, SysAdmin]
         );
-        // Other namespaces: CAP_SYS_ADMIN does not stand in for the others.
+        // Other namespaces: CAP_SYS_ADMIN does not stand in for the others
+        // (CAP_NET_ADMIN for RTM_NEWNSID, although it does for loading).
         assert_eq!(
             Capabilities::of(&[SysAdmin]).missing(&[Load, AttachTcx, OtherNamespaces]),
             [NetAdmin, NetBroadcast, SysPtrace]
+        );
+        assert_eq!(
+            Capabilities::of(&[SysAdmin, NetBroadcast, SysPtrace]).missing(&[
+                Load,
+                AttachTcx,
+                OtherNamespaces
+            ]),
+            [NetAdmin]
         );
         assert!(Capabilities::of(&[SysAdmin, NetAdmin, NetBroadcast, SysPtrace])
             .missing(&[Load, AttachTcx, OtherNamespaces])

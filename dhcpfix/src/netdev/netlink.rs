@@ -102,6 +102,34 @@ pub(crate) fn connect(protocol: isize, request: &'static str) -> Result<Socket, 
     Ok(socket)
 }
 
+/// How long the kernel may take to answer a request: it answers at once,
+/// so reaching this means no answer is coming (a bug, not a slow kernel).
+const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn set_receive_timeout(socket: &Socket, timeout: std::time::Duration) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: 0,
+    };
+    // SAFETY: setsockopt reads one timeval from a live local; the socket's
+    // descriptor is open for the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Sends one request and collects what answers it: every message of a
 /// dump (up to `NLMSG_DONE`), or the single reply of a plain request.
 pub(crate) fn request<I>(
@@ -115,10 +143,14 @@ where
 {
     let io_err = |error| NetlinkError::Request { request, error };
     let socket = connect(protocol, request)?;
+    set_receive_timeout(&socket, REPLY_TIMEOUT).map_err(|error| NetlinkError::Socket {
+        request,
+        call: "setsockopt(SO_RCVTIMEO)",
+        error,
+    })?;
     let mut packet = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::InnerMessage(msg));
-    // A plain request asks for an acknowledgement too: one that succeeds
-    // without a reply message (RTM_NEWNSID) would otherwise get no answer
-    // at all, and the loop below would wait for it forever.
+    // A plain request asks for an ACK: a command that succeeds (RTM_NEWNSID)
+    // answers nothing otherwise, and the wait below would never end.
     packet.header.flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { NLM_F_ACK };
     packet.header.sequence_number = 1;
     packet.finalize();
@@ -132,6 +164,12 @@ where
         match recv_datagram(&socket, &mut buf) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Err(io_err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no answer from the kernel within {} s", REPLY_TIMEOUT.as_secs()),
+                )))
+            }
             Err(e) => return Err(io_err(e)),
         }
         if buf.is_empty() {

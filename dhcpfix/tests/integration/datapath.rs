@@ -9,7 +9,9 @@ use dhcpfix_common::{
 };
 use dhcpfix_lab::kit::{
     privileged,
-    reference::{ref_addresses, ref_classify, ref_verifies, Check, FrameSpec, RefVerdict, Rng},
+    reference::{
+        random_ipv6_spec, ref_addresses, ref_classify, ref_verifies, Check, FrameSpec, RefVerdict, Rng,
+    },
 };
 
 const PARTIAL_OFFLOAD: u32 = TEST_MARK_PARTIAL | TEST_MARK_OFFLOAD;
@@ -314,11 +316,15 @@ fn random_and_mutated_frames_match_the_reference() {
     );
 }
 
-/// A frame that is DHCP-shaped most of the time, then damaged at random.
+/// A frame that is DHCP-shaped most of the time (IPv4 or, one in four,
+/// IPv6), then damaged at random.
 fn random_frame(rng: &mut Rng) -> Vec<u8> {
     if rng.chance(10) {
         let len = 15 + rng.below(200) as usize;
         return rng.bytes(len);
+    }
+    if rng.chance(25) {
+        return random_ipv6_frame(rng);
     }
     let mut spec = FrameSpec::dhcp_reply(rng.below(1600) as usize, rng);
     spec.vlans = match rng.below(6) {
@@ -355,4 +361,130 @@ fn random_frame(rng: &mut Rng) -> Vec<u8> {
         _ => {}
     }
     f
+}
+
+/// An IPv6 frame from the kit's generator (extension headers, jumbogram and
+/// wrong lengths, DHCPv6 and other ports), tagged, damaged or truncated.
+fn random_ipv6_frame(rng: &mut Rng) -> Vec<u8> {
+    let mut spec = random_ipv6_spec(rng, 1600);
+    spec.vlans = match rng.below(6) {
+        0 => vec![0x8100],
+        1 => vec![0x88a8, 0x8100],
+        2 => vec![0x8100, 0x8100, 0x8100],
+        _ => vec![],
+    };
+    spec.trailer = if rng.chance(20) { rng.below(40) as usize } else { 0 };
+    let check = match rng.below(4) {
+        0 => Check::Complete,
+        1 => Check::Zero,
+        2 => Check::Value(rng.next_u64() as u16),
+        _ => Check::Partial,
+    };
+    let mut f = spec.build(check);
+    match rng.below(5) {
+        0 => {
+            for _ in 0..1 + rng.below(3) {
+                let at = rng.below(f.len().min(110) as u64) as usize;
+                f[at] = rng.next_u64() as u8;
+            }
+        }
+        1 => {
+            let keep = 14 + rng.below((f.len() - 14) as u64) as usize;
+            f.truncate(keep.max(spec.l3() + 40));
+        }
+        _ => {}
+    }
+    f
+}
+
+/// DHCPv6: replies of every size are filled with the IPv6 pseudo-header
+/// (a computed zero sent as 0xffff), behind VLAN tags too; what the
+/// classifier leaves to others (extension headers, jumbograms, wrong UDP
+/// lengths) stays as it was.
+#[test]
+fn fills_dhcpv6_replies_and_skips_what_it_must() {
+    if !privileged("fills_dhcpv6_replies_and_skips_what_it_must") {
+        return;
+    }
+    let prog = program(MODE_FILL);
+    let mut rng = Rng::new(6);
+    let mut filled = 0;
+    for (i, payload) in [100usize, 1, 2, 3, 503, 504, 505, 1015, 1016, 1432, 2040]
+        .into_iter()
+        .enumerate()
+    {
+        let mut spec = FrameSpec::dhcpv6_reply(payload, &mut rng);
+        spec.vlans = [vec![], vec![0x8100], vec![0x88a8, 0x8100]][i % 3].clone();
+        spec.trailer = [0, 0, 7][i % 3];
+        spec.dport = if i % 4 == 0 { 547 } else { 546 };
+        let before = spec.build(Check::Partial);
+        let run = prog
+            .run(&before, PARTIAL_OFFLOAD)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let l4 = spec.l4();
+        let udp_len = 8 + payload;
+        only_check_changed(&before, &run.frame, Some(l4));
+        let (src, dst) = ref_addresses(&run.frame, spec.l3());
+        assert!(
+            ref_verifies(src, dst, &run.frame[l4..l4 + udp_len]),
+            "payload {payload}: the fill does not verify"
+        );
+        filled += 1;
+    }
+    // A payload whose checksum comes out zero: sent as 0xffff.
+    let mut spec = FrameSpec::dhcpv6_reply(2, &mut rng);
+    let l4 = spec.l4();
+    let probe = spec.build(Check::Complete);
+    let c = u16::from_be_bytes([probe[l4 + 6], probe[l4 + 7]]);
+    // Adding the checksum to the payload's last word makes the sum 0xffff.
+    let word = u16::from_be_bytes([spec.payload[0], spec.payload[1]]);
+    let (sum, carry) = word.overflowing_add(c);
+    spec.payload[..2].copy_from_slice(&(sum + u16::from(carry)).to_be_bytes());
+    let zero = spec.build(Check::Partial);
+    let run = prog.run(&zero, PARTIAL_OFFLOAD).unwrap();
+    assert_eq!(
+        &run.frame[l4 + 6..l4 + 8],
+        &[0xff, 0xff],
+        "zero goes out as 0xffff"
+    );
+    filled += 1;
+    assert_eq!(
+        prog.counters().unwrap(),
+        Counters {
+            seen: filled,
+            filled,
+            ..Default::default()
+        }
+    );
+
+    let prog = program(MODE_FILL);
+    let mut skipped = Vec::new();
+    let mut spec = FrameSpec::dhcpv6_reply(300, &mut rng);
+    for len in [0u16, 100, 1000] {
+        spec.ipv6.as_mut().unwrap().payload_len = Some(len); // jumbogram, too short, too long
+        skipped.push(spec.build(Check::Partial));
+    }
+    spec.ipv6.as_mut().unwrap().payload_len = None;
+    spec.ipv6.as_mut().unwrap().udp_len = Some(100);
+    skipped.push(spec.build(Check::Partial));
+    let mut others = Vec::new();
+    for ext in [0u8, 43, 44, 60] {
+        let mut spec = FrameSpec::dhcpv6_reply(300, &mut rng);
+        spec.ipv6.as_mut().unwrap().ext = vec![ext];
+        others.push(spec.build(Check::Partial));
+    }
+    let mut spec = FrameSpec::dhcpv6_reply(300, &mut rng);
+    spec.dport = 53;
+    others.push(spec.build(Check::Partial));
+    for f in skipped.iter().chain(&others) {
+        assert_eq!(&prog.run(f, PARTIAL_OFFLOAD).unwrap().frame, f);
+    }
+    assert_eq!(
+        prog.counters().unwrap(),
+        Counters {
+            seen: skipped.len() as u64,
+            skipped: skipped.len() as u64,
+            ..Default::default()
+        }
+    );
 }

@@ -33,10 +33,11 @@ use std::{
 
 use dhcpfix_common::{config::DEFAULT_PORTS, counters::Counters, counters::Outcome, frame::MAX_UDP_LEN};
 use dhcpfix_lab::kit::{
-    dev, privileged,
+    dev::{self, VIRTIO_NET_HDR_F_NEEDS_CSUM, VNET_HDR_LEN},
+    privileged,
     reference::{
-        ref_addresses, ref_classify, ref_sum, ref_udp_checksum, ref_verifies, Check, FrameSpec, RefVerdict,
-        Rng,
+        random_ipv6_spec, ref_addresses, ref_classify, ref_sum, ref_udp_checksum, ref_verifies, Check,
+        FrameSpec, RefVerdict, Rng,
     },
 };
 use serde_json::Value;
@@ -50,11 +51,6 @@ const VETH: &str = "inj0";
 const VETH_PEER: &str = "inj1";
 /// Room for UDP segments beyond MAX_UDP_LEN (2048), which must be skipped.
 const MTU: &str = "4000";
-/// `sizeof(struct virtio_net_hdr)`.
-const VNET_HDR_LEN: usize = 10;
-const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
-/// `PACKET_VNET_HDR` (linux/if_packet.h).
-const PACKET_VNET_HDR: libc::c_int = 15;
 /// Frames per batch: sent, then read back from both taps before the next
 /// batch (well below the taps' queue length).
 const BATCH: usize = 200;
@@ -81,6 +77,8 @@ struct Case {
     /// A well-formed partial DHCP frame, undamaged and without trailer: the
     /// kernel's own completion must make its checksum verify.
     pristine: bool,
+    /// Built as IPv6.
+    v6: bool,
 }
 
 /// What a tap must hand out for one case.
@@ -117,7 +115,11 @@ fn gen_case(rng: &mut Rng) -> Case {
             frame,
             partial,
             pristine: false,
+            v6: false,
         };
+    }
+    if rng.chance(25) {
+        return gen_case_v6(rng);
     }
     let payload = if rng.chance(5) {
         // Around MAX_UDP_LEN: 2040 bytes of payload is a 2048-byte segment.
@@ -213,6 +215,85 @@ fn gen_case(rng: &mut Rng) -> Case {
         frame,
         partial,
         pristine,
+        v6: false,
+    }
+}
+
+/// An IPv6 case: the kit's DHCPv6-shaped frames (extension headers,
+/// jumbogram and wrong lengths, DHCPv6, DHCPv4 and other ports), tagged,
+/// partial or not, pointed elsewhere now and then, damaged like the IPv4
+/// ones.
+fn gen_case_v6(rng: &mut Rng) -> Case {
+    // Now and then around MAX_UDP_LEN (2048).
+    let max_payload = if rng.chance(5) { 2100 } else { 1500 };
+    let mut spec = random_ipv6_spec(rng, max_payload);
+    spec.vlans = match rng.below(12) {
+        0 | 1 => vec![0x8100],
+        2 | 3 => vec![0x88a8, 0x8100],
+        4 => vec![0x8100, 0x8100, 0x8100],
+        5 => vec![0x88a8],
+        _ => vec![],
+    };
+    spec.trailer = if rng.chance(8) {
+        1 + rng.below(40) as usize
+    } else {
+        0
+    };
+    let check = match rng.below(10) {
+        0 | 1 => Check::Complete,
+        2 => Check::Zero,
+        3 => Check::Value(rng.next_u64() as u16),
+        _ => Check::Partial,
+    };
+    let mut frame = spec.build(check);
+    let (l3, l4) = (spec.l3(), spec.l4() as u16);
+    let mut partial = matches!(check, Check::Partial).then_some((l4, 6u16));
+    if partial.is_some() && rng.chance(5) {
+        partial = Some(match rng.below(4) {
+            0 => (l4 + 2, 6),
+            1 => (l4, 16),
+            2 => (l4 - 8, 6),
+            _ => (l3 as u16 + 6, 0),
+        });
+    }
+    let mut damaged = true;
+    match rng.below(10) {
+        0 | 1 => {
+            for _ in 0..1 + rng.below(3) {
+                let end = frame.len().min(usize::from(l4) + 8);
+                let at = 12 + rng.below((end - 12) as u64) as usize;
+                frame[at] = rng.next_u64() as u8;
+            }
+        }
+        2 => {
+            let keep = 14 + rng.below((frame.len() - 14) as u64) as usize;
+            frame.truncate(keep);
+        }
+        3 => {
+            let delta = [1u16, 2, 8, 100, 0x8000][rng.below(5) as usize];
+            let l4 = usize::from(l4);
+            match rng.below(5) {
+                // Not version 6.
+                0 => frame[l3] = ((rng.below(16) as u8) << 4) | (frame[l3] & 0x0f),
+                // Payload length and UDP length off by a little or a lot.
+                1 => bump16(&mut frame, l3 + 4, delta, rng.chance(50)),
+                2 => bump16(&mut frame, l4 + 4, delta, rng.chance(50)),
+                // Not IPv6 at all.
+                3 => frame[l3 - 2..l3]
+                    .copy_from_slice(&[[0x08, 0x00], [0x08, 0x06], [0x88, 0xcc]][rng.below(3) as usize]),
+                // Another next header: TCP, ICMPv6, hop-by-hop, fragment.
+                _ => frame[l3 + 6] = [6u8, 58, 0, 44, 255][rng.below(5) as usize],
+            }
+        }
+        _ => damaged = false,
+    }
+    force_macs(&mut frame);
+    let pristine = !damaged && spec.trailer == 0 && partial == Some((l4, 6));
+    Case {
+        frame,
+        partial,
+        pristine,
+        v6: true,
     }
 }
 
@@ -364,38 +445,14 @@ fn open_tap(name: &str, offload: bool) -> OwnedFd {
 /// An `AF_PACKET` raw socket with `PACKET_VNET_HDR`, bound to `ifname`
 /// (protocol 0: it sends only). Call on a thread inside the netns.
 fn packet_socket(ifname: &str) -> OwnedFd {
-    let fd = dev::packet_socket(0).unwrap_or_else(|e| panic!("socket(AF_PACKET): {e}"));
-    let one: libc::c_int = 1;
-    dev::setsockopt(&fd, libc::SOL_PACKET, PACKET_VNET_HDR, &one)
-        .unwrap_or_else(|e| panic!("PACKET_VNET_HDR: {e}"));
     let ifindex = dhcpfix::netdev::ifindex(ifname).expect("injection interface");
-    dev::bind_packet(&fd, ifindex, 0).unwrap_or_else(|e| panic!("bind AF_PACKET to {ifname}: {e}"));
-    fd
-}
-
-fn vnet_header(case: &Case) -> [u8; VNET_HDR_LEN] {
-    let mut h = [0u8; VNET_HDR_LEN];
-    if let Some((start, off)) = case.partial {
-        h[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
-        // hdr_len: the kernel raises it to csum_start + csum_offset + 2.
-        h[6..8].copy_from_slice(&start.to_le_bytes());
-        h[8..10].copy_from_slice(&off.to_le_bytes());
-    }
-    h
+    dev::vnet_packet_socket(ifindex).unwrap_or_else(|e| panic!("AF_PACKET socket on {ifname}: {e}"))
 }
 
 /// Writes header + frame; the errno if the kernel refuses it.
-fn send(sock: &OwnedFd, case: &Case, buf: &mut Vec<u8>) -> Result<(), i32> {
-    buf.clear();
-    buf.extend_from_slice(&vnet_header(case));
-    buf.extend_from_slice(&case.frame);
-    // SAFETY: `buf` is readable for its length during the call.
-    let n = unsafe { libc::send(sock.as_raw_fd(), buf.as_ptr().cast(), buf.len(), 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error().raw_os_error().unwrap_or(0));
-    }
-    assert_eq!(n as usize, buf.len(), "short AF_PACKET send");
-    Ok(())
+fn send(sock: &OwnedFd, case: &Case) -> Result<(), i32> {
+    dev::write_with_header(sock, &dev::vnet_header(case.partial), &case.frame)
+        .map_err(|e| e.raw_os_error().unwrap_or(0))
 }
 
 /// Reads frames (vnet header included) from a tap until `want` have come
@@ -613,7 +670,9 @@ fn random_and_mutated_frames_through_the_kernel_match_the_reference() {
     let (mut want_on, mut want_off) = (Counters::default(), Counters::default());
     let mut refused = std::collections::BTreeMap::<i32, u64>::new();
     let (mut sent_ok, mut dropped, mut batches, mut pristine_done) = (0u64, 0u64, 0u64, 0u64);
-    let mut buf = Vec::with_capacity(8192);
+    // IPv6 cases: (filled on the offload tap, skipped there, completed by
+    // the kernel and verified on the other).
+    let (mut v6_filled, mut v6_skipped, mut v6_pristine) = (0u64, 0u64, 0u64);
     let mut n = 0u64;
     while n < total {
         let path = if batches % 2 == 0 {
@@ -635,7 +694,7 @@ fn random_and_mutated_frames_through_the_kernel_match_the_reference() {
         for case in &cases {
             let id = n;
             n += 1;
-            match send(sock, case, &mut buf) {
+            match send(sock, case) {
                 Err(errno) => {
                     assert!(
                         refused_at_send(case),
@@ -661,6 +720,11 @@ fn random_and_mutated_frames_through_the_kernel_match_the_reference() {
                 dropped += 1;
             }
             pristine_done += u64::from(off.as_ref().is_some_and(|(e, _)| e.verify.is_some()));
+            if case.v6 {
+                v6_filled += u64::from(on.as_ref().is_some_and(|(_, o)| *o == Some(Outcome::Filled)));
+                v6_skipped += u64::from(on.as_ref().is_some_and(|(_, o)| *o == Some(Outcome::Skipped)));
+                v6_pristine += u64::from(off.as_ref().is_some_and(|(e, _)| e.verify.is_some()));
+            }
             for (exp, want, list) in [
                 (on, &mut want_on, &mut on_sent),
                 (off, &mut want_off, &mut off_sent),
@@ -684,7 +748,8 @@ fn random_and_mutated_frames_through_the_kernel_match_the_reference() {
     eprintln!(
         "{total} frames in {took:.2?} ({batches} batches): {sent_ok} sent, refused at send {refused:?}, \
          {dropped} dropped by the kernel as predicted, {pristine_done} DHCP checksums completed by the kernel and verified\n\
-         offload tap counters {want_on:?}\nno-offload tap counters {want_off:?}"
+         offload tap counters {want_on:?}\nno-offload tap counters {want_off:?}\n\
+         IPv6: {v6_filled} filled, {v6_skipped} skipped, {v6_pristine} completed by the kernel and verified"
     );
     assert_counters(TAP_ON, &counters_json(&sb, TAP_ON), &want_on);
     assert_counters(TAP_OFF, &counters_json(&sb, TAP_OFF), &want_off);
@@ -699,6 +764,10 @@ fn random_and_mutated_frames_through_the_kernel_match_the_reference() {
         "{want_off:?}"
     );
     assert_eq!(want_on.errors + want_off.errors, 0);
+    assert!(
+        v6_filled > total / 50 && v6_skipped > total / 500 && v6_pristine > total / 100,
+        "too few IPv6 cases of each kind: {v6_filled} filled, {v6_skipped} skipped, {v6_pristine} completed"
+    );
     assert!(
         refused.values().sum::<u64>() > 0,
         "no vnet header was refused: the model of refusals is untested"

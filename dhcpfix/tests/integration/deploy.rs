@@ -102,12 +102,18 @@ fn need_tool(test: &str, tool: &str) -> bool {
     found
 }
 
+/// How long one tool may run (dpkg, podman, promtool, a Python check).
+const COMMAND_LIMIT: Duration = Duration::from_secs(300);
+
 fn run(cmd: &mut Command) -> Output {
+    run_within(cmd, COMMAND_LIMIT)
+}
+
+/// Runs `cmd` (stdin closed), echoing it and its output; killed, and the
+/// test failed, after `limit`.
+fn run_within(cmd: &mut Command, limit: Duration) -> Output {
     let shown = format!("{cmd:?}");
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("{shown}: {e}"));
+    let out = dhcpfix_lab::kit::process::run_unchecked(cmd, None, limit).unwrap_or_else(|e| panic!("{e}"));
     eprintln!(
         "$ {shown} -> {}\n{}{}",
         out.status,
@@ -739,6 +745,9 @@ fn debian_package_installs_removes_and_purges_cleanly() {
         return;
     };
     let hook = Path::new("/etc/libvirt/hooks/qemu.d/dhcpfix");
+    // The libvirt tests install their own hook at that path meanwhile (in
+    // this process too: one test binary): one at a time.
+    let _libvirt = crate::libvirt_real::harness::take_lock().unwrap_or_else(|e| panic!("{e}"));
     let status = dpkg_status("dhcpfix");
     if !status.is_empty() && !status.contains("not-installed") {
         if !ci() {
@@ -750,10 +759,10 @@ fn debian_package_installs_removes_and_purges_cleanly() {
         }
         run_ok(Command::new("dpkg").args(["--purge", "dhcpfix"]));
     }
-    // Someone's own hook at the package's path (contrib/, by hand or a
-    // libvirt test): the package would take it over as a modified conffile,
-    // and purge it. Under CI nothing else runs: set it aside meanwhile.
-    // Elsewhere another test may be using it right now: leave it alone.
+    // Someone's own hook at the package's path (contrib/, by hand, or a
+    // libvirt test run that died): the package would take it over as a
+    // modified conffile, and purge it. Under CI nothing else runs: set it
+    // aside meanwhile. Elsewhere someone may be using it: leave it alone.
     let _hook_aside = if hook.exists() {
         if !ci() {
             skip(
@@ -1275,7 +1284,11 @@ fn container_runs_with_the_daemonset_settings_and_stops_cleanly() {
             continue;
         }
         let fewer: Vec<String> = caps.iter().filter(|c| *c != missing).cloned().collect();
-        let out = run(&mut daemonset_run(&scene, &image, &fewer, &args, false));
+        // Refused at start: it must not be running a minute later.
+        let out = run_within(
+            &mut daemonset_run(&scene, &image, &fewer, &args, false),
+            Duration::from_secs(60),
+        );
         assert!(!out.status.success(), "ran without {missing}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("missing capability"), "without {missing}: {err}");
@@ -1303,16 +1316,16 @@ fn with_caps(caps: &[&str]) -> Command {
     c
 }
 
-/// Why the every-namespace agent needs SYS_ADMIN, NET_BROADCAST, SYS_PTRACE
-/// and NET_ADMIN, measured with nsenter, ip and python (the operations,
+/// Why the every-namespace agent needs SYS_ADMIN, NET_ADMIN, NET_BROADCAST
+/// and SYS_PTRACE, measured with nsenter, ip and python (the operations,
 /// without the agent): setns(2) into another network namespace needs
-/// CAP_SYS_ADMIN; NETLINK_LISTEN_ALL_NSID needs CAP_NET_BROADCAST; giving a
-/// namespace an id needs CAP_NET_ADMIN; opening /proc/PID/ns/net of a
-/// process of another user, or of one with capabilities the caller lacks,
-/// needs CAP_SYS_PTRACE (ptrace access mode read).
+/// CAP_SYS_ADMIN; giving it an id (RTM_NEWNSID) needs CAP_NET_ADMIN;
+/// NETLINK_LISTEN_ALL_NSID needs CAP_NET_BROADCAST; opening /proc/PID/ns/net
+/// of a process of another user, or of one with capabilities the caller
+/// lacks, needs CAP_SYS_PTRACE (ptrace access mode read).
 #[test]
-fn covering_other_network_namespaces_needs_sys_admin_net_broadcast_and_sys_ptrace() {
-    let test = "covering_other_network_namespaces_needs_sys_admin_net_broadcast_and_sys_ptrace";
+fn covering_other_network_namespaces_needs_sys_admin_net_admin_net_broadcast_and_sys_ptrace() {
+    let test = "covering_other_network_namespaces_needs_sys_admin_net_admin_net_broadcast_and_sys_ptrace";
     if !dhcpfix_lab::kit::privileged(test) || !need_tool(test, "setpriv") || !need_tool(test, "nsenter") {
         return;
     }
@@ -1341,6 +1354,23 @@ fn covering_other_network_namespaces_needs_sys_admin_net_broadcast_and_sys_ptrac
     );
     assert!(enter(&["net_admin", "sys_admin"], &pinned).status.success());
 
+    // An id for that namespace in ours (RTM_NEWNSID, `ip netns set`): the
+    // agent's link events name namespaces by it. NET_ADMIN; SYS_ADMIN does
+    // not stand in for it. (Another agent on this machine may have given it
+    // one already: "File exists" is permitted too.)
+    let set_id = |caps: &[&str]| run(with_caps(caps).args(["ip", "netns", "set", &netns, "auto"]));
+    let out = set_id(&["sys_admin", "net_broadcast", "sys_ptrace", "bpf", "perfmon"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Operation not permitted"),
+        "{out:?}"
+    );
+    let out = set_id(&["net_admin"]);
+    assert!(
+        out.status.success() || String::from_utf8_lossy(&out.stderr).contains("File exists"),
+        "{out:?}"
+    );
+
     // One netlink socket hearing every namespace's link events
     // (NETLINK_LISTEN_ALL_NSID = 8 at SOL_NETLINK = 270) needs
     // NET_BROADCAST; SYS_ADMIN does not stand in for it.
@@ -1360,18 +1390,6 @@ fn covering_other_network_namespaces_needs_sys_admin_net_broadcast_and_sys_ptrac
         "{out:?}"
     );
     assert!(listen_all(&["net_admin", "net_broadcast"]).status.success());
-
-    // Giving the namespace an id (RTM_NEWNSID), without which its link
-    // events do not reach that socket, needs NET_ADMIN; SYS_ADMIN does not
-    // stand in for it.
-    let set_id = |caps: &[&str]| run(with_caps(caps).args(["ip", "netns", "set", &netns, "auto"]));
-    let out = set_id(&["sys_admin", "net_broadcast", "sys_ptrace"]);
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("Operation not permitted"),
-        "{out:?}"
-    );
-    assert!(set_id(&["net_admin"]).status.success());
 
     // Namespaces held by processes: one of root with every capability, one
     // of another user (as virt-launcher's qemu runs).

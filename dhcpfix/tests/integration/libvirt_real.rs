@@ -20,10 +20,9 @@
 //! the tests of this file run one at a time (a mutex), and the harness
 //! takes a machine-wide lock too.
 
-mod harness;
+pub(crate) mod harness;
 
 use std::{
-    ffi::CString,
     fs,
     path::{Path, PathBuf},
     process::Command,
@@ -31,7 +30,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dhcpfix_lab::kit::privileged;
+use dhcpfix_lab::kit::{self, privileged, Place};
 use harness::{
     eth0_feature, leases, marker, Boot, Domain, GuestKernel, GuestSpec, Initramfs, Libvirt,
     VIRTIO_NET_F_GUEST_CSUM,
@@ -83,51 +82,30 @@ fn guest_boot_files() -> &'static (GuestKernel, Initramfs) {
     files.as_ref().unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Where the tests' bpffs live: a sandbox per test, so a bpffs is
+/// unmounted and its directory removed on drop, on ^C, and (if the test
+/// process was killed) by the next run.
+const PLACE: Place = Place {
+    prefix: "dfxv",
+    run_dir: "/run/dhcpfix-libvirt-real",
+    mode: 0o700,
+};
+
 /// A bpffs of the test's own (never /sys/fs/bpf), unmounted on drop.
 struct Bpffs {
     dir: PathBuf,
-}
-
-const BPFFS_PREFIX: &str = "dhcpfix-libvirt-bpffs-";
-
-fn umount(dir: &Path) {
-    if let Ok(c) = CString::new(dir.as_os_str().as_encoded_bytes()) {
-        // SAFETY: a valid NUL-terminated path; failure (not mounted) is fine.
-        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-    }
-    let _ = fs::remove_dir(dir);
+    _sandbox: kit::Sandbox,
 }
 
 impl Bpffs {
-    /// Also unmounts the bpffs of runs that died before their teardown
-    /// (`<temp>/dhcpfix-libvirt-bpffs-<pid>-<n>`, that pid gone).
     fn mount() -> Self {
-        for entry in fs::read_dir(std::env::temp_dir()).into_iter().flatten().flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let pid = name
-                .strip_prefix(BPFFS_PREFIX)
-                .and_then(|rest| rest.split('-').next())
-                .and_then(|p| p.parse::<u32>().ok());
-            if pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists()) {
-                eprintln!("unmounting the bpffs of an earlier run: {name}");
-                umount(&entry.path());
-            }
-        }
-        static N: Mutex<u32> = Mutex::new(0);
-        let n = {
-            let mut n = N.lock().unwrap_or_else(|e| e.into_inner());
-            *n += 1;
-            *n
-        };
-        let dir = std::env::temp_dir().join(format!("{BPFFS_PREFIX}{}-{n}", std::process::id()));
+        let sandbox = kit::Sandbox::create(&PLACE).unwrap_or_else(|e| panic!("{e}"));
+        let dir = sandbox.dir().join("bpffs");
         crate::support::mount_bpffs(&dir);
-        Self { dir }
-    }
-}
-
-impl Drop for Bpffs {
-    fn drop(&mut self) {
-        umount(&self.dir);
+        Self {
+            dir,
+            _sandbox: sandbox,
+        }
     }
 }
 
@@ -315,6 +293,33 @@ fn counter(stats: &Value, name: &str) -> u64 {
     stats["counters"][name].as_u64().unwrap_or(0)
 }
 
+/// What `dhcpfix doctor --json` (with the test's pin directory) says about
+/// `tap`'s attachment: its entry among the taps (`None`: not listed), and
+/// every finding that the doctor could not read the pin directory or that
+/// an attachment's interface is gone.
+fn doctor_on(env: &Env, tap: &str) -> (Option<Value>, Vec<String>) {
+    let doctor = env.json(&["doctor", "--json"]);
+    let entry = doctor["interfaces"]
+        .as_array()
+        .and_then(|l| l.iter().find(|i| i["name"] == tap))
+        .cloned();
+    let pins = env.pins.display().to_string();
+    let findings = ["kernel", "notes"]
+        .iter()
+        .flat_map(|part| doctor[*part].as_array().cloned().unwrap_or_default())
+        .filter(|c| {
+            let item = c["item"].as_str().unwrap_or("");
+            let detail = c["detail"].as_str().unwrap_or("");
+            detail.contains("pinned but")
+                || item.contains(tap)
+                || (item == "pin directory" && c["level"] != "ok")
+                || (item == "dhcpfix attachments" && detail.contains(&pins))
+        })
+        .map(|c| format!("{}: {} ({})", c["item"], c["detail"], c["level"]))
+        .collect();
+    (entry, findings)
+}
+
 #[test]
 fn linux_guest_attached_filled_and_detached_at_stop() {
     const TEST: &str = "linux_guest_attached_filled_and_detached_at_stop";
@@ -342,8 +347,14 @@ fn linux_guest_attached_filled_and_detached_at_stop() {
         tap_tx_csum(&tap)
     );
 
-    // The hook attached at start.
+    // The hook attached at start, and the doctor (reading the test's pin
+    // directory) sees it: so that its silence after destroy means something.
     assert_attached(&env, &tap);
+    let (entry, findings) = doctor_on(&env, &tap);
+    assert!(
+        entry.as_ref().is_some_and(|e| e["dhcpfix"]["method"] == "tcx") && findings.is_empty(),
+        "while {tap} runs, dhcpfix doctor --json should show it covered by dhcpfix: {entry:?} {findings:?}"
+    );
 
     // The guest boots, loads virtio-net, and gets a lease from libvirt's dnsmasq.
     let (i, eth0) = dom
@@ -436,20 +447,12 @@ fn linux_guest_attached_filled_and_detached_at_stop() {
     if !links.is_empty() {
         left.push(format!("{} still holds {links:?}", env.links_dir().display()));
     }
-    let doctor = env.json(&["doctor", "--json"]);
-    let stale: Vec<String> = doctor["notes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|n| {
-            let item = n["item"].as_str().unwrap_or("");
-            let detail = n["detail"].as_str().unwrap_or("");
-            item.contains(&tap) || detail.contains("pinned but")
-        })
-        .map(|n| format!("{}: {} ({})", n["item"], n["detail"], n["level"]))
-        .collect();
+    let (entry, stale) = doctor_on(&env, &tap);
     if !stale.is_empty() {
         left.push(format!("`dhcpfix doctor --json` warns: {}", stale.join("; ")));
+    }
+    if let Some(entry) = entry {
+        left.push(format!("`dhcpfix doctor --json` still lists {tap}: {entry}"));
     }
     let targets: Vec<Vec<String>> = stop_calls.iter().map(|c| c.interface_targets()).collect();
     let defect = (!left.is_empty()).then(|| {

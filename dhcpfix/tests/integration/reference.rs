@@ -8,7 +8,8 @@ use dhcpfix_common::{
     frame::{self, Parsed, MAX_UDP_LEN},
 };
 use dhcpfix_lab::kit::reference::{
-    ref_classify, ref_partial_seed, ref_udp_checksum, ref_verifies, Check, FrameSpec, RefVerdict, Rng,
+    random_ipv6_spec, ref_addresses, ref_classify, ref_partial_seed, ref_udp_checksum, ref_verifies, Check,
+    FrameSpec, RefVerdict, Rng,
 };
 
 #[test]
@@ -74,5 +75,67 @@ fn parser_matches_reference_on_random_and_mutated_frames() {
     assert!(
         dhcp > 1_000 && skip > 1_000,
         "generator too narrow: {dhcp} fillable, {skip} skipped"
+    );
+}
+
+/// IPv6 frames (extension headers, jumbogram and wrong lengths, DHCPv6 and
+/// other ports, VLAN tags): the parser agrees with the reference, and a
+/// built complete checksum is what the shared code computes.
+#[test]
+fn parser_matches_reference_on_ipv6_frames() {
+    let mut rng = Rng::new(9);
+    let (mut dhcp, mut skip, mut other) = (0, 0, 0);
+    for case in 0..20_000 {
+        let mut spec = random_ipv6_spec(&mut rng, 2100);
+        spec.vlans = [
+            vec![],
+            vec![],
+            vec![0x8100],
+            vec![0x88a8, 0x8100],
+            vec![0x8100; 3],
+        ][rng.below(5) as usize]
+            .clone();
+        spec.trailer = if rng.chance(10) { rng.below(20) as usize } else { 0 };
+        let complete = rng.chance(50);
+        let mut f = spec.build(if complete { Check::Complete } else { Check::Partial });
+        let damaged = rng.chance(30);
+        if damaged {
+            if rng.chance(50) {
+                let at = rng.below(f.len().min(110) as u64) as usize;
+                f[at] = rng.next_u64() as u8;
+            } else {
+                f.truncate(rng.below(f.len() as u64) as usize);
+            }
+        }
+        let ours = frame::parse(&f[..], |p| DEFAULT_PORTS.contains(&p));
+        let reference = ref_classify(&f, &DEFAULT_PORTS, usize::from(MAX_UDP_LEN));
+        match (ours, reference) {
+            (Parsed::Other, RefVerdict::Other) => other += 1,
+            (Parsed::Skip(_), RefVerdict::Skip) => skip += 1,
+            (Parsed::Dhcp(p), RefVerdict::Dhcp { l3, l4, udp_len }) => {
+                assert_eq!(
+                    (p.family, p.l3 as usize, p.l4 as usize, p.udp_len as usize),
+                    (6, l3, l4, udp_len),
+                    "case {case}"
+                );
+                assert_eq!(l4, spec.l4(), "case {case}");
+                let udp = &f[l4..l4 + udp_len];
+                if complete && !damaged {
+                    let (src, dst) = ref_addresses(&f, l3);
+                    assert!(ref_verifies(src, dst, udp), "case {case}");
+                    assert_eq!(
+                        checksum::udp_checksum(&p, udp).to_be_bytes(),
+                        [udp[6], udp[7]],
+                        "case {case}"
+                    );
+                }
+                dhcp += 1;
+            }
+            (ours, reference) => panic!("case {case}: parser {ours:?}, reference {reference:?}: {spec:?}"),
+        }
+    }
+    assert!(
+        dhcp > 5_000 && skip > 1_000 && other > 1_000,
+        "generator too narrow: {dhcp} fillable, {skip} skipped, {other} other"
     );
 }

@@ -59,7 +59,7 @@ pub fn run_dhcpfix_ok(cmd: Command, pins: &Path, args: &[&str]) -> String {
 
 /// A lab (its sandbox removes it on ^C too).
 pub fn lab(offload: Offload, guest: GuestKind) -> Lab {
-    Lab::create(LabOptions { offload, guest }).unwrap_or_else(|e| panic!("{e}"))
+    Lab::create(LabOptions::new(offload, guest)).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// `dhcpfix --pin-dir PINS ARGS` in the lab's host namespace, echoed.
@@ -110,6 +110,24 @@ pub fn interface_names(status: &Value) -> Vec<&str> {
         .iter()
         .map(|i| i["name"].as_str().unwrap())
         .collect()
+}
+
+/// The DHCPv4 replies that reached a lab's guest among its relay's
+/// records from number `from` on ([`Lab::dhcp_frames`]): how many, how many
+/// had `NEEDS_CSUM`, and how many failed the guest's checksum check.
+pub fn replies_to_guest(lab: &Lab, from: usize) -> (u64, u64, u64) {
+    let frames = lab.dhcp_frames();
+    let replies: Vec<_> = frames
+        .iter()
+        .skip(from)
+        .filter(|f| f.to_guest && f.family == 4)
+        .collect();
+    let count = |p: fn(&&dhcpfix_lab::lab::DhcpFrame) -> bool| replies.iter().filter(|f| p(f)).count() as u64;
+    (
+        replies.len() as u64,
+        count(|f| f.needs_csum),
+        count(|f| !f.checksum_ok),
+    )
 }
 
 /// Whether the client got a lease in the lab's subnet.

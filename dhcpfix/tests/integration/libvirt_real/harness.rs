@@ -1108,8 +1108,11 @@ fn recover_stale_runs() {
     }
 }
 
-/// Waits (at most [`LOCK_TIMEOUT`]) for the machine-wide lock.
-fn take_lock() -> Result<fs::File> {
+/// Waits (at most [`LOCK_TIMEOUT`]) for the machine-wide lock. [`Libvirt`]
+/// holds it for its life; so does any test that changes what it changes
+/// (the Debian package test installs a hook at the same path), so that
+/// they never run at once, in this process or in two.
+pub fn take_lock() -> Result<fs::File> {
     let file = fs::OpenOptions::new()
         .create(true)
         .truncate(false)
