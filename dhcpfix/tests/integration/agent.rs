@@ -14,6 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use aya::programs::TcAttachType;
 use dhcpfix::pins::{maps::Maps, PinDir};
 use dhcpfix_common::key::IfaceKey;
 use dhcpfix_lab::{
@@ -125,17 +126,35 @@ fn sample(lab: &Lab, page: &str, name: &str, iface: &str) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// GET http://127.0.0.1:9788/metrics with curl, inside the lab.
-fn scrape(lab: &Lab) -> Option<String> {
+/// GET http://127.0.0.1:9788/metrics with curl, inside the lab: the page,
+/// or curl's complaint.
+fn scrape(lab: &Lab) -> Result<String, String> {
     let out = lab
         .host_command("curl")
-        .args(["-sS", "--fail", "--max-time", "2"])
+        .args(["-sS", "--fail", "--max-time", "5"])
         .arg(format!("http://{METRICS}/metrics"))
         .output()
         .expect("run curl (Debian package curl)");
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "curl: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// The metrics page, once the endpoint answers (within 10 s: the agent
+/// serves it once started, but a loaded machine may be slow to answer).
+fn metrics_page(lab: &Lab, agent: &Agent) -> String {
+    let mut last = Err(String::new());
+    wait_until(Duration::from_secs(10), || {
+        last = scrape(lab);
+        last.is_ok()
+    });
+    last.unwrap_or_else(|e| panic!("metrics endpoint: {e}\n{}", agent.log()))
 }
 
 fn guest_mac(lab: &Lab) -> String {
@@ -189,9 +208,7 @@ fn agent_attaches_new_taps_within_100ms_and_guests_get_leases() {
     assert!(log.contains("filled vnet0: DHCPACK xid 0x"), "{log}");
 
     // /metrics (a real HTTP client) says what `stats --json` says.
-    let page = wait_until(Duration::from_secs(3), || scrape(&lab).is_some())
-        .and_then(|_| scrape(&lab))
-        .expect("metrics endpoint");
+    let page = metrics_page(&lab, &agent);
     let c = &stats(&lab, &pins, "vnet0")["counters"];
     for (metric, counter) in [
         ("dhcpfix_checksums_filled_total", "filled"),
@@ -227,7 +244,15 @@ fn agent_attaches_new_taps_within_100ms_and_guests_get_leases() {
         latencies.push(took.unwrap_or_else(|| panic!("{name} was not attached:\n{}", agent.log())));
         assert!(!pinned(&lab, &pins, &format!("other{i}")));
         assert_eq!(tcx_programs(&lab, &name), ["dhcpfix"]);
-        assert_eq!(tcx_ingress_programs(&lab, &name), ["dhcpfix_ingress"]);
+        // The ingress link follows the egress one, in the same attach.
+        let ingress = crate::support::wait_tcx_programs(
+            &lab.host_netns_path(),
+            &name,
+            TcAttachType::Ingress,
+            &["dhcpfix_ingress"],
+            Duration::from_secs(2),
+        );
+        assert_eq!(ingress, ["dhcpfix_ingress"], "{name}");
     }
     eprintln!("attach latency after `ip tuntap add` returned: {latencies:?}");
     for (i, took) in latencies.iter().enumerate() {
@@ -545,8 +570,8 @@ fn systemd_unit_capabilities_are_enough_and_each_is_needed() {
     agent.wait_running(STARTUP);
     assert!(pinned(&lab, &pins, "vnet0"), "{}", agent.log());
     assert_eq!(tcx_programs(&lab, "vnet0"), ["dhcpfix"]);
-    let page = wait_until(Duration::from_secs(3), || scrape(&lab).is_some()).and_then(|_| scrape(&lab));
-    assert!(page.is_some_and(|p| p.contains("dhcpfix_attached_interfaces 1\n")));
+    let page = metrics_page(&lab, &agent);
+    assert!(page.contains("dhcpfix_attached_interfaces 1\n"), "{page}");
     let status = fs::read_to_string(format!("/proc/{}/status", agent.child.id())).unwrap();
     let eff = status
         .lines()

@@ -189,6 +189,23 @@ fn tcx_programs_at(ns: &Path, iface: &str, hook: TcAttachType) -> Option<Vec<Str
     })
 }
 
+/// Waits (up to `timeout`) until `iface` in the namespace `ns` has exactly
+/// the tcx programs `want` on `hook`; returns the last ones seen.
+pub fn wait_tcx_programs(
+    ns: &Path,
+    iface: &str,
+    hook: TcAttachType,
+    want: &[&str],
+    timeout: Duration,
+) -> Vec<String> {
+    let mut now = Vec::new();
+    poll(timeout, Duration::from_millis(10), || {
+        now = tcx_programs_at(ns, iface, hook).unwrap_or_default();
+        now == want
+    });
+    now
+}
+
 /// The key dhcpfix files `iface` under: the cookie of the network
 /// namespace at `ns` and the interface's ifindex there; `None` if there is
 /// no such interface. Keep it to find what a deleted interface left.
@@ -354,21 +371,16 @@ impl Sandbox {
         tcx_programs(self.ns.path(), iface)
     }
 
-    /// Names of the tcx programs at the ingress of `iface`; `None` if the
-    /// interface does not exist.
-    pub fn tcx_ingress_programs(&self, iface: &str) -> Option<Vec<String>> {
-        tcx_ingress_programs(self.ns.path(), iface)
+    /// Waits (up to `timeout`) until `iface` has exactly the programs
+    /// `want` at egress (a pin removal releases a link a moment later).
+    pub fn wait_programs(&self, iface: &str, want: &[&str], timeout: Duration) -> Vec<String> {
+        wait_tcx_programs(self.ns.path(), iface, TcAttachType::Egress, want, timeout)
     }
 
-    /// Waits (up to `timeout`) until `iface` has exactly the programs
-    /// `want` (a pin removal releases a link a moment later).
-    pub fn wait_programs(&self, iface: &str, want: &[&str], timeout: Duration) -> Vec<String> {
-        let mut now = Vec::new();
-        poll(timeout, Duration::from_millis(10), || {
-            now = self.tcx_programs(iface).unwrap_or_default();
-            now == want
-        });
-        now
+    /// Like [`Sandbox::wait_programs`], at ingress (`attach` hooks the
+    /// ingress program right after the egress link).
+    pub fn wait_ingress_programs(&self, iface: &str, want: &[&str], timeout: Duration) -> Vec<String> {
+        wait_tcx_programs(self.ns.path(), iface, TcAttachType::Ingress, want, timeout)
     }
 
     /// Starts `dhcpfix --pin-dir PINS run ARGS` in the sandbox, behind
