@@ -59,8 +59,8 @@ fn one_agent_covers_two_lab_hosts_whose_taps_share_an_ifindex() {
     if !privileged("one_agent_covers_two_lab_hosts_whose_taps_share_an_ifindex") {
         return;
     }
-    let started = Instant::now();
     let _alone = gate::exclusive().unwrap_or_else(|e| panic!("{e}"));
+    let started = Instant::now();
     let a = lab(Offload::On, GuestKind::Legacy);
     let b = lab(Offload::On, GuestKind::Legacy);
     let ifindex = |l: &Lab| in_netns(&l.host_netns_path(), || dhcpfix::sys::ifindex(l.tap_name()));
@@ -168,8 +168,8 @@ fn a_thousand_namespaces_come_and_go_and_leave_nothing() {
     if !privileged("a_thousand_namespaces_come_and_go_and_leave_nothing") {
         return;
     }
-    let started = Instant::now();
     let _alone = gate::exclusive().unwrap_or_else(|e| panic!("{e}"));
+    let started = Instant::now();
     let sb = Sandbox::new();
     let pins = sb.pin_dir();
     // One malloc arena: glibc otherwise opens another (a few MiB of RSS)

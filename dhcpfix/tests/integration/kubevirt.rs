@@ -98,9 +98,9 @@ fn agent_covers_kubevirt_pods_as_they_come_and_go() {
     if !privileged("agent_covers_kubevirt_pods_as_they_come_and_go") {
         return;
     }
-    let started = std::time::Instant::now();
     // The agent sees every namespace of the host: no other lab may run.
     let _alone = gate::exclusive().unwrap_or_else(|e| panic!("{e}"));
+    let started = std::time::Instant::now();
     let pinned = pod("vmi-alpine", PodNetns::Pinned);
     let held = pod("vmi-fedora", PodNetns::Process);
     assert!(pinned.host_netns().starts_with("cni-"), "{pinned:?}");
