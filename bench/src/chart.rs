@@ -1,5 +1,6 @@
-//! `bench.svg`: per-packet cost, throughput against the workarounds, and
-//! cold attach times, each with its spread and its target.
+//! `bench.svg`: per-packet cost, throughput against the workarounds, cold
+//! attach times, each with its spread and its target, and the time from a
+//! tap's creation to its attachment under `dhcpfix run --netns all`.
 
 use std::{error::Error, path::Path};
 
@@ -26,7 +27,7 @@ pub fn draw(report: &Report, path: &Path) -> Result<()> {
 }
 
 fn draw_all(report: &Report, path: &Path) -> DrawResult {
-    let root = SVGBackend::new(path, (1500, 480)).into_drawing_area();
+    let root = SVGBackend::new(path, (2000, 480)).into_drawing_area();
     root.fill(&WHITE)?;
     let title = format!(
         "dhcpfix benchmarks ({}, {} CPUs, {}){}",
@@ -36,10 +37,11 @@ fn draw_all(report: &Report, path: &Path) -> DrawResult {
         if report.quick { " QUICK RUN" } else { "" }
     );
     let root = root.titled(&title, (FONT, 20))?;
-    let panels = root.split_evenly((1, 3));
+    let panels = root.split_evenly((1, 4));
     prog_cost(report, &panels[0])?;
     throughput(report, &panels[1])?;
     cold_attach(report, &panels[2])?;
+    every_namespace(report, &panels[3])?;
     root.present()?;
     Ok(())
 }
@@ -179,32 +181,22 @@ fn throughput(report: &Report, area: &Area<'_>) -> DrawResult {
     )
 }
 
-fn cold_attach(report: &Report, area: &Area<'_>) -> DrawResult {
-    let Some(s) = &report.scale else {
-        return not_measured(area, "cold attach");
-    };
-    let mut sorted = s.cold_attach.samples_ms.clone();
-    sorted.sort_by(f64::total_cmp);
+/// Sorted samples as a percentile curve, with an optional target line.
+fn percentiles(area: &Area<'_>, title: &str, sorted: &[f64], target: Option<f64>) -> DrawResult {
     let top = sorted
         .last()
         .copied()
         .unwrap_or(0.0)
-        .max(report::COLD_ATTACH_MAX_MS)
+        .max(target.unwrap_or(0.0))
+        .max(1e-9)
         * 1.1;
     let mut chart = ChartBuilder::on(area)
-        .caption(
-            format!("one cold `dhcpfix attach`, {} calls; red: 50 ms", sorted.len()),
-            (FONT, 15),
-        )
+        .caption(title, (FONT, 15))
         .margin(12)
         .x_label_area_size(35)
         .y_label_area_size(60)
         .build_cartesian_2d(0f64..100f64, 0f64..top)?;
-    chart
-        .configure_mesh()
-        .x_desc("percentile of calls")
-        .y_desc("ms")
-        .draw()?;
+    chart.configure_mesh().x_desc("percentile").y_desc("ms").draw()?;
     let n = sorted.len().max(2) - 1;
     let points: Vec<(f64, f64)> = sorted
         .iter()
@@ -212,12 +204,44 @@ fn cold_attach(report: &Report, area: &Area<'_>) -> DrawResult {
         .map(|(i, ms)| (i as f64 * 100.0 / n as f64, *ms))
         .collect();
     chart.draw_series(std::iter::once(PathElement::new(points, BAR.stroke_width(2))))?;
-    chart.draw_series(std::iter::once(PathElement::new(
-        vec![
-            (0.0, report::COLD_ATTACH_MAX_MS),
-            (100.0, report::COLD_ATTACH_MAX_MS),
-        ],
-        TARGET.stroke_width(2),
-    )))?;
+    if let Some(t) = target {
+        chart.draw_series(std::iter::once(PathElement::new(
+            vec![(0.0, t), (100.0, t)],
+            TARGET.stroke_width(2),
+        )))?;
+    }
     Ok(())
+}
+
+fn every_namespace(report: &Report, area: &Area<'_>) -> DrawResult {
+    let Some(n) = &report.namespaces else {
+        return not_measured(area, "every namespace");
+    };
+    let mut sorted = n.churn.attach.samples_ms.clone();
+    sorted.sort_by(f64::total_cmp);
+    percentiles(
+        area,
+        &format!(
+            "--netns all, {} namespaces x {}: new tap to attached, {} taps",
+            n.namespaces,
+            n.taps_per_namespace,
+            sorted.len()
+        ),
+        &sorted,
+        None,
+    )
+}
+
+fn cold_attach(report: &Report, area: &Area<'_>) -> DrawResult {
+    let Some(s) = &report.scale else {
+        return not_measured(area, "cold attach");
+    };
+    let mut sorted = s.cold_attach.samples_ms.clone();
+    sorted.sort_by(f64::total_cmp);
+    percentiles(
+        area,
+        &format!("one cold `dhcpfix attach`, {} calls; red: 50 ms", sorted.len()),
+        &sorted,
+        Some(report::COLD_ATTACH_MAX_MS),
+    )
 }

@@ -12,6 +12,7 @@ pub mod error;
 pub mod frames;
 pub mod kernel_memory;
 pub mod machine;
+pub mod namespaces;
 pub mod prog_cost;
 pub mod report;
 pub mod sandbox;
@@ -26,7 +27,7 @@ use std::{path::PathBuf, time::Instant};
 pub use error::{BenchError, Result};
 use report::Report;
 
-/// The four benchmarks.
+/// The benchmarks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Section {
     /// Per-packet cost in the kernel (BPF_PROG_TEST_RUN on the attached program).
@@ -37,6 +38,9 @@ pub enum Section {
     Scale,
     /// DHCP reply storm under bulk traffic.
     Storm,
+    /// Every namespace: `dhcpfix run --netns all` over 200 namespaces of 5
+    /// taps, as they come and go.
+    Namespaces,
 }
 
 #[derive(Clone, Debug)]
@@ -59,6 +63,7 @@ pub struct Plan {
     pub throughput: throughput::Config,
     pub scale: scale::Config,
     pub storm: storm::Config,
+    pub namespaces: namespaces::Config,
 }
 
 impl Plan {
@@ -83,6 +88,13 @@ impl Plan {
                     repetitions: 1,
                     dhcp_bytes: 300,
                 },
+                namespaces: namespaces::Config {
+                    namespaces: 10,
+                    taps_per_namespace: 2,
+                    churn: 10,
+                    churn_per_s: 10.0,
+                    idle_s: 1.0,
+                },
             }
         } else {
             Plan {
@@ -104,6 +116,17 @@ impl Plan {
                     repetitions: 3,
                     dhcp_bytes: 300,
                 },
+                // 2 namespaces (10 taps) a second: about half of what the
+                // agent attaches per second here (each tcx attach waits
+                // for an RCU grace period), so new taps do not queue for
+                // long.
+                namespaces: namespaces::Config {
+                    namespaces: 200,
+                    taps_per_namespace: 5,
+                    churn: 100,
+                    churn_per_s: 2.0,
+                    idle_s: 10.0,
+                },
             }
         }
     }
@@ -120,7 +143,8 @@ pub fn run(opts: &Options) -> Result<Report> {
     let needs_binary = wants(Section::ProgCost)
         || wants(Section::Throughput)
         || wants(Section::Scale)
-        || wants(Section::Storm);
+        || wants(Section::Storm)
+        || wants(Section::Namespaces);
     let dhcpfix = if needs_binary {
         Some(dhcpfix_cli::Dhcpfix::new(&opts.dhcpfix)?)
     } else {
@@ -156,6 +180,16 @@ pub fn run(opts: &Options) -> Result<Report> {
     } else {
         None
     };
+    let namespaces = if wants(Section::Namespaces) {
+        let c = plan.namespaces;
+        eprintln!(
+            "dhcpfix-bench: every namespace ({} namespaces x {} taps, {} replaced)",
+            c.namespaces, c.taps_per_namespace, c.churn
+        );
+        Some(namespaces::run(&sb, binary()?, c)?)
+    } else {
+        None
+    };
     drop(sb);
     machine.load_end = machine::load_average();
 
@@ -170,6 +204,7 @@ pub fn run(opts: &Options) -> Result<Report> {
         throughput,
         scale,
         storm,
+        namespaces,
         targets: Vec::new(),
         kept: Vec::new(),
     };

@@ -10,6 +10,7 @@ use crate::{
     chart,
     error::{BenchError, Result},
     machine::Machine,
+    namespaces::Namespaces,
     prog_cost::{self, ProgCost},
     scale::Scale,
     stats::Stat,
@@ -21,7 +22,8 @@ pub const JSON_FILE: &str = "bench.json";
 pub const MARKDOWN_FILE: &str = "BENCHMARKS.md";
 pub const CHART_FILE: &str = "bench.svg";
 /// 2: per-packet cases run on the attached program, with bpftool's figures.
-pub const SCHEMA: u32 = 2;
+/// 3: the every-namespace section (`namespaces`).
+pub const SCHEMA: u32 = 3;
 
 /// Goals from the issue.
 pub const FAST_PATH_MAX_RATIO: f64 = 1.5;
@@ -53,6 +55,9 @@ pub struct Report {
     pub throughput: Option<Throughput>,
     pub scale: Option<Scale>,
     pub storm: Option<Storm>,
+    /// Absent from reports of schema 2.
+    #[serde(default)]
+    pub namespaces: Option<Namespaces>,
     pub targets: Vec<Target>,
     /// Sections this run did not measure (`--only`), kept from the report
     /// it replaced, with when and under what load they were measured.
@@ -413,6 +418,7 @@ impl Report {
         self.md_throughput(&mut md);
         self.md_scale(&mut md);
         self.md_storm(&mut md);
+        self.md_namespaces(&mut md);
         self.md_how(&mut md);
         let _ = writeln!(md, "## Chart\n\n![dhcpfix benchmarks]({CHART_FILE})");
         md
@@ -721,6 +727,108 @@ impl Report {
             if st.counters_exact { "yes" } else { "no" },
             if st.checksums_ok { "yes" } else { "no" }
         );
+    }
+
+    fn md_namespaces(&self, md: &mut String) {
+        let Some(n) = &self.namespaces else { return };
+        let taps = n.namespaces * n.taps_per_namespace;
+        let mib = |k: u64| k as f64 / 1024.0;
+        let _ = writeln!(
+            md,
+            "## 5. Every namespace: {} namespaces of {} taps\n",
+            n.namespaces, n.taps_per_namespace
+        );
+        let _ = writeln!(
+            md,
+            "One `dhcpfix run --netns all --iface 'dfbn*'` in the host's own namespace, as the \
+             systemd unit and the DaemonSet run it, over {} bench namespaces (`ip netns add`) with {} \
+             persistent taps each ({taps} taps; a KubeVirt node with {} pods has as many \
+             namespaces). The namespaces and taps are made first, without the agent (in {:.1} s); \
+             then the agent starts and attaches to every tap. One run, not repeated: the churn \
+             below is its own series of {} samples.\n",
+            n.namespaces, n.taps_per_namespace, n.namespaces, n.topology_s, n.churn.attach.taps
+        );
+        let _ = writeln!(md, "| what | figure |\n|---|---|");
+        let _ = writeln!(
+            md,
+            "| agent start until all {taps} taps attached | {:.1} s ({:.1} ms per tap) |",
+            n.all_attached_s,
+            n.all_attached_s * 1e3 / taps.max(1) as f64
+        );
+        let i = &n.idle;
+        let _ = writeln!(
+            md,
+            "| agent at idle, {:.0} s with all attached: CPU, RSS | {:.2}% of one CPU, {:.1} MiB |",
+            i.window_s,
+            i.cpu_percent,
+            mib(i.rss_kib)
+        );
+        let _ = writeln!(
+            md,
+            "| processes on the machine (the agent looks at each one's network namespace every 2 s, \
+             for namespaces only a process holds: most of the idle CPU) | {} |",
+            n.processes
+        );
+        let c = &n.churn;
+        let _ = writeln!(
+            md,
+            "| churn: {} namespaces replaced at {} per second (the oldest deleted, a new one made \
+             with its {} taps) | {:.1} s until the last new tap was attached |",
+            c.namespaces, c.per_s, n.taps_per_namespace, c.wall_s
+        );
+        let _ = writeln!(
+            md,
+            "| churn: a new tap, from its creation until attached ({} taps) | **p50 {:.1} ms, p99 \
+             {:.1} ms**, max {:.1} ms |",
+            c.attach.taps, c.attach.p50_ms, c.attach.p99_ms, c.attach.max_ms
+        );
+        let _ = writeln!(
+            md,
+            "| agent during the churn: CPU, RSS at the end (peak) | {:.1}% of one CPU, {:.1} MiB \
+             ({:.1} MiB) |",
+            c.agent.cpu_percent,
+            mib(c.agent.rss_kib),
+            mib(c.agent.rss_max_kib)
+        );
+        let _ = writeln!(
+            md,
+            "| pins and map entries left by the {} deleted namespaces | none (checked) |",
+            c.namespaces
+        );
+        let _ = writeln!(
+            md,
+            "\nA new tap is timed from the moment it exists (`TUNSETIFF` returned in its namespace) \
+             until its link pin appears (the agent pins a link right after the kernel attached it), \
+             polled every millisecond. The first tap of a new namespace waits for the agent to find \
+             the namespace (inotify on `/run/netns`), give it an id and read its interfaces; every \
+             tcx attach waits for an RCU grace period, and the agent attaches one interface at a \
+             time (egress, then ingress), so taps that arrive together queue.\n"
+        );
+        let km = &n.kernel_memory;
+        let _ = writeln!(
+            md,
+            "Kernel memory, `memlock` of the program and of every map it uses (as in section 3), \
+             with all {taps} taps attached: **{}** in total (program {}).\n",
+            kib(km.total_bytes),
+            kib(km.prog_memlock_bytes)
+        );
+        let _ = writeln!(
+            md,
+            "`/proc/meminfo`, in KiB: how each field moved when the {} namespaces and their taps \
+             were made, and then when the agent attached to them (its program and maps, their \
+             entries, two tcx links per tap, its own sockets). A negative `MemAvailable` is memory \
+             taken. The machine is shared, so other work moves these too: read them as orders of \
+             magnitude.\n",
+            n.namespaces
+        );
+        let _ = writeln!(
+            md,
+            "| field | namespaces and taps | then dhcpfix |\n|---|---|---|"
+        );
+        for d in &n.meminfo {
+            let _ = writeln!(md, "| {} | {:+} | {:+} |", d.field, d.topology_kib, d.dhcpfix_kib);
+        }
+        let _ = writeln!(md);
     }
 
     fn md_how(&self, md: &mut String) {

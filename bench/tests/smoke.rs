@@ -1,7 +1,8 @@
 //! A quick run of the whole benchmark (`--quick`: tiny repeat counts, 10
 //! taps, 1 s iperf3 runs, a small storm), so `cargo xtask bench` cannot rot:
-//! the report must be complete and well-formed, and the storm's counters
-//! exact; and a quick run of the per-packet section alone, which must
+//! the report must be complete and well-formed, the storm's counters
+//! exact, and the every-namespace section (10 namespaces of 2 taps, 10
+//! replaced) complete; and a quick run of the per-packet section alone, which must
 //! measure the program `dhcpfix attach` attached. Needs root; uses the
 //! `dhcpfix` binary cargo built next to this test (cargo test --workspace
 //! builds it).
@@ -177,6 +178,25 @@ fn quick_bench_writes_a_complete_report() {
         assert!(sc.agent.new_tap_ms.is_some(), "agent new tap");
     }
 
+    // Every namespace: all attached, each new tap of the churn timed, the
+    // agent measured, the kernel's memory read.
+    let ns = report.namespaces.as_ref().expect("namespaces");
+    assert_eq!((ns.namespaces, ns.taps_per_namespace), (10, 2));
+    finite_positive("all attached", ns.all_attached_s);
+    assert!(
+        ns.idle.rss_kib > 0 && ns.idle.cpu_percent.is_finite(),
+        "{:?}",
+        ns.idle
+    );
+    assert_eq!(ns.churn.namespaces, 10);
+    assert_eq!(ns.churn.attach.taps, 10 * 2);
+    assert_eq!(ns.churn.attach.samples_ms.len(), 10 * 2);
+    finite_positive("new tap p50", ns.churn.attach.p50_ms);
+    assert!(ns.churn.attach.p99_ms >= ns.churn.attach.p50_ms);
+    assert!(ns.churn.agent.rss_max_kib >= ns.churn.agent.rss_kib && ns.churn.agent.cpu_percent > 0.0);
+    assert!(ns.kernel_memory.total_bytes > 0);
+    assert_eq!(ns.meminfo.len(), 7);
+
     // The storm's counters are exact and every captured checksum verifies.
     let st = report.storm.as_ref().expect("storm");
     assert!(st.counters_exact && st.checksums_ok, "storm: {:?}", st.runs);
@@ -197,12 +217,17 @@ fn quick_bench_writes_a_complete_report() {
         "## 2. Bulk TCP throughput",
         "## 3. 10 taps",
         "## 4. DHCP reply storm",
+        "## 5. Every namespace: 10 namespaces of 2 taps",
         "## How measured",
     ] {
         assert!(md.contains(heading), "BENCHMARKS.md lacks {heading}");
     }
     let svg = fs::read_to_string(out.join("bench.svg")).expect("bench.svg");
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    assert!(
+        svg.contains("--netns all"),
+        "the chart lacks the every-namespace panel"
+    );
 
     // Nothing left behind: no namespace, no run directory of this process.
     let left = dhcpfix_lab::kit::sandbox::leftovers(&dhcpfix_bench::sandbox::PLACE, std::process::id());

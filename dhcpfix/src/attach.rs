@@ -481,9 +481,15 @@ fn forget_earlier(
     now: &IfaceKey,
     iface: &str,
 ) -> Result<Vec<Forgotten>, PinsError> {
-    gc::dead_where(pins, maps, &netlink_probe(now.netns), |key, cfg| {
-        key.netns == now.netns && key != now && cfg.is_some_and(|c| c.name_bytes() == iface.as_bytes())
-    })
+    gc::dead_where(
+        pins,
+        maps,
+        &netlink_probe(now.netns),
+        Some(now.netns),
+        |key, cfg| {
+            key.netns == now.netns && key != now && cfg.is_some_and(|c| c.name_bytes() == iface.as_bytes())
+        },
+    )
 }
 
 /// After a libvirt guest stopped: removes the remains of the attachments in
@@ -508,6 +514,7 @@ pub fn forget_stopped_guest(
             pins,
             &mut maps,
             &netlink_probe(cookie),
+            Some(cookie),
             |key, cfg| {
                 key.netns == cookie
                     && cfg.is_some_and(|c| macs.iter().any(|m| libvirt::tap_mac_matches(&c.mac, m)))
@@ -516,8 +523,10 @@ pub fn forget_stopped_guest(
     })?
 }
 
-/// The network namespace with cookie `netns` is gone: removes everything
-/// its interfaces left (their links are dead with them).
+/// The network namespace with cookie `netns` is being dismantled (the
+/// kernel reported it deleted, which it does before it unregisters the
+/// namespace's devices): detaches and removes everything its interfaces
+/// have, live links included.
 pub fn forget_namespace(
     pins: &PinDir,
     netns: u64,
@@ -528,10 +537,31 @@ pub fn forget_namespace(
     }
     let _lock = pins.lock(lock_timeout)?;
     let mut maps = Maps::open(pins)?;
-    let gone = |_: &IfaceKey, _: &IfaceConfig| Some(false);
-    Ok(gc::dead_where(pins, &mut maps, &gone, |key, _| {
-        key.netns == netns
-    })?)
+    let mut keys: Vec<IfaceKey> = links::list_in(pins, netns)
+        .into_iter()
+        .chain(maps.configs().into_iter().map(|(k, _)| k))
+        .chain(maps.counter_keys())
+        .filter(|k| k.netns == netns)
+        .collect();
+    keys.sort();
+    keys.dedup();
+    let mut gone = Vec::new();
+    for key in keys {
+        gone.push(gc::forget_dismantled(pins, &mut maps, &key)?);
+    }
+    Ok(gone)
+}
+
+/// Whether anything of the network namespace with cookie `netns` is left
+/// in the pin directory: a link pin or a configuration entry.
+pub fn has_remains(pins: &PinDir, netns: u64) -> Result<bool, AttachError> {
+    if !links::list_in(pins, netns).is_empty() {
+        return Ok(true);
+    }
+    if !program::is_loaded(pins) {
+        return Ok(false);
+    }
+    Ok(Maps::open(pins)?.configs().iter().any(|(k, _)| k.netns == netns))
 }
 
 /// Removes what deleted interfaces left behind, in every namespace (or only
@@ -554,9 +584,7 @@ pub fn remove_dead(
         ns.run(|| netdev::ifname(key.ifindex).is_some_and(|n| n.as_bytes() == cfg.name_bytes()))
             .ok()
     };
-    Ok(gc::dead_where(pins, &mut maps, &probe, |key, _| {
-        only.is_none_or(|c| key.netns == c)
-    })?)
+    Ok(gc::dead_where(pins, &mut maps, &probe, only, |_, _| true)?)
 }
 
 /// Detaches from every interface (netlink filters in the namespaces this
@@ -616,12 +644,34 @@ impl Attachment {
 /// name. `namespaces` name the namespaces (and let netlink attachments be
 /// checked); attachments in others show their cookie only.
 pub fn list(pins: &PinDir, namespaces: &[Netns]) -> Result<Vec<Attachment>, AttachError> {
+    list_where(pins, namespaces, None)
+}
+
+/// The attachments in `netns` alone ([`list`] without looking at the
+/// others').
+pub fn list_in(pins: &PinDir, netns: &Netns) -> Result<Vec<Attachment>, AttachError> {
+    list_where(pins, std::slice::from_ref(netns), Some(netns.cookie()))
+}
+
+fn list_where(
+    pins: &PinDir,
+    namespaces: &[Netns],
+    only: Option<u64>,
+) -> Result<Vec<Attachment>, AttachError> {
     if !program::is_loaded(pins) {
         return Ok(Vec::new());
     }
     let maps = Maps::open(pins)?;
-    let mut keys = links::list(pins);
-    keys.extend(maps.configs().into_iter().map(|(k, _)| k));
+    let mut keys = match only {
+        Some(cookie) => links::list_in(pins, cookie),
+        None => links::list(pins),
+    };
+    keys.extend(
+        maps.configs()
+            .into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| only.is_none_or(|c| k.netns == c)),
+    );
     keys.sort();
     keys.dedup();
     let mut out = Vec::new();

@@ -127,9 +127,14 @@ fn run(cli: Cli) -> Result<()> {
                 );
                 deploy::test_env(&tools, &deb)
             };
+            let next_abi = next_abi_build(&env)?;
             let mut args = vec!["test", "--workspace", "--exclude", "dhcpfix-ebpf"];
             args.extend(cargo_args.iter().map(String::as_str));
-            run_cmd(cargo_command(&env, &args).envs(deploy_env.iter().map(|(k, v)| (*k, v.as_str()))))
+            run_cmd(
+                cargo_command(&env, &args)
+                    .envs(deploy_env.iter().map(|(k, v)| (*k, v.as_str())))
+                    .env(NEXT_ABI_VAR, &next_abi),
+            )
         }
         Task::Lint => {
             let env = setup::all()?;
@@ -273,6 +278,30 @@ fn bench(bench_args: &[String]) -> Result<()> {
         started.elapsed().as_secs_f64() / 60.0
     );
     Ok(())
+}
+
+/// Where the upgrade tests find the "newer dhcpfix"
+/// (dhcpfix/tests/integration/upgrade.rs).
+const NEXT_ABI_VAR: &str = "DHCPFIX_TEST_NEXT_ABI";
+
+/// Builds the `next-abi` dhcpfix (PIN_ABI 3, other records) that the
+/// upgrade tests take over this build's pins with, into its own target
+/// directory (kept: later runs rebuild only what changed). Returns its path.
+fn next_abi_build(env: &setup::Env) -> Result<PathBuf> {
+    let target = workspace_root().join("target/next-abi");
+    let mut cmd = cargo_command(
+        env,
+        &[
+            "build",
+            "--package",
+            "dhcpfix",
+            "--features",
+            "next-abi",
+            "--target-dir",
+        ],
+    );
+    run_cmd(cmd.arg(&target))?;
+    Ok(target.join("debug/dhcpfix"))
 }
 
 fn build_release(env: &setup::Env) -> Result<()> {

@@ -70,6 +70,19 @@ pub fn open_tap(name: &str, vnet_hdr: bool) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// A persistent tap `name` in the calling thread's network namespace: it
+/// stays when its fd closes, until it is deleted or its namespace goes
+/// (`ip tuntap add`, without a process per tap).
+pub fn add_persistent_tap(name: &str) -> io::Result<()> {
+    let fd = open_tap(name, false)?;
+    // SAFETY: TUNSETPERSIST takes its argument by value; no memory is passed.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETPERSIST, 1 as libc::c_ulong) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// TUNSETOFFLOAD: the offloads (`TUN_F_CSUM`, ...) the reader of the tap
 /// accepts.
 pub fn set_tap_offload(fd: &impl AsRawFd, flags: libc::c_uint) -> io::Result<()> {

@@ -7,8 +7,9 @@
 //! | run with a time limit, start, stop | [`process`] |
 //! | named namespaces, entering one, commands inside one, killing its processes | [`netns`] |
 //! | a work directory and namespaces removed on drop, on signals, after a crash | [`sandbox`] |
+//! | a test acting on every namespace of the host runs alone | [`gate`] |
 //! | bpffs mounts, unmounting below a directory | [`mounts`] |
-//! | taps, `AF_PACKET` sockets | [`dev`] |
+//! | taps, `AF_PACKET` sockets (with a vnet header: partial checksums) | [`dev`] |
 //! | the reference model of the classifier, frames, a PRNG | [`reference`](mod@reference) |
 //! | BTF blobs for sample kernels | [`btf`] |
 //! | code running as `nobody` (what any local user can do) | [`user`] |
@@ -16,6 +17,7 @@
 pub mod btf;
 pub mod dev;
 mod error;
+pub mod gate;
 pub mod mounts;
 pub mod netns;
 pub mod process;

@@ -44,6 +44,13 @@ pub fn ip_in(ns: &str, args: &[&str]) -> Result<(), KitError> {
     ip(&[&["-n", ns], args].concat())
 }
 
+/// `ip ARGS` inside the namespace at `ns` (any nsfs file, such as
+/// `/proc/PID/ns/net`, which `ip -n` does not take).
+pub fn ip_at(ns: &Path, args: &[&str]) -> Result<(), KitError> {
+    let ip = find_tool("ip", "iproute2")?;
+    process::run(command_in(ns, ip).args(args), None, IP_LIMIT).map(drop)
+}
+
 /// `ip -n NS -batch -` with these lines on stdin.
 pub fn ip_batch(ns: &str, lines: &str) -> Result<(), KitError> {
     let ip = find_tool("ip", "iproute2")?;

@@ -9,7 +9,13 @@
 //!   process dies of the signal ([`install_cleanup`], which
 //!   [`Sandbox::create`] calls);
 //! - the leftovers of a process that was SIGKILLed are removed by the
-//!   first sandbox of the same [`Place`] made afterwards ([`clean_stale`]).
+//!   first sandbox of the same [`Place`] made afterwards ([`clean_stale`]);
+//!   namespaces that must carry a name of another form (a CRI runtime's
+//!   `cni-<uuid>`, [`Sandbox::netns_named`]) are listed in the work
+//!   directory for that.
+//!
+//! A sandbox holds a shared turn of the [`gate`](super::gate) while it
+//! lives: a test that acts on every namespace of the host waits for it.
 
 use std::{
     collections::BTreeSet,
@@ -27,7 +33,11 @@ use std::{
     time::Duration,
 };
 
-use super::{netns, process, unmount_below, KitError};
+use super::{gate, netns, process, unmount_below, KitError};
+
+/// In a work directory: the namespaces made under other names
+/// ([`Sandbox::netns_named`]), one per line, for [`clean_stale`].
+const NAMED_LIST: &str = "netns-named";
 
 /// Where one kind of sandbox lives: its namespaces are
 /// `/run/netns/<prefix>-<pid>-<n>[-<suffix>]`, its work directories
@@ -129,6 +139,8 @@ pub struct Sandbox {
     dir: PathBuf,
     next: AtomicU32,
     held: Held,
+    /// Released last, once everything is removed.
+    _turn: gate::Shared,
 }
 
 impl Sandbox {
@@ -136,6 +148,7 @@ impl Sandbox {
     /// per process, and makes a fresh work directory.
     pub fn create(place: &Place) -> Result<Sandbox, KitError> {
         install_cleanup()?;
+        let turn = gate::shared()?;
         let first = SWEPT
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -158,6 +171,7 @@ impl Sandbox {
             name,
             dir,
             next: AtomicU32::new(0),
+            _turn: turn,
         };
         fs::DirBuilder::new()
             .recursive(true)
@@ -191,6 +205,21 @@ impl Sandbox {
     /// (with every process in it) when dropped.
     pub fn netns(&self, suffix: &str) -> Result<Netns, KitError> {
         Netns::create(format!("{}-{suffix}", self.name))
+    }
+
+    /// A new network namespace named `name` exactly (a CRI runtime's
+    /// `cni-<uuid>`), with loopback up; removed like [`Sandbox::netns`]'s,
+    /// and listed in the work directory so that [`clean_stale`] finds it
+    /// after a crash.
+    pub fn netns_named(&self, name: &str) -> Result<Netns, KitError> {
+        let list = self.dir.join(NAMED_LIST);
+        let mut file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&list)
+            .map_err(KitError::io("open", &list))?;
+        writeln!(file, "{name}").map_err(KitError::io("write", &list))?;
+        Netns::create(name.to_owned())
     }
 
     /// Detaches every mount below the work directory and removes it.
@@ -312,6 +341,23 @@ pub fn clean_stale(place: &Place) -> Result<usize, KitError> {
         .into_iter()
         .filter(|(_, _, pid)| !netns::pid_alive(*pid as i32))
         .collect();
+    // The namespaces they made under other names, from their lists.
+    let listed: Vec<_> = stale
+        .iter()
+        .filter_map(|(resource, name, pid)| match resource {
+            Resource::Dir(dir) => Some((dir.join(NAMED_LIST), name.clone(), *pid)),
+            Resource::Netns(_) => None,
+        })
+        .flat_map(|(list, name, pid)| {
+            fs::read_to_string(list)
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| !l.is_empty() && !l.contains('/'))
+                .map(|l| (Resource::Netns(l.to_owned()), name.clone(), pid))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    stale.extend(listed);
     stale.sort();
     for (resource, name, _) in stale {
         if let Err(e) = resource.remove() {

@@ -16,13 +16,32 @@
 //! theirs (Modern). With offload on and a legacy guest, DHCP replies reach
 //! the guest with an unfinished UDP checksum, as on a real KVM host.
 //!
+//! The host side is a libvirt host by default ([`Host::Libvirt`]). It can
+//! be a KubeVirt virt-launcher pod instead ([`Host::Pod`],
+//! docs/kubevirt.md): the pod's namespace pinned by a CRI runtime
+//! (`/run/netns/cni-<uuid>`) or held only by its processes, its host name
+//! (UTS) the VMI's name, the bridge `k6t-eth0` with the tap `tap0` and the
+//! renamed CNI interface `eth0-nic` (its peer `eth0` keeps the name), and
+//! a DHCP server on an ordinary UDP socket ([`dhcpd`]) instead of dnsmasq:
+//!
+//! ```text
+//!  pod netns (cni-<uuid>, or only a process's)     guest netns
+//!  "pause": sleep in a UTS namespace, hostname VMI  DHCP client on eth0
+//!  DHCP server (UDP socket on 0.0.0.0:67)              |
+//!      k6t-eth0 (10.199.N.1/24) --- eth0-nic == eth0   eth0 (as above)
+//!       |
+//!      tap0 = tap with IFF_VNET_HDR --> relay thread
+//! ```
+//!
 //! A lab is a [`Sandbox`] of [`PLACE`]: namespaces `dfx-<pid>-<n>-h` / `-g`
-//! and a work directory `/run/dhcpfix-lab/dfx-<pid>-<n>/`. [`Lab::destroy`]
-//! (or `Drop`) removes them, the sandbox's signal cleanup covers
-//! SIGINT/SIGTERM, and [`clean_stale`] covers labs whose process was
-//! SIGKILLed.
+//! (a pinned pod's is `cni-<uuid>`, listed in the sandbox) and a work
+//! directory `/run/dhcpfix-lab/dfx-<pid>-<n>/`. [`Lab::destroy`] (or `Drop`)
+//! removes them, the sandbox's signal cleanup covers SIGINT/SIGTERM, and
+//! [`clean_stale`] covers labs whose process was SIGKILLed (a pod's
+//! processes die with the process that made them).
 
 mod clients;
+mod dhcpd;
 pub mod flood;
 mod relay;
 
@@ -35,9 +54,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub use clients::{Client, ClientOutcome, Dhclient, ScriptEvent};
+pub use dhcpd::DhcpdStats;
 pub use relay::{DhcpFrame, RelayStats};
 
-use crate::kit::{find_tool, is_root, netns, process, KitError, Netns, Place, Sandbox};
+use crate::kit::{find_tool, is_root, netns, poll, process, KitError, Netns, Place, Sandbox};
 
 /// Name of the host tap (in the host namespace).
 pub const HOST_TAP: &str = "vnet0";
@@ -45,6 +65,15 @@ pub const HOST_TAP: &str = "vnet0";
 pub const GUEST_TAP: &str = "eth0";
 /// Name of the bridge dnsmasq serves (in the host namespace).
 pub const BRIDGE: &str = "br0";
+/// The guest's tap in a KubeVirt pod (primary network; docs/kubevirt.md).
+pub const POD_TAP: &str = "tap0";
+/// The bridge of a KubeVirt pod's primary network.
+pub const POD_BRIDGE: &str = "k6t-eth0";
+/// The pod's CNI interface once KubeVirt's bridge binding renamed it.
+pub const POD_NIC: &str = "eth0-nic";
+/// The interface that keeps the name `eth0` in the pod (a dummy in
+/// KubeVirt; here the other end of `eth0-nic`, both in the pod).
+pub const POD_ETH: &str = "eth0";
 /// Parent of the per-lab work directories.
 pub const LAB_RUN_DIR: &str = "/run/dhcpfix-lab";
 /// Where labs live: `dfx-<pid>-<n>`, root-only work directories.
@@ -126,6 +155,37 @@ impl LabOptions {
     }
 }
 
+/// What plays the host side of the guest's tap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Host {
+    /// A libvirt host: `vnet0` on `br0`, the server of [`LabOptions`], in a
+    /// namespace of the lab's own (`<lab>-h`).
+    Libvirt,
+    /// A KubeVirt virt-launcher pod, with its own DHCP server (DHCPv4 on a
+    /// UDP socket; [`LabOptions::server`] and `dhcpv6` do not apply).
+    Pod(Pod),
+}
+
+/// A KubeVirt virt-launcher pod (see the module).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pod {
+    /// The VMI's name: the pod's host name, as virt-controller sets it.
+    pub vmi: String,
+    /// How its network namespace is held.
+    pub netns: PodNetns,
+}
+
+/// How a pod's network namespace is held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodNetns {
+    /// Pinned by the CRI runtime, as containerd does:
+    /// `/run/netns/cni-<uuid>`.
+    Pinned,
+    /// Held only by the pod's processes (no bind mount anywhere): found
+    /// through `/proc/PID/ns/net`.
+    Process,
+}
+
 /// Everything that can go wrong in the lab. Messages are one line: what
 /// failed, why, and where useful what to do (as [`KitError`]'s: the
 /// system's error in the message, not a separate source).
@@ -164,6 +224,10 @@ pub enum LabError {
     Unsupported { what: String, why: &'static str },
     #[error("relay for {netns}: {reason}")]
     Relay { netns: String, reason: String },
+    #[error("the pod's DHCP server: {reason}")]
+    Dhcpd { reason: String },
+    #[error("the pod's processes (unshare, sleep) did not start: {reason}")]
+    Pause { reason: String },
     #[error("teardown of lab {lab} incomplete: {details}; once this process exits, lab::clean_stale() (or `ip netns del`) removes the rest")]
     Teardown { lab: String, details: String },
 }
@@ -172,18 +236,27 @@ pub enum LabError {
 static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
 
 /// A running lab: two namespaces, two taps, a relay thread and a DHCP
-/// server (dnsmasq or udhcpd).
+/// server (dnsmasq or udhcpd, or a pod's).
 pub struct Lab {
     name: String,
+    /// The host namespace's name under /run/netns, or for a pod held only
+    /// by a process, the path of its namespace file.
     host_ns: String,
+    host_path: PathBuf,
     guest_ns: String,
     subnet: Ipv4Addr,
     subnet6: Ipv6Addr,
     opts: LabOptions,
+    shape: Host,
     started: Instant,
     dir: PathBuf,
     relay: Option<relay::RelayHandle>,
     server: Option<Child>,
+    /// A pod's DHCP server (instead of `server`).
+    dhcpd: Option<dhcpd::Dhcpd>,
+    /// A pod's process holding its UTS namespace (and, for
+    /// [`PodNetns::Process`], its network namespace).
+    pause: Option<Child>,
     runs: AtomicU32,
     /// Removed in this order by the teardown.
     host: Option<Netns>,
@@ -197,6 +270,8 @@ impl std::fmt::Debug for Lab {
             .field("name", &self.name)
             .field("subnet", &self.subnet)
             .field("opts", &self.opts)
+            .field("host", &self.shape)
+            .field("host_netns", &self.host_ns)
             .field("server_pid", &self.dnsmasq_pid())
             .finish_non_exhaustive()
     }
@@ -206,13 +281,26 @@ impl Lab {
     /// Builds the whole topology, starts dnsmasq and the relay; ready for
     /// clients when it returns. On error, whatever was built is torn down.
     pub fn create(opts: LabOptions) -> Result<Lab, LabError> {
+        Lab::with_host(opts, Host::Libvirt)
+    }
+
+    /// [`Lab::create`] with this host side: a libvirt host, or a KubeVirt
+    /// pod.
+    pub fn with_host(opts: LabOptions, shape: Host) -> Result<Lab, LabError> {
         if !is_root() {
             return Err(LabError::NotRoot);
         }
         find_tool("ip", "iproute2")?;
-        match opts.server {
-            Server::Dnsmasq => drop(find_tool("dnsmasq", "dnsmasq-base")?),
-            Server::Udhcpd => drop(find_tool("busybox", "busybox")?),
+        match (&shape, opts.server) {
+            (Host::Pod(_), _) => drop(find_tool("unshare", "util-linux")?),
+            (Host::Libvirt, Server::Dnsmasq) => drop(find_tool("dnsmasq", "dnsmasq-base")?),
+            (Host::Libvirt, Server::Udhcpd) => drop(find_tool("busybox", "busybox")?),
+        }
+        if opts.dhcpv6 && matches!(shape, Host::Pod(_)) {
+            return Err(LabError::Unsupported {
+                what: "DHCPv6 in a pod".into(),
+                why: "the pod's server (virt-launcher's) is DHCPv4 only here",
+            });
         }
         if opts.dhcpv6 && opts.server != Server::Dnsmasq {
             return Err(LabError::Unsupported {
@@ -226,15 +314,19 @@ impl Lab {
         let name = sandbox.name().to_owned();
         let mut lab = Lab {
             host_ns: format!("{name}-h"),
+            host_path: netns::path(&format!("{name}-h")),
             guest_ns: format!("{name}-g"),
             dir: sandbox.dir().to_path_buf(),
             name,
             subnet: Ipv4Addr::new(10, 199, (id % 250) as u8, 0),
             subnet6: Ipv6Addr::new(0xfd00, 0xdfc, (id % 250) as u16, 0, 0, 0, 0, 0),
             opts,
+            shape,
             started: Instant::now(),
             relay: None,
             server: None,
+            dhcpd: None,
+            pause: None,
             runs: AtomicU32::new(0),
             host: None,
             guest: None,
@@ -243,9 +335,10 @@ impl Lab {
         // `lab` tears down on any `?` below.
         lab.build()?;
         log::info!(
-            "lab {} up: {:?}, subnet {}/24, netns {} / {}",
+            "lab {} up: {:?}, {:?}, subnet {}/24, netns {} / {}",
             lab.name,
             opts,
+            lab.shape,
             lab.subnet,
             lab.host_ns,
             lab.guest_ns
@@ -256,23 +349,42 @@ impl Lab {
     fn build(&mut self) -> Result<(), LabError> {
         clients::write_noop_script(&self.dir)?;
         clients::write_configure_script(&self.dir)?;
-        let (host, guest) = match &self.sandbox {
-            Some(sb) => (sb.netns("h")?, sb.netns("g")?),
-            None => unreachable!("a lab being built has its sandbox"),
+        let Some(sb) = &self.sandbox else {
+            unreachable!("a lab being built has its sandbox")
         };
-        debug_assert_eq!((host.name(), guest.name()), (&*self.host_ns, &*self.guest_ns));
+        let guest = sb.netns("g")?;
+        debug_assert_eq!(guest.name(), &*self.guest_ns);
+        match self.shape.clone() {
+            Host::Libvirt => {
+                let host = sb.netns("h")?;
+                debug_assert_eq!(host.name(), &*self.host_ns);
+                self.host = Some(host);
+            }
+            Host::Pod(pod) => {
+                if pod.netns == PodNetns::Pinned {
+                    let host = sb.netns_named(&format!("cni-{}", uuid()?))?;
+                    self.host_ns = host.name().to_owned();
+                    self.host_path = host.path().to_path_buf();
+                    self.host = Some(host);
+                }
+                self.start_pause(&pod)?;
+            }
+        }
         if self.opts.dhcpv6 {
             // No duplicate address detection: link-local addresses (which
             // DHCPv6 runs over) and the bridge's address are usable at once,
             // as on a host that has been up for a while.
-            for ns in [&host, &guest] {
-                ns.run(|| no_dad(&["all", "default"]))??;
+            for ns in [&self.host_path, guest.path()] {
+                netns::in_netns(ns, || no_dad(&["all", "default"]))??;
             }
         }
+        let guest_path = guest.path().to_path_buf();
+        self.guest = Some(guest);
+        let (bridge, tap) = (self.bridge(), self.tap_name());
         self.relay = Some(relay::start(relay::RelayConfig {
-            host_ns: host.path().to_path_buf(),
-            guest_ns: guest.path().to_path_buf(),
-            host_tap: HOST_TAP.into(),
+            host_ns: self.host_path.clone(),
+            guest_ns: guest_path.clone(),
+            host_tap: tap.into(),
             guest_tap: GUEST_TAP.into(),
             offload: self.opts.offload,
             guest: self.opts.guest,
@@ -280,23 +392,80 @@ impl Lab {
         })?);
 
         let cidr = format!("{}/24", self.gateway());
-        host.ip(&["link", "add", BRIDGE, "type", "bridge", "stp_state", "0"])?;
-        host.ip(&["addr", "add", &cidr, "dev", BRIDGE])?;
+        self.host_ip(&["link", "add", bridge, "type", "bridge", "stp_state", "0"])?;
+        self.host_ip(&["addr", "add", &cidr, "dev", bridge])?;
         if self.opts.dhcpv6 {
             // The taps existed before DAD was turned off by default.
-            host.run(|| no_dad(&[HOST_TAP]))??;
-            guest.run(|| no_dad(&[GUEST_TAP]))??;
+            netns::in_netns(&self.host_path, || no_dad(&[tap]))??;
+            netns::in_netns(&guest_path, || no_dad(&[GUEST_TAP]))??;
             let cidr6 = format!("{}/64", self.gateway6());
-            host.ip(&["addr", "add", &cidr6, "dev", BRIDGE, "nodad"])?;
+            self.host_ip(&["addr", "add", &cidr6, "dev", bridge, "nodad"])?;
         }
-        host.ip(&["link", "set", HOST_TAP, "master", BRIDGE])?;
-        host.ip(&["link", "set", HOST_TAP, "up"])?;
-        host.ip(&["link", "set", BRIDGE, "up"])?;
-        guest.ip(&["link", "set", GUEST_TAP, "up"])?;
-        self.host = Some(host);
-        self.guest = Some(guest);
+        self.host_ip(&["link", "set", tap, "master", bridge])?;
+        self.host_ip(&["link", "set", tap, "up"])?;
+        if matches!(self.shape, Host::Pod(_)) {
+            self.host_ip(&["link", "add", POD_NIC, "type", "veth", "peer", "name", POD_ETH])?;
+            self.host_ip(&["link", "set", POD_NIC, "master", bridge])?;
+            self.host_ip(&["link", "set", POD_NIC, "up"])?;
+            self.host_ip(&["link", "set", POD_ETH, "up"])?;
+        }
+        self.host_ip(&["link", "set", bridge, "up"])?;
+        netns::ip_in(&self.guest_ns, &["link", "set", GUEST_TAP, "up"])?;
 
-        self.server = Some(clients::start_server(self)?);
+        self.start_server()
+    }
+
+    /// Starts the pod's "pause" process: `sleep` in a UTS namespace of its
+    /// own with the VMI's host name, in the pinned namespace or in one of
+    /// its own. It dies with the thread that made it (PR_SET_PDEATHSIG).
+    fn start_pause(&mut self, pod: &Pod) -> Result<(), LabError> {
+        let unshare = find_tool("unshare", "util-linux")?;
+        let ip = find_tool("ip", "iproute2")?;
+        let script = "[ -z \"$2\" ] || \"$2\" link set lo up && hostname \"$1\" && exec sleep 100000";
+        let mut cmd = match pod.netns {
+            PodNetns::Pinned => {
+                let mut c = netns::command_in(&self.host_path, &unshare);
+                c.args(["--uts", "sh", "-c", script, "pause", &pod.vmi, ""]);
+                c
+            }
+            PodNetns::Process => {
+                let mut c = Command::new(&unshare);
+                c.args(["--net", "--uts", "sh", "-c", script, "pause", &pod.vmi])
+                    .arg(&ip);
+                c
+            }
+        };
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null());
+        // SAFETY: prctl(2) is async-signal-safe and touches no memory of
+        // the parent.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = process::spawn(&mut cmd)?;
+        let pid = child.id();
+        // Ready once `sleep` runs: the namespaces and the name are set.
+        let started = poll(Duration::from_secs(10), Duration::from_millis(5), || {
+            fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
+                || child.try_wait().ok().flatten().is_some()
+        });
+        let running = child.try_wait().ok().flatten().is_none();
+        if started.is_none() || !running {
+            let _ = process::stop(&mut child, Duration::from_secs(1));
+            return Err(LabError::Pause {
+                reason: format!("pid {pid} did not reach `sleep` (exited: {})", !running),
+            });
+        }
+        if pod.netns == PodNetns::Process {
+            self.host_path = PathBuf::from(format!("/proc/{pid}/ns/net"));
+            self.host_ns = self.host_path.display().to_string();
+        }
+        self.pause = Some(child);
         Ok(())
     }
 
@@ -307,21 +476,68 @@ impl Lab {
             process::stop(&mut child, Duration::from_secs(2))
                 .map_err(KitError::sys("stop the DHCP server"))?;
         }
+        if let Some(mut server) = self.dhcpd.take() {
+            server.stop().map_err(|reason| LabError::Dhcpd { reason })?;
+        }
         Ok(())
     }
 
     /// Starts the DHCP server again after [`Lab::stop_server`] (its leases
     /// file kept); a no-op while it runs.
     pub fn start_server(&mut self) -> Result<(), LabError> {
-        if self.server.is_none() {
-            self.server = Some(clients::start_server(self)?);
+        match self.shape {
+            Host::Libvirt if self.server.is_none() => {
+                self.server = Some(clients::start_server(self)?);
+            }
+            Host::Pod(_) if self.dhcpd.is_none() => {
+                let o = self.subnet.octets();
+                self.dhcpd = Some(dhcpd::Dhcpd::start(
+                    &self.host_path,
+                    self.bridge(),
+                    dhcpd::Pool {
+                        server: self.gateway(),
+                        first: Ipv4Addr::new(o[0], o[1], o[2], 50),
+                    },
+                )?);
+            }
+            _ => {}
         }
         Ok(())
     }
 
-    /// Name of the host namespace (under `/run/netns`).
+    /// `ip ARGS` in the host namespace (a pod's too).
+    pub fn host_ip(&self, args: &[&str]) -> Result<(), LabError> {
+        Ok(netns::ip_at(&self.host_path, args)?)
+    }
+
+    /// Name of the host namespace (under `/run/netns`); for a pod held
+    /// only by a process, the path of its namespace file
+    /// (`/proc/PID/ns/net`).
     pub fn host_netns(&self) -> &str {
         &self.host_ns
+    }
+
+    /// The host side: a libvirt host or a KubeVirt pod.
+    pub fn host(&self) -> &Host {
+        &self.shape
+    }
+
+    /// The pid of a pod's "pause" process (its host name is the VMI's).
+    pub fn pause_pid(&self) -> Option<u32> {
+        self.pause.as_ref().map(Child::id)
+    }
+
+    /// The bridge the host tap hangs on: `br0`, or a pod's `k6t-eth0`.
+    pub fn bridge(&self) -> &'static str {
+        match self.shape {
+            Host::Libvirt => BRIDGE,
+            Host::Pod(_) => POD_BRIDGE,
+        }
+    }
+
+    /// What a pod's DHCP server answered so far.
+    pub fn dhcpd_stats(&self) -> Option<DhcpdStats> {
+        self.dhcpd.as_ref().map(dhcpd::Dhcpd::stats)
     }
 
     /// Name of the guest namespace (under `/run/netns`).
@@ -329,9 +545,9 @@ impl Lab {
         &self.guest_ns
     }
 
-    /// `/run/netns/<host_netns>`.
+    /// `/run/netns/<host_netns>`, or a pod's `/proc/PID/ns/net`.
     pub fn host_netns_path(&self) -> PathBuf {
-        netns::path(&self.host_ns)
+        self.host_path.clone()
     }
 
     /// `/run/netns/<guest_netns>`.
@@ -339,9 +555,13 @@ impl Lab {
         netns::path(&self.guest_ns)
     }
 
-    /// The host tap (`vnet0`, in the host namespace): where a fix attaches.
-    pub fn tap_name(&self) -> &str {
-        HOST_TAP
+    /// The host tap (`vnet0`, a pod's `tap0`, in the host namespace):
+    /// where a fix attaches.
+    pub fn tap_name(&self) -> &'static str {
+        match self.shape {
+            Host::Libvirt => HOST_TAP,
+            Host::Pod(_) => POD_TAP,
+        }
     }
 
     /// The lab's /24, e.g. `10.199.7.0`. The bridge is `.1`, leases `.50-.150`.
@@ -512,6 +732,16 @@ impl Lab {
                 problems.push(format!("stop the DHCP server: {e}"));
             }
         }
+        if let Some(mut server) = self.dhcpd.take() {
+            if let Err(e) = server.stop() {
+                problems.push(e);
+            }
+        }
+        if let Some(mut child) = self.pause.take() {
+            if let Err(e) = process::stop(&mut child, Duration::from_secs(2)) {
+                problems.push(format!("stop the pod's sleep: {e}"));
+            }
+        }
         // Every process left in the namespaces is killed with them.
         for ns in [self.host.take(), self.guest.take()].into_iter().flatten() {
             if let Err(e) = ns.remove() {
@@ -539,6 +769,15 @@ impl Drop for Lab {
             log::error!("{e}");
         }
     }
+}
+
+/// A random UUID (version 4), from the kernel.
+fn uuid() -> Result<String, KitError> {
+    let path = "/proc/sys/kernel/random/uuid";
+    Ok(fs::read_to_string(path)
+        .map_err(KitError::io("read", path))?
+        .trim()
+        .to_owned())
 }
 
 /// Removes leftovers of labs whose creating process is dead (the pid is in

@@ -9,7 +9,7 @@
 //! runs inside it.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet, HashMap},
     ffi::CString,
     fmt, fs, io,
     os::{
@@ -89,8 +89,10 @@ pub struct Found {
 }
 
 /// The namespaces `select` covers, by identity, the named ones first. The
-/// agent's own (`own`) is left out.
-pub fn find(select: &Select, own: (u64, u64)) -> BTreeMap<(u64, u64), Found> {
+/// agent's own (`own`) is left out. `processes`: also look through
+/// `/proc` (where `select` asks for it), which costs a few hundred
+/// `stat(2)`s; not needed when only `/run/netns` changed.
+pub fn find(select: &Select, own: (u64, u64), processes: bool) -> BTreeMap<(u64, u64), Found> {
     let mut found = BTreeMap::new();
     if matches!(select, Select::Own) {
         return found;
@@ -109,7 +111,7 @@ pub fn find(select: &Select, own: (u64, u64)) -> BTreeMap<(u64, u64), Found> {
             });
         }
     }
-    if select.scans_processes() {
+    if processes && select.scans_processes() {
         for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
             let pid = e.file_name();
             if !pid.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
@@ -128,18 +130,51 @@ pub fn find(select: &Select, own: (u64, u64)) -> BTreeMap<(u64, u64), Found> {
 
 /// The host name (UTS) of the processes in the namespace `id`, where it
 /// differs from the agent's own: a pod's. `None` when no process there has
-/// a UTS namespace of its own, or it cannot be read.
+/// a UTS namespace of its own with another name (a pod's processes are
+/// found before their runtime named them: a new UTS namespace starts with
+/// the host's name), or it cannot be read.
 pub fn pod_hostname(id: (u64, u64)) -> Option<String> {
-    let own_uts = fs::metadata("/proc/self/ns/uts").ok().map(|m| m.ino())?;
-    let pid = fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+    pod_hostnames(&BTreeSet::from([id])).remove(&id)
+}
+
+/// [`pod_hostname`] of each namespace in `ids`, in one pass over `/proc`;
+/// those without such a process are left out.
+pub fn pod_hostnames(ids: &BTreeSet<(u64, u64)>) -> HashMap<(u64, u64), String> {
+    let Some(own_uts) = fs::metadata("/proc/self/ns/uts").ok().map(|m| m.ino()) else {
+        return HashMap::new();
+    };
+    let mut pids: HashMap<(u64, u64), String> = HashMap::new();
+    for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        if pids.len() == ids.len() {
+            break;
+        }
         let name = e.file_name().to_string_lossy().into_owned();
         if !name.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
+            continue;
         }
-        let net = fs::metadata(e.path().join("ns/net")).ok()?;
-        let uts = fs::metadata(e.path().join("ns/uts")).ok()?;
-        ((net.dev(), net.ino()) == id && uts.ino() != own_uts).then_some(name)
-    })?;
+        let Ok(net) = fs::metadata(e.path().join("ns/net")) else {
+            continue;
+        };
+        let id = (net.dev(), net.ino());
+        if !ids.contains(&id) || pids.contains_key(&id) {
+            continue;
+        }
+        if fs::metadata(e.path().join("ns/uts")).is_ok_and(|uts| uts.ino() != own_uts) {
+            pids.insert(id, name);
+        }
+    }
+    let own = hostname_of("self");
+    pids.into_iter()
+        .filter_map(|(id, pid)| {
+            hostname_of(&pid)
+                .filter(|h| Some(h) != own.as_ref())
+                .map(|h| (id, h))
+        })
+        .collect()
+}
+
+/// The host name in the UTS namespace of process `pid`.
+fn hostname_of(pid: &str) -> Option<String> {
     let uts = fs::File::open(format!("/proc/{pid}/ns/uts")).ok()?;
     thread::scope(|s| {
         s.spawn(|| {
@@ -242,7 +277,7 @@ mod tests {
     #[test]
     fn own_namespace_is_left_out() {
         let me = fs::metadata("/proc/self/ns/net").unwrap();
-        let found = find(&Select::All, (me.dev(), me.ino()));
+        let found = find(&Select::All, (me.dev(), me.ino()), true);
         assert!(!found.contains_key(&(me.dev(), me.ino())));
     }
 }

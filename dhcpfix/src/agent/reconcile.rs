@@ -90,7 +90,7 @@ impl Reconciler {
             );
         }
         let mut attached: HashMap<String, u32> = HashMap::new();
-        for a in attach::list(&self.pins, std::slice::from_ref(&self.netns))? {
+        for a in attach::list_in(&self.pins, &self.netns)? {
             if !a.attached || a.netns.cookie != self.netns.cookie() {
                 continue;
             }

@@ -3,7 +3,7 @@
 //! tick; the HTTP endpoint runs beside it.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     future::pending,
     os::fd::AsFd,
     path::{Path, PathBuf},
@@ -51,14 +51,21 @@ const MAX_DATAGRAMS: usize = 64;
 const RETRY_EVERY: Duration = Duration::from_millis(50);
 /// ...this many times.
 const RETRIES: u32 = 40;
+/// How long the remains of a namespace whose file went away are looked at
+/// again, waiting for its links to die with it.
+const DYING_FOR: Duration = Duration::from_secs(60);
+/// How long after a namespace was found its pod's host name is looked for
+/// (a CRI runtime starts a pod's processes seconds after it pinned its
+/// namespace); past that it is taken to be no pod's.
+const POD_LABEL_FOR: Duration = Duration::from_secs(60);
 
 /// One network namespace the agent covers.
 struct Space {
     netns: Netns,
-    /// Its id as seen from the agent's namespace; `None` for the agent's own.
-    nsid: Option<i32>,
     /// The host name of its processes where it is their own (a pod's).
     pod: Option<String>,
+    /// Until when a pod's host name is looked for ([`POD_LABEL_FOR`]).
+    label_until: Instant,
     reconciler: Reconciler,
 }
 
@@ -73,14 +80,28 @@ struct Shared {
 struct Agent {
     pins: PinDir,
     settings: Settings,
+    /// Link events of every namespace with an id. Read here (not only when
+    /// the loop sees it readable) so that the events queued before a new
+    /// namespace gets an id are handled first: see [`Agent::add`].
+    monitor: Monitor,
     own_id: (u64, u64),
     own_cookie: u64,
     host: Option<u64>,
     spaces: BTreeMap<u64, Space>,
+    /// The namespace (cookie) each id stands for, as of the last event
+    /// read. A namespace whose file went away keeps its entry until the
+    /// kernel reports it deleted.
     nsids: HashMap<i32, u64>,
     ids: HashMap<(u64, u64), u64>,
+    /// Events read while covering a namespace named namespaces not covered
+    /// yet: look again.
+    look_again: bool,
     /// Found, not enterable yet: (what, tries left, next try).
     pending: BTreeMap<(u64, u64), (Found, u32, Instant)>,
+    /// Namespaces whose file went away while their links were still
+    /// hooked, and until when their remains are looked at again (each
+    /// tick): the kernel's report of their end may have been lost.
+    dying: BTreeMap<u64, Instant>,
     shared: Arc<RwLock<Shared>>,
     next_pass: Instant,
     next_proc_scan: Instant,
@@ -89,7 +110,12 @@ struct Agent {
 }
 
 impl Agent {
-    fn new(pins: PinDir, settings: Settings, shared: Arc<RwLock<Shared>>) -> Result<Self, AgentError> {
+    fn new(
+        pins: PinDir,
+        settings: Settings,
+        monitor: Monitor,
+        shared: Arc<RwLock<Shared>>,
+    ) -> Result<Self, AgentError> {
         let own = Netns::current()?;
         let own_id = own.id();
         let own_cookie = own.cookie();
@@ -104,8 +130,8 @@ impl Agent {
             own_cookie,
             Space {
                 netns: own,
-                nsid: None,
                 pod: None,
+                label_until: Instant::now(),
                 reconciler,
             },
         );
@@ -114,13 +140,16 @@ impl Agent {
             next_pass: now + settings.resync,
             pins,
             settings,
+            monitor,
             own_id,
             own_cookie,
             host: netns::host_cookie(),
             spaces,
             nsids: HashMap::new(),
             ids: HashMap::from([(own_id, own_cookie)]),
+            look_again: false,
             pending: BTreeMap::new(),
+            dying: BTreeMap::new(),
             shared,
             next_proc_scan: now + TICK,
             next_guest_check: now,
@@ -128,14 +157,23 @@ impl Agent {
         })
     }
 
-    /// Looks for namespaces not covered yet and covers them.
-    fn discover(&mut self) {
-        let found = namespaces::find(&self.settings.netns, self.own_id);
-        for (id, f) in found {
-            if self.ids.contains_key(&id) || self.pending.contains_key(&id) {
-                continue;
+    /// Looks for namespaces not covered yet and covers them; with
+    /// `processes`, also those only processes hold.
+    fn discover(&mut self, processes: bool) {
+        // Covering one reads the events queued so far, which may name
+        // others: a few more looks at most.
+        for _ in 0..3 {
+            self.look_again = false;
+            let found = namespaces::find(&self.settings.netns, self.own_id, processes);
+            for (id, f) in found {
+                if self.ids.contains_key(&id) || self.pending.contains_key(&id) {
+                    continue;
+                }
+                self.try_add(f, RETRIES);
             }
-            self.try_add(f, RETRIES);
+            if !self.look_again {
+                break;
+            }
         }
         self.publish();
     }
@@ -143,10 +181,11 @@ impl Agent {
     fn try_add(&mut self, found: Found, tries: u32) {
         match self.add(&found) {
             Ok(()) => {}
-            // Not mounted there yet, or gone again.
-            Err(AgentError::Netns(e))
-                if tries > 0 && matches!(*e, NetnsError::NotNetns(_) | NetnsError::Gone(_)) =>
-            {
+            // Not mounted there yet (`ip netns add` creates the file, then
+            // mounts the namespace on it). One that is gone is not waited
+            // for: the kernel gives its inode number to the next namespace
+            // at once, which would be taken for it meanwhile.
+            Err(AgentError::Netns(e)) if tries > 0 && matches!(*e, NetnsError::NotNetns(_)) => {
                 self.pending
                     .insert(found.id, (found, tries - 1, Instant::now() + RETRY_EVERY));
             }
@@ -165,6 +204,7 @@ impl Agent {
         if self.spaces.contains_key(&cookie) {
             return Ok(());
         }
+        self.dying.remove(&cookie);
         let nsid = match netns.open_file()? {
             Some(fd) => match netdev::rtnetlink::nsid_of(fd.as_fd()) {
                 Ok(id) => Some(id),
@@ -176,8 +216,14 @@ impl Agent {
             None => None,
         };
         if let Some(id) = nsid {
+            // The kernel reuses the id of a deleted namespace at once, and
+            // the events queued before this one got it (its deletion among
+            // them) are about the namespace that had it before: handle
+            // those first, as they read.
+            self.catch_up(id);
             self.nsids.insert(id, cookie);
         }
+
         let pod = namespaces::pod_hostname(found.id);
         log::info!(
             "covering {netns} (cookie {cookie}{})",
@@ -193,8 +239,8 @@ impl Agent {
             cookie,
             Space {
                 netns,
-                nsid,
                 pod,
+                label_until: Instant::now() + POD_LABEL_FOR,
                 reconciler,
             },
         );
@@ -202,25 +248,98 @@ impl Agent {
         Ok(())
     }
 
-    /// A namespace is gone: forget it and everything its interfaces left.
-    fn remove(&mut self, cookie: u64, why: &str) {
-        let Some(space) = self.spaces.remove(&cookie) else {
+    /// A namespace is gone: forget it and what its interfaces left. The
+    /// kernel reports a namespace deleted (`dismantled`) before it
+    /// unregisters its devices, so their links may still be hooked: all of
+    /// them go. A namespace whose file went away may live on (held by
+    /// another process): only the links of deleted interfaces go, and its
+    /// id stays known until the kernel reports it deleted.
+    fn remove(&mut self, cookie: u64, why: &str, dismantled: bool) {
+        let space = self.spaces.remove(&cookie);
+        if space.is_none() && !dismantled {
             return;
-        };
-        if let Some(id) = space.nsid {
-            self.nsids.remove(&id);
+        }
+        if dismantled {
+            self.nsids.retain(|_, c| *c != cookie);
+            self.dying.remove(&cookie);
         }
         self.ids.retain(|_, c| *c != cookie);
-        match attach::forget_namespace(&self.pins, cookie, self.settings.attach.lock_timeout) {
+        let shown = space
+            .as_ref()
+            .map_or_else(|| format!("network namespace {cookie}"), |s| s.netns.to_string());
+        let lock = self.settings.attach.lock_timeout;
+        let forgotten = if dismantled {
+            attach::forget_namespace(&self.pins, cookie, lock)
+        } else {
+            attach::remove_dead(&self.pins, &[], Some(cookie), lock)
+        };
+        match forgotten {
             Ok(gone) => {
                 for g in gone.iter().filter(|g| g.had_link) {
-                    log::info!("detached {} in {}: {why}", g.name, space.netns);
+                    log::info!("detached {} in {shown}: {why}", g.name);
                 }
-                log::info!("{} is gone ({why}); removed what it left", space.netns);
+                if space.is_some() {
+                    log::info!("{shown} is gone ({why}); removed what it left");
+                }
             }
-            Err(e) => log::error!("{}: {e}", space.netns),
+            Err(e) => log::error!("{shown}: {e}"),
+        }
+        if !dismantled && attach::has_remains(&self.pins, cookie).unwrap_or(false) {
+            self.dying.insert(cookie, Instant::now() + DYING_FOR);
         }
         self.publish();
+    }
+
+    /// Removes the remains of namespaces whose file went away once their
+    /// links are dead; stops looking when nothing is left, or at the
+    /// deadline (the namespace lives on, held by a process not found).
+    fn bury(&mut self) {
+        let now = Instant::now();
+        let lock = self.settings.attach.lock_timeout;
+        let dying: Vec<(u64, Instant)> = self.dying.iter().map(|(c, t)| (*c, *t)).collect();
+        for (cookie, until) in dying {
+            match attach::remove_dead(&self.pins, &[], Some(cookie), lock) {
+                Ok(gone) => {
+                    for g in gone.iter().filter(|g| g.had_link) {
+                        log::info!("detached {} in network namespace {cookie}: it is gone", g.name);
+                    }
+                }
+                Err(e) => log::error!("network namespace {cookie}: {e}"),
+            }
+            if now >= until || !attach::has_remains(&self.pins, cookie).unwrap_or(true) {
+                self.dying.remove(&cookie);
+            }
+        }
+    }
+
+    /// Reads and handles the link events queued so far (up to
+    /// `MAX_DATAGRAMS` datagrams); whether more may be queued.
+    fn read_events(&mut self) -> Result<bool, AgentError> {
+        let (batch, more) = self.monitor.drain(MAX_DATAGRAMS)?;
+        self.handle(batch);
+        Ok(more)
+    }
+
+    /// Handles every event queued so far, without looking for namespaces
+    /// (the caller is covering one, which gets id `claim`): see
+    /// [`Agent::add`].
+    fn catch_up(&mut self, claim: i32) {
+        loop {
+            match self.monitor.drain(MAX_DATAGRAMS) {
+                Ok((mut batch, more)) => {
+                    // Its own id's announcement names no other namespace.
+                    batch.retain(|e| *e != Event::NewNsid(claim));
+                    self.look_again |= self.apply(batch);
+                    if !more {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    log::warn!("{e}");
+                    return;
+                }
+            }
+        }
     }
 
     /// A full pass over one namespace's interfaces.
@@ -235,8 +354,9 @@ impl Agent {
                 }
             }
             Ok(Err(e)) => log::error!("{}: {e}", space.netns),
-            Err(NetnsError::Gone(_)) if cookie != self.own_cookie => {
-                self.remove(cookie, "its namespace file is gone")
+            // Unmounted (`ip netns del` unmounts, then unlinks) or gone.
+            Err(NetnsError::Gone(_) | NetnsError::NotNetns(_)) if cookie != self.own_cookie => {
+                self.remove(cookie, "its namespace file is gone", false)
             }
             Err(e) => log::error!("{e}"),
         }
@@ -259,6 +379,15 @@ impl Agent {
     }
 
     fn handle(&mut self, events: Vec<Event>) {
+        if self.apply(events) && !matches!(self.settings.netns, Select::Own) {
+            self.discover(true);
+        }
+        self.publish();
+    }
+
+    /// Handles link events, in order; whether they name namespaces not
+    /// covered (yet).
+    fn apply(&mut self, events: Vec<Event>) -> bool {
         let mut lost = false;
         let mut look = false;
         for event in events {
@@ -275,23 +404,26 @@ impl Agent {
                 Event::NewNsid(id) => look |= !self.nsids.contains_key(&id),
                 Event::NamespaceGone(id) => {
                     if let Some(cookie) = self.nsids.get(&id).copied() {
-                        self.remove(cookie, "the kernel reported it deleted");
+                        self.remove(cookie, "the kernel reported it deleted", true);
                     }
                 }
                 Event::Lost => lost = true,
             }
         }
-        if look && !matches!(self.settings.netns, Select::Own) {
-            self.discover();
-        }
         if lost {
             log::warn!("the kernel dropped link events; re-reading every interface");
             self.full_all();
         }
-        self.publish();
+        look
     }
 
-    fn tick(&mut self) {
+    /// When the next namespace file not mounted yet is looked at again.
+    fn next_retry(&self) -> Option<Instant> {
+        self.pending.values().map(|(_, _, at)| *at).min()
+    }
+
+    /// Looks again at the namespace files that were not mounted yet.
+    fn retry_pending(&mut self) {
         let now = Instant::now();
         let due: Vec<(u64, u64)> = self
             .pending
@@ -299,15 +431,26 @@ impl Agent {
             .filter(|(_, (_, _, at))| *at <= now)
             .map(|(id, _)| *id)
             .collect();
+        if due.is_empty() {
+            return;
+        }
         for id in due {
             if let Some((found, tries, _)) = self.pending.remove(&id) {
                 self.try_add(found, tries);
             }
         }
+        self.publish();
+    }
+
+    fn tick(&mut self) {
+        let now = Instant::now();
+        self.retry_pending();
+        self.bury();
         if self.settings.netns.scans_processes() && now >= self.next_proc_scan {
             self.next_proc_scan = now + TICK;
-            self.discover();
+            self.discover(true);
         }
+        self.label_pods();
         if now >= self.next_pass {
             self.next_pass = now + self.settings.resync;
             self.full_all();
@@ -329,6 +472,33 @@ impl Agent {
             }
             Err(e) => log::debug!("reading the guests' DHCP states: {e}"),
         }
+    }
+
+    /// Names the pods of namespaces found before their processes started
+    /// (a CRI runtime pins a pod's namespace first, then starts the pod's
+    /// processes in it).
+    fn label_pods(&mut self) {
+        let now = Instant::now();
+        let unlabelled: BTreeSet<(u64, u64)> = self
+            .spaces
+            .values()
+            .filter(|s| s.pod.is_none() && now < s.label_until)
+            .map(|s| s.netns.id())
+            .collect();
+        if unlabelled.is_empty() {
+            return;
+        }
+        let found = namespaces::pod_hostnames(&unlabelled);
+        if found.is_empty() {
+            return;
+        }
+        for space in self.spaces.values_mut() {
+            if let Some(pod) = found.get(&space.netns.id()) {
+                log::info!("{} belongs to pod {pod}", space.netns);
+                space.pod = Some(pod.clone());
+            }
+        }
+        self.publish();
     }
 
     /// Tells the HTTP task what it labels metrics with.
@@ -408,6 +578,16 @@ fn recover_pin_dir(old: &PinDir, layout: &crate::program::LayoutSource) -> Resul
     Ok(pins)
 }
 
+/// The link monitor's descriptor, for the runtime to watch (the agent owns
+/// the socket).
+struct Watched(std::os::fd::RawFd);
+
+impl AsRawFd for Watched {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0
+    }
+}
+
 /// Registers `inner`'s descriptor with the runtime.
 fn register<T: AsRawFd>(inner: T, what: &'static str) -> Result<AsyncFd<T>, AgentError> {
     readable_only(inner).map_err(|source| AgentError::Sys { op: what, source })
@@ -432,6 +612,14 @@ fn open_events(pins: &PinDir) -> Option<AsyncFd<EventStream>> {
             log::warn!("no fill events ({e})");
             None
         }
+    }
+}
+
+/// Waits until `at`; forever when there is nothing to wait for.
+async fn retry_at(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => pending().await,
     }
 }
 
@@ -495,7 +683,7 @@ pub async fn run(pin_dir: PathBuf, settings: Settings) -> Result<(), AgentError>
     let pins = PinDir::prepare(&pin_dir)?;
     let all = !matches!(settings.netns, Select::Own);
     // Subscribe before the first full pass, so no interface slips between.
-    let mut monitor = Some(register(Monitor::open(all)?, "registering the netlink socket")?);
+    let link_monitor = Monitor::open(all)?;
     {
         // Load now, so that attaching to a new interface takes a link only.
         let _lock = pins.lock(pins::LOCK_TIMEOUT)?;
@@ -509,10 +697,15 @@ pub async fn run(pin_dir: PathBuf, settings: Settings) -> Result<(), AgentError>
     let mut events = open_events(&pins);
     let shared = Arc::new(RwLock::new(Shared::default()));
     let health = Health::new();
-    let mut agent = Agent::new(pins, settings, Arc::clone(&shared))?;
+    let mut agent = Agent::new(pins, settings, link_monitor, Arc::clone(&shared))?;
+    // Declared after the agent: deregistered before its socket closes.
+    let mut monitor = Some(register(
+        Watched(agent.monitor.as_raw_fd()),
+        "registering the netlink socket",
+    )?);
     block_in_place(|| {
         agent.full(agent.own_cookie);
-        agent.discover();
+        agent.discover(true);
         agent.publish();
     });
     let settings = &agent.settings;
@@ -555,19 +748,18 @@ pub async fn run(pin_dir: PathBuf, settings: Settings) -> Result<(), AgentError>
             _ = sigint.recv() => break,
             guard = readable(&mut monitor) => {
                 let mut guard = guard.map_err(sys("waiting on the netlink socket"))?;
-                let (batch, more) = guard.get_inner_mut().drain(MAX_DATAGRAMS)?;
+                let more = block_in_place(|| agent.read_events())?;
                 if !more {
                     guard.clear_ready();
                 }
-                drop(guard);
-                block_in_place(|| agent.handle(batch));
             }
             guard = readable(&mut watcher) => {
                 let mut guard = guard.map_err(sys("waiting on inotify"))?;
                 guard.get_inner_mut().drain();
                 guard.clear_ready();
                 drop(guard);
-                block_in_place(|| agent.discover());
+                // Only /run/netns changed.
+                block_in_place(|| agent.discover(false));
             }
             guard = readable(&mut events) => {
                 let mut guard = guard.map_err(sys("waiting on the ring buffer"))?;
@@ -579,6 +771,9 @@ pub async fn run(pin_dir: PathBuf, settings: Settings) -> Result<(), AgentError>
                 if n < MAX_PER_DRAIN {
                     guard.clear_ready();
                 }
+            }
+            _ = retry_at(agent.next_retry()) => {
+                block_in_place(|| agent.retry_pending());
             }
             _ = tick.tick() => {
                 block_in_place(|| {

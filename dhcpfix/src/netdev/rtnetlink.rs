@@ -425,6 +425,42 @@ mod tests {
         }
     }
 
+    /// A namespace without an id yet: the kernel answers a successful
+    /// RTM_NEWNSID only when asked for an acknowledgement (the agent used
+    /// to wait for a reply forever at the first such namespace).
+    #[test]
+    fn a_new_namespace_gets_an_id_without_hanging() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: assigning a namespace id needs CAP_NET_ADMIN (root)");
+            return;
+        }
+        // A namespace only a file descriptor holds: gone with the test.
+        let fresh = std::thread::spawn(|| {
+            // SAFETY: unshare changes only this thread, which ends here.
+            assert_eq!(
+                unsafe { libc::unshare(libc::CLONE_NEWNET) },
+                0,
+                "unshare(CLONE_NEWNET)"
+            );
+            std::fs::File::open("/proc/thread-self/ns/net").unwrap()
+        })
+        .join()
+        .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let first = nsid_of(fresh.as_fd()).map_err(|e| e.to_string());
+            let again = nsid_of(fresh.as_fd()).map_err(|e| e.to_string());
+            let _ = tx.send((first, again));
+        });
+        let (first, again) = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("RTM_NEWNSID of a new namespace got no answer within 10 s");
+        let id = first.unwrap();
+        assert!(id >= 0);
+        assert_eq!(again.unwrap(), id, "stable");
+    }
+
     /// Defect 14: `ip link set vnet9 nomaster` makes the bridge send an
     /// AF_BRIDGE RTM_DELLINK for its port; the device is not deleted.
     #[test]

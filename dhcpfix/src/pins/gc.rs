@@ -43,6 +43,22 @@ pub fn forget(pins: &PinDir, maps: &mut Maps, key: &IfaceKey) -> Result<Forgotte
     })
 }
 
+/// [`forget`] for an interface of a namespace the kernel is dismantling:
+/// its links are unpinned, not detached ([`links::unpin`]).
+pub fn forget_dismantled(pins: &PinDir, maps: &mut Maps, key: &IfaceKey) -> Result<Forgotten, PinsError> {
+    let name = maps
+        .config(key)
+        .map(|c| String::from_utf8_lossy(c.name_bytes()).into_owned())
+        .unwrap_or_default();
+    let had_link = links::unpin(pins, key)?;
+    maps.forget(key);
+    Ok(Forgotten {
+        key: *key,
+        name,
+        had_link,
+    })
+}
+
 /// Whether the interface of a netlink attachment still exists: `None` when
 /// it cannot be told (its namespace is not reachable from here).
 pub trait NetlinkProbe {
@@ -55,24 +71,33 @@ impl<F: Fn(&IfaceKey, &IfaceConfig) -> Option<bool>> NetlinkProbe for F {
     }
 }
 
-/// Removes every dead attachment that `select` picks: dead link pins with
+/// Removes every dead attachment that `select` picks, in the namespace
+/// with cookie `within` (in every one with `None`): dead link pins with
 /// their entries, netlink entries whose interface is gone, configuration
 /// entries that have neither a link nor a netlink filter (left by a crash),
-/// and counters without configuration.
+/// and counters without configuration. Links of other namespaces are not
+/// even looked at: a pass over one namespace does not cost every link of
+/// the host.
 pub fn dead_where(
     pins: &PinDir,
     maps: &mut Maps,
     probe: &dyn NetlinkProbe,
+    within: Option<u64>,
     select: impl Fn(&IfaceKey, Option<&IfaceConfig>) -> bool,
 ) -> Result<Vec<Forgotten>, PinsError> {
     let mut gone = Vec::new();
-    for key in links::list(pins) {
+    let in_scope = |key: &IfaceKey| within.is_none_or(|c| key.netns == c);
+    let linked = match within {
+        Some(cookie) => links::list_in(pins, cookie),
+        None => links::list(pins),
+    };
+    for key in linked {
         if links::state(pins, &key)? == Some(LinkState::Dead) && select(&key, maps.config(&key).as_ref()) {
             gone.push(forget(pins, maps, &key)?);
         }
     }
     for (key, cfg) in maps.configs() {
-        if !select(&key, Some(&cfg)) {
+        if !in_scope(&key) || !select(&key, Some(&cfg)) {
             continue;
         }
         let stale = match links::state(pins, &key)? {
@@ -86,7 +111,7 @@ pub fn dead_where(
         }
     }
     for key in maps.counter_keys() {
-        if maps.config(&key).is_none() && select(&key, None) {
+        if in_scope(&key) && maps.config(&key).is_none() && select(&key, None) {
             maps.forget(&key);
         }
     }
@@ -95,7 +120,7 @@ pub fn dead_where(
 
 /// [`dead_where`] for every attachment.
 pub fn dead(pins: &PinDir, maps: &mut Maps, probe: &dyn NetlinkProbe) -> Result<Vec<Forgotten>, PinsError> {
-    dead_where(pins, maps, probe, |_, _| true)
+    dead_where(pins, maps, probe, None, |_, _| true)
 }
 
 /// Removes every pin below the pin directory, of this version and of any

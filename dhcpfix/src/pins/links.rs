@@ -108,6 +108,33 @@ pub fn remove(pins: &PinDir, key: &IfaceKey) -> Result<bool, PinsError> {
     Ok(removed)
 }
 
+/// Removes the link pins of `key` (egress and ingress) without detaching
+/// the links first: for a namespace the kernel is dismantling, whose
+/// devices (and with them the links' hooks) go anyway. The explicit detach
+/// of [`remove`] waits for an RCU grace period per link; a node deleting
+/// many pods at once would hold up the agent for that. False if there was
+/// no egress link.
+pub fn unpin(pins: &PinDir, key: &IfaceKey) -> Result<bool, PinsError> {
+    pins.remove(&rel_of(key, Hook::Ingress))?;
+    let removed = pins.remove(&rel_of(key, Hook::Egress))?;
+    if pins.list(&netns_links_rel(key.netns)).is_empty() {
+        let _ = pins.remove(&netns_links_rel(key.netns));
+    }
+    Ok(removed)
+}
+
+/// The keys with a link pin in the namespace with cookie `netns`, sorted.
+pub fn list_in(pins: &PinDir, netns: u64) -> Vec<IfaceKey> {
+    let mut keys: Vec<IfaceKey> = pins
+        .list(&netns_links_rel(netns))
+        .into_iter()
+        .filter_map(|ifindex| ifindex.parse::<u32>().ok())
+        .map(|ifindex| IfaceKey::new(netns, ifindex))
+        .collect();
+    keys.sort();
+    keys
+}
+
 /// Every key with a link pin, sorted.
 pub fn list(pins: &PinDir) -> Vec<IfaceKey> {
     let mut keys = Vec::new();

@@ -433,7 +433,12 @@ pub fn run(
                 .map_err(|e| e.to_string())
                 .and_then(|r| r);
             match replaced {
-                Ok(()) => done.filters += 1,
+                Ok(()) => {
+                    done.filters += 1;
+                    // What the old program counted until its filter was
+                    // replaced is added below, as for a link.
+                    moved.push(*key);
+                }
                 Err(reason) => {
                     log::warn!("upgrading the netlink filter of {name}: {reason}");
                     done.dropped += 1;

@@ -50,8 +50,12 @@ const LEASE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The tests of this file share one system libvirtd: one at a time.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+/// One at a time, and with a shared turn of the sandboxes' gate: libvirt's
+/// taps (`vnetN`) live in the host's namespace, where a test acting on
+/// every namespace would attach to them.
+fn one_at_a_time() -> (dhcpfix_lab::kit::gate::Shared, std::sync::MutexGuard<'static, ()>) {
+    let turn = dhcpfix_lab::kit::gate::shared().unwrap_or_else(|e| panic!("{e}"));
+    (turn, ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
 /// The guest kernel and the initramfs, built once per test run under

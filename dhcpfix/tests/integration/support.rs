@@ -112,6 +112,24 @@ pub fn interface_names(status: &Value) -> Vec<&str> {
         .collect()
 }
 
+/// The DHCPv4 replies that reached a lab's guest among its relay's
+/// records from number `from` on ([`Lab::dhcp_frames`]): how many, how many
+/// had `NEEDS_CSUM`, and how many failed the guest's checksum check.
+pub fn replies_to_guest(lab: &Lab, from: usize) -> (u64, u64, u64) {
+    let frames = lab.dhcp_frames();
+    let replies: Vec<_> = frames
+        .iter()
+        .skip(from)
+        .filter(|f| f.to_guest && f.family == 4)
+        .collect();
+    let count = |p: fn(&&dhcpfix_lab::lab::DhcpFrame) -> bool| replies.iter().filter(|f| p(f)).count() as u64;
+    (
+        replies.len() as u64,
+        count(|f| f.needs_csum),
+        count(|f| !f.checksum_ok),
+    )
+}
+
 /// Whether the client got a lease in the lab's subnet.
 pub fn in_subnet(lab: &Lab, out: &ClientOutcome) -> bool {
     out.lease
@@ -389,16 +407,29 @@ impl Agent {
         args: &[&str],
         wrapper: &[&str],
     ) -> Agent {
+        Agent::start_bin(Path::new(BIN), command, dir, pins, args, wrapper)
+    }
+
+    /// [`Agent::start`] of another dhcpfix binary (a newer one).
+    pub fn start_bin(
+        bin: &Path,
+        command: impl Fn(&str) -> Command,
+        dir: &Path,
+        pins: &Path,
+        args: &[&str],
+        wrapper: &[&str],
+    ) -> Agent {
+        let bin = bin.to_str().expect("a UTF-8 path");
         static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = dir.join(format!("agent-{n}.log"));
         let mut cmd = match wrapper.split_first() {
             Some((program, rest)) => {
                 let mut c = command(program);
-                c.args(rest).arg(BIN);
+                c.args(rest).arg(bin);
                 c
             }
-            None => command(BIN),
+            None => command(bin),
         };
         let child = cmd
             .env("RUST_LOG", "info")
@@ -487,4 +518,218 @@ impl Drop for Agent {
             let _ = self.child.wait();
         }
     }
+}
+
+// ------------------------------------------- the agent for every namespace
+
+/// Starts `dhcpfix --pin-dir PINS run ARGS` in this process's own network
+/// namespace, the host's (as the systemd unit and the DaemonSet run it),
+/// its log in a new file in `dir`. With `--netns all` it sees every lab and
+/// sandbox of the machine: hold `dhcpfix_lab::kit::gate::exclusive()`.
+pub fn host_agent(dir: &Path, pins: &Path, args: &[&str]) -> Agent {
+    Agent::start(|p| Command::new(p), dir, pins, args, &[])
+}
+
+/// `127.0.0.1:PORT` with a port that was free a moment ago.
+pub fn free_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local address").to_string()
+}
+
+/// `GET http://ADDR/metrics` (in this process's namespace); the body of a
+/// 200 answer.
+pub fn scrape(addr: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        conn,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).ok()?;
+    let (head, body) = answer.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
+}
+
+/// One sample of a Prometheus text page.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub value: f64,
+}
+
+impl Sample {
+    pub fn label(&self, name: &str) -> &str {
+        self.labels.get(name).map_or("", String::as_str)
+    }
+}
+
+/// The samples of a Prometheus text page (label values without escapes,
+/// as dhcpfix's are).
+pub fn samples(page: &str) -> Vec<Sample> {
+    page.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (name, labels) = match series.split_once('{') {
+                Some((name, rest)) => (name, rest.strip_suffix('}')?),
+                None => (series, ""),
+            };
+            let labels = labels
+                .split("\",")
+                .filter(|kv| !kv.is_empty())
+                .filter_map(|kv| {
+                    let (k, v) = kv.split_once("=\"")?;
+                    Some((k.to_owned(), v.trim_end_matches('"').to_owned()))
+                })
+                .collect();
+            Some(Sample {
+                name: name.to_owned(),
+                labels,
+                value: value.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+/// The cookie of the network namespace behind the nsfs file `path`.
+pub fn cookie_of(path: &Path) -> u64 {
+    dhcpfix::netns::Netns::open_path(path, path.display().to_string())
+        .unwrap_or_else(|e| panic!("{e}"))
+        .cookie()
+}
+
+/// What a pin directory holds for one network namespace.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Remains {
+    /// Link pins (`links/<cookie>/...`).
+    pub links: Vec<String>,
+    /// Entries of the configuration, counters and guests maps.
+    pub configs: usize,
+    pub counters: usize,
+    pub guests: usize,
+}
+
+impl Remains {
+    pub fn is_empty(&self) -> bool {
+        *self == Remains::default()
+    }
+}
+
+/// What the pin directory `pins` (this build's records) holds for the
+/// namespace with cookie `cookie`.
+pub fn remains(pins: &Path, cookie: u64) -> Remains {
+    remains_by_netns(pins).remove(&cookie).unwrap_or_default()
+}
+
+/// What the pin directory `pins` (this build's records) holds, by
+/// namespace cookie; namespaces with nothing are left out.
+pub fn remains_by_netns(pins: &Path) -> std::collections::BTreeMap<u64, Remains> {
+    let mut all = std::collections::BTreeMap::<u64, Remains>::new();
+    let links = pins.join(dhcpfix::pins::links_rel());
+    for dir in fs::read_dir(&links).into_iter().flatten().flatten() {
+        let Ok(cookie) = dir.file_name().to_string_lossy().parse::<u64>() else {
+            continue;
+        };
+        let entry = all.entry(cookie).or_default();
+        entry.links = fs::read_dir(dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        if entry.links.is_empty() {
+            entry.links.push("(empty directory)".into());
+        }
+    }
+    let Some(dir) = dhcpfix::pins::PinDir::open(pins).unwrap_or_else(|e| panic!("{e}")) else {
+        return all;
+    };
+    let maps = dhcpfix::pins::maps::Maps::open(&dir).unwrap_or_else(|e| panic!("{e}"));
+    for (key, _) in maps.configs() {
+        all.entry(key.netns).or_default().configs += 1;
+    }
+    for key in maps.counter_keys() {
+        all.entry(key.netns).or_default().counters += 1;
+    }
+    for (key, _) in maps.all_guests() {
+        all.entry(key.netns).or_default().guests += 1;
+    }
+    all
+}
+
+/// What a process holds: open files, resident memory, threads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Footprint {
+    pub fds: usize,
+    pub rss_kib: u64,
+    pub threads: u64,
+}
+
+/// [`Footprint`] of process `pid`, from /proc.
+pub fn footprint(pid: u32) -> Footprint {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("the agent's /proc status");
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+    };
+    Footprint {
+        fds: fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count()),
+        rss_kib: field("VmRSS:"),
+        threads: field("Threads:"),
+    }
+}
+
+// ------------------------------------------------------- a newer dhcpfix
+
+/// The environment variable `cargo xtask test` names the `next-abi` build
+/// in (built beforehand, cached in `target/next-abi`).
+pub const NEXT_ABI_VAR: &str = "DHCPFIX_TEST_NEXT_ABI";
+
+/// A "newer dhcpfix": the `next-abi` build (PIN_ABI 3, other records),
+/// made to test in-place upgrades from this build's pins. From
+/// `DHCPFIX_TEST_NEXT_ABI`, or built here once into `target/next-abi`
+/// (about two minutes the first time; cargo keeps it).
+pub fn next_abi_bin() -> PathBuf {
+    static BIN: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os(NEXT_ABI_VAR).filter(|v| !v.is_empty()) {
+            let bin = PathBuf::from(bin);
+            return if bin.is_file() {
+                Ok(bin)
+            } else {
+                Err(format!("{NEXT_ABI_VAR}={}: no such file", bin.display()))
+            };
+        }
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("the workspace");
+        let target = root.join("target/next-abi");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        eprintln!(
+            "building the next-abi dhcpfix into {} ({NEXT_ABI_VAR} not set)",
+            target.display()
+        );
+        let out = Command::new(cargo)
+            .current_dir(root)
+            .args(["build", "-p", "dhcpfix", "--features", "next-abi", "--target-dir"])
+            .arg(&target)
+            .output()
+            .map_err(|e| format!("running cargo: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "cargo build --features next-abi failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(target.join("debug/dhcpfix"))
+    })
+    .clone()
+    .unwrap_or_else(|e| panic!("{e}"))
 }
