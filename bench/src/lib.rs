@@ -7,6 +7,7 @@
 //! interleaved: the machines this runs on are shared and noisy.
 
 pub mod chart;
+pub mod container;
 pub mod dhcpfix_cli;
 pub mod error;
 pub mod frames;

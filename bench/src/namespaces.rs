@@ -14,6 +14,8 @@
 //!    it exists (`TUNSETIFF` returned) until its link is pinned (the agent
 //!    pins a link right after the kernel attached it); the agent's CPU and
 //!    peak RSS over the churn; nothing of a deleted namespace may be left.
+//! 5. The agent stops (attachments stay) and the container image's agent,
+//!    run as the DaemonSet runs it, adopts them ([`crate::container`]).
 //!
 //! The agent sees every namespace of the machine: the section runs with the
 //! kit's exclusive turn, and its taps have a name no one else uses.
@@ -36,6 +38,7 @@ use dhcpfix_lab::kit::{dev, gate, netns::in_netns, process};
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    container::{self, ContainerUse},
     dhcpfix_cli::Dhcpfix,
     error::{BenchError, Result},
     kernel_memory::{self, KernelMemory},
@@ -132,6 +135,10 @@ pub struct Namespaces {
     /// The program and its maps after attaching every tap.
     pub kernel_memory: KernelMemory,
     pub meminfo: Vec<MeminfoDelta>,
+    /// The agent in its container image, adopting the same attachments
+    /// (None: no podman or no image).
+    #[serde(default)]
+    pub container: Option<ContainerUse>,
 }
 
 /// The `/proc/meminfo` fields the kernel's own memory shows in.
@@ -344,12 +351,8 @@ pub fn run(sb: &Sandbox, dhcpfix: &Dhcpfix, cfg: Config) -> Result<Namespaces> {
     // 3. Idle.
     let pid = agent.pid();
     thread::sleep(Duration::from_secs(1));
-    let cpu0 = cpu_s(pid)?;
-    let w0 = Instant::now();
-    thread::sleep(Duration::from_secs_f64(cfg.idle_s));
+    let idle = idle(pid, cfg.idle_s)?;
     agent.alive()?;
-    let rss = rss_kib(pid)?;
-    let window_s = w0.elapsed().as_secs_f64();
     let processes = fs::read_dir("/proc")
         .map_err(BenchError::io("read", "/proc"))?
         .flatten()
@@ -360,12 +363,6 @@ pub fn run(sb: &Sandbox, dhcpfix: &Dhcpfix, cfg: Config) -> Result<Namespaces> {
                 .all(|b| b.is_ascii_digit())
         })
         .count();
-    let idle = AgentUse {
-        window_s,
-        cpu_percent: (cpu_s(pid)? - cpu0) / window_s * 100.0,
-        rss_kib: rss,
-        rss_max_kib: rss,
-    };
 
     // 4. Churn: the oldest namespace goes, a new one comes, at a steady
     // rate; a poller times each new tap.
@@ -466,7 +463,23 @@ pub fn run(sb: &Sandbox, dhcpfix: &Dhcpfix, cfg: Config) -> Result<Namespaces> {
         cfg.churn, churn.attach.p50_ms, churn.attach.p99_ms
     );
 
+    // 5. The same, adopted by the agent in its container image.
     drop(agent);
+    let container = if container::available() {
+        let pattern = format!("{TAP_PREFIX}*");
+        let args = [
+            "run",
+            "--netns",
+            "all",
+            "--iface",
+            &pattern,
+            "--metrics-addr",
+            "none",
+        ];
+        Some(container::run(&pin_dir, &args, n * t, cfg.idle_s)?)
+    } else {
+        None
+    };
     drop(spaces);
     if pin_dir.exists() {
         fs::remove_dir_all(&pin_dir).map_err(BenchError::io("remove", &pin_dir))?;
@@ -481,6 +494,22 @@ pub fn run(sb: &Sandbox, dhcpfix: &Dhcpfix, cfg: Config) -> Result<Namespaces> {
         churn,
         kernel_memory,
         meminfo,
+        container,
+    })
+}
+
+/// The CPU and RSS of process `pid` over a quiet window of `secs`.
+pub(crate) fn idle(pid: u32, secs: f64) -> Result<AgentUse> {
+    let cpu0 = cpu_s(pid)?;
+    let w0 = Instant::now();
+    thread::sleep(Duration::from_secs_f64(secs));
+    let rss = rss_kib(pid)?;
+    let window_s = w0.elapsed().as_secs_f64();
+    Ok(AgentUse {
+        window_s,
+        cpu_percent: (cpu_s(pid)? - cpu0) / window_s * 100.0,
+        rss_kib: rss,
+        rss_max_kib: rss,
     })
 }
 

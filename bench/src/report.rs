@@ -829,6 +829,56 @@ impl Report {
             let _ = writeln!(md, "| {} | {:+} | {:+} |", d.field, d.topology_kib, d.dhcpfix_kib);
         }
         let _ = writeln!(md);
+        self.md_container(md, n);
+    }
+
+    fn md_container(&self, md: &mut String, n: &Namespaces) {
+        let _ = writeln!(
+            md,
+            "### In the container image
+"
+        );
+        let Some(c) = &n.container else {
+            let _ = writeln!(
+                md,
+                "Not measured in this run: podman or the image (`cargo xtask image`) was missing.\n"
+            );
+            return;
+        };
+        let _ = writeln!(
+            md,
+            "The agent above stopped (SIGTERM: its {} attachments stay), and `{}` ran as \
+             deploy/kubernetes/daemonset.yaml runs it (podman: host PID and network, read-only \
+             root, capabilities {} and no others, the bpffs and `/run/netns` mounted), with the \
+             same arguments; it adopts every attachment, as a DaemonSet pod that replaces a host \
+             agent or an older pod does. CPU and RSS are its process's, read in the host's `/proc`.\n",
+            c.attachments,
+            c.image,
+            c.capabilities.join(", ")
+        );
+        let _ = writeln!(md, "| what | figure |\n|---|---|");
+        let _ = writeln!(
+            md,
+            "| image size (one layer: the static binary) | **{:.2} MB** |",
+            c.image_bytes as f64 / 1e6
+        );
+        let _ = writeln!(
+            md,
+            "| `podman run` until the agent runs, {} attachments adopted | {:.1} s |",
+            c.attachments, c.ready_s
+        );
+        let _ = writeln!(
+            md,
+            "| agent at idle, {:.0} s: CPU, RSS | **{:.2}% of one CPU, {:.1} MiB** |\n",
+            c.idle.window_s,
+            c.idle.cpu_percent,
+            c.idle.rss_kib as f64 / 1024.0
+        );
+        let _ = writeln!(
+            md,
+            "deploy/kubernetes/daemonset.yaml's requests and limits come from these figures and \
+             section 5's churn peak.\n"
+        );
     }
 
     fn md_how(&self, md: &mut String) {

@@ -196,6 +196,17 @@ fn quick_bench_writes_a_complete_report() {
     assert!(ns.churn.agent.rss_max_kib >= ns.churn.agent.rss_kib && ns.churn.agent.cpu_percent > 0.0);
     assert!(ns.kernel_memory.total_bytes > 0);
     assert_eq!(ns.meminfo.len(), 7);
+    // The container's figures, where `cargo xtask test` built the image.
+    if std::env::var_os("DHCPFIX_TEST_IMAGE").is_some() {
+        let c = ns
+            .container
+            .as_ref()
+            .expect("container figures with the image built");
+        assert_eq!(c.attachments, 10 * 2);
+        assert!(c.image_bytes > 1_000_000 && c.image_bytes < 10_000_000, "{c:?}");
+        assert!(c.idle.rss_kib > 0 && c.ready_s > 0.0, "{c:?}");
+        assert!(c.capabilities.iter().any(|c| c == "SYS_ADMIN"), "{c:?}");
+    }
 
     // The storm's counters are exact and every captured checksum verifies.
     let st = report.storm.as_ref().expect("storm");
@@ -218,6 +229,7 @@ fn quick_bench_writes_a_complete_report() {
         "## 3. 10 taps",
         "## 4. DHCP reply storm",
         "## 5. Every namespace: 10 namespaces of 2 taps",
+        "### In the container image",
         "## How measured",
     ] {
         assert!(md.contains(heading), "BENCHMARKS.md lacks {heading}");

@@ -257,6 +257,10 @@ fn bench(bench_args: &[String]) -> Result<()> {
             "dhcpfix-bench",
         ],
     )?;
+    // The image, for the every-namespace section's container figures.
+    setup::deploy()?;
+    let bin = deploy::musl_release(&env)?;
+    deploy::image(&bin)?;
     let root = workspace_root();
     // Where cargo put them: CARGO_TARGET_DIR (relative to the root) or target/.
     let release = std::env::var_os("CARGO_TARGET_DIR")

@@ -47,14 +47,14 @@ use std::{
 use serde_json::Value;
 
 /// The workspace root.
-fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("dhcpfix/ has a parent")
         .to_path_buf()
 }
 
-fn kube(file: &str) -> PathBuf {
+pub(crate) fn kube(file: &str) -> PathBuf {
     root().join("deploy/kubernetes").join(file)
 }
 
@@ -79,7 +79,7 @@ fn from_env(test: &str, var: &str) -> Option<String> {
     }
 }
 
-fn python(test: &str) -> Option<PathBuf> {
+pub(crate) fn python(test: &str) -> Option<PathBuf> {
     from_env(test, "DHCPFIX_TEST_PYTHON").map(PathBuf::from)
 }
 
@@ -105,13 +105,13 @@ fn need_tool(test: &str, tool: &str) -> bool {
 /// How long one tool may run (dpkg, podman, promtool, a Python check).
 const COMMAND_LIMIT: Duration = Duration::from_secs(300);
 
-fn run(cmd: &mut Command) -> Output {
+pub(crate) fn run(cmd: &mut Command) -> Output {
     run_within(cmd, COMMAND_LIMIT)
 }
 
 /// Runs `cmd` (stdin closed), echoing it and its output; killed, and the
 /// test failed, after `limit`.
-fn run_within(cmd: &mut Command, limit: Duration) -> Output {
+pub(crate) fn run_within(cmd: &mut Command, limit: Duration) -> Output {
     let shown = format!("{cmd:?}");
     let out = dhcpfix_lab::kit::process::run_unchecked(cmd, None, limit).unwrap_or_else(|e| panic!("{e}"));
     eprintln!(
@@ -123,7 +123,7 @@ fn run_within(cmd: &mut Command, limit: Duration) -> Output {
     out
 }
 
-fn run_ok(cmd: &mut Command) -> String {
+pub(crate) fn run_ok(cmd: &mut Command) -> String {
     let out = run(cmd);
     assert!(out.status.success(), "{cmd:?} failed");
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -147,7 +147,7 @@ fn yaml_docs(python: &Path, path: &Path) -> Vec<Value> {
     }
 }
 
-fn yaml_doc(python: &Path, path: &Path) -> Value {
+pub(crate) fn yaml_doc(python: &Path, path: &Path) -> Value {
     let mut docs = yaml_docs(python, path);
     assert_eq!(docs.len(), 1, "{}", path.display());
     docs.remove(0)
@@ -157,10 +157,10 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// A fresh work directory, removed on drop (after unmounting anything
 /// mounted below it).
-struct WorkDir(PathBuf);
+pub(crate) struct WorkDir(pub(crate) PathBuf);
 
 impl WorkDir {
-    fn new(tag: &str) -> Self {
+    pub(crate) fn new(tag: &str) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "dhcpfix-deploy-{tag}-{}-{}",
             std::process::id(),
@@ -447,7 +447,7 @@ fn alert_rules_pass_promtool_and_every_alert_has_tests_both_ways() {
 }
 
 /// The container's securityContext capabilities the DaemonSet adds.
-fn manifest_capabilities(ds: &Value) -> Vec<String> {
+pub(crate) fn manifest_capabilities(ds: &Value) -> Vec<String> {
     ds["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilities"]["add"]
         .as_array()
         .expect("capabilities.add")
@@ -929,15 +929,15 @@ fn debian_package_installs_removes_and_purges_cleanly() {
 
 /// podman as this VM needs it (runc; cgroupfs; ulimits within the VM's
 /// hard limits), never pulling.
-fn podman() -> Command {
+pub(crate) fn podman() -> Command {
     let mut c = Command::new("podman");
     c.args(["--runtime", "runc", "--cgroup-manager=cgroupfs"]);
     c
 }
 
-const ULIMITS: [&str; 4] = ["--ulimit", "nofile=4096:4096", "--ulimit", "nproc=1024:1024"];
+pub(crate) const ULIMITS: [&str; 4] = ["--ulimit", "nofile=4096:4096", "--ulimit", "nproc=1024:1024"];
 
-fn image(test: &str) -> Option<String> {
+pub(crate) fn image(test: &str) -> Option<String> {
     if !dhcpfix_lab::kit::privileged(test) || !need_tool(test, "podman") {
         return None;
     }
@@ -1025,7 +1025,7 @@ fn contract_agent(image: &str) -> bool {
 }
 
 /// A free TCP port on 127.0.0.1.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .unwrap()
         .local_addr()
@@ -1035,7 +1035,7 @@ fn free_port() -> u16 {
 
 /// `GET path` on 127.0.0.1:port: (status, body), or None if nothing answers.
 /// Reads Content-Length bytes of body rather than waiting for the close.
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+pub(crate) fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
@@ -1066,7 +1066,7 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     }
 }
 
-fn wait_for(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+pub(crate) fn wait_for(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
     dhcpfix_lab::kit::poll(timeout, Duration::from_millis(100), &mut done).is_some()
 }
 
@@ -1129,8 +1129,21 @@ impl Drop for Scene {
 /// DaemonSet's arguments with the metrics on 127.0.0.1:`port` and the
 /// test's interface pattern (flags win over the file).
 fn daemonset_run(scene: &Scene, image: &str, caps: &[String], args: &[String], detach: bool) -> Command {
+    daemonset_command(&scene.container, &scene.work.0, image, caps, args, detach)
+}
+
+/// [`daemonset_run`] for container `name`, with `work`'s `bpffs` and
+/// `config` directories.
+pub(crate) fn daemonset_command(
+    name: &str,
+    work: &Path,
+    image: &str,
+    caps: &[String],
+    args: &[String],
+    detach: bool,
+) -> Command {
     let mut c = podman();
-    c.args(["run", "--pull=never", "--name", &scene.container]);
+    c.args(["run", "--pull=never", "--name", name]);
     if detach {
         c.arg("-d");
     } else {
@@ -1142,16 +1155,10 @@ fn daemonset_run(scene: &Scene, image: &str, caps: &[String], args: &[String], d
         c.arg(format!("--cap-add={}", list.join(",")));
     }
     c.arg("-v")
-        .arg(format!(
-            "{}:/sys/fs/bpf:rslave",
-            scene.work.0.join("bpffs").display()
-        ))
+        .arg(format!("{}:/sys/fs/bpf:rslave", work.join("bpffs").display()))
         .args(["-v", "/run/netns:/run/netns:ro,rslave"])
         .arg("-v")
-        .arg(format!(
-            "{}:/etc/dhcpfix:ro",
-            scene.work.0.join("config").display()
-        ))
+        .arg(format!("{}:/etc/dhcpfix:ro", work.join("config").display()))
         .args(["-e", "RUST_LOG=info"])
         .args(ULIMITS)
         .arg(image)

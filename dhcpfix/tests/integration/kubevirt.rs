@@ -33,7 +33,7 @@ use crate::support::{
 const LEASE_TIMEOUT: Duration = Duration::from_secs(8);
 const NO_LEASE_TIMEOUT: Duration = Duration::from_secs(4);
 
-fn pod(vmi: &str, netns: PodNetns) -> Lab {
+pub(crate) fn pod(vmi: &str, netns: PodNetns) -> Lab {
     Lab::with_host(
         LabOptions::new(Offload::On, GuestKind::Legacy),
         Host::Pod(Pod {
@@ -45,7 +45,7 @@ fn pod(vmi: &str, netns: PodNetns) -> Lab {
 }
 
 /// Runs dhclient in every pod at once.
-fn dhclient_in(pods: &[&Lab], timeout: Duration) -> Vec<ClientOutcome> {
+pub(crate) fn dhclient_in(pods: &[&Lab], timeout: Duration) -> Vec<ClientOutcome> {
     std::thread::scope(|s| {
         let runs: Vec<_> = pods
             .iter()
@@ -61,7 +61,7 @@ fn programs(pod: &Lab, iface: &str) -> Vec<String> {
         .unwrap_or_else(|| panic!("no {iface} in {}", pod.host_netns()))
 }
 
-fn attached(pod: &Lab) -> bool {
+pub(crate) fn attached(pod: &Lab) -> bool {
     tcx_programs(&pod.host_netns_path(), POD_TAP).is_some_and(|p| p == ["dhcpfix"])
 }
 
@@ -88,7 +88,7 @@ fn status_in(status: &Value, cookie: u64) -> Vec<String> {
 
 /// The replies a pod's guest got, and how many failed its checksum check,
 /// from relay record number `from` on.
-fn dhcp_since(pod: &Lab, from: usize) -> (u64, u64) {
+pub(crate) fn dhcp_since(pod: &Lab, from: usize) -> (u64, u64) {
     let (got, _, bad) = replies_to_guest(pod, from);
     (got, bad)
 }

@@ -18,6 +18,7 @@ mod support;
 
 mod agent;
 mod contrib;
+mod daemonset_kubevirt;
 mod datapath;
 mod datapath_kernel;
 mod deploy;

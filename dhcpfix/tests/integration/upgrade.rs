@@ -236,7 +236,7 @@ fn filled(bin: &Path, pins: &Path) -> (u64, usize) {
 }
 
 /// The id of the program pinned at `path`.
-fn prog_id(path: &Path) -> u32 {
+pub(crate) fn prog_id(path: &Path) -> u32 {
     SchedClassifier::from_pin(path)
         .and_then(|p| p.info())
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -244,7 +244,7 @@ fn prog_id(path: &Path) -> u32 {
 }
 
 /// The ids of the tcx programs on `iface`'s `hook` in the namespace at `ns`.
-fn tcx_ids(ns: &Path, iface: &str, hook: TcAttachType) -> Vec<u32> {
+pub(crate) fn tcx_ids(ns: &Path, iface: &str, hook: TcAttachType) -> Vec<u32> {
     in_netns(ns, || {
         let (_, progs) = SchedClassifier::query_tcx(iface, hook).unwrap_or_else(|e| panic!("{iface}: {e}"));
         progs.iter().map(|p| p.id()).collect()
