@@ -285,9 +285,11 @@ impl Report {
     /// The report in `dir`'s bench.json, if there is one of this schema.
     pub fn read(dir: &Path) -> Option<Report> {
         let text = fs::read_to_string(dir.join(JSON_FILE)).ok()?;
+        // Schema 3 only added `namespaces`: a schema 2 report reads as one
+        // without that section.
         serde_json::from_str::<Report>(&text)
             .ok()
-            .filter(|r| r.schema == SCHEMA)
+            .filter(|r| r.schema == SCHEMA || r.schema == 2)
     }
 
     /// Fills the sections this run did not measure from `earlier` (the
