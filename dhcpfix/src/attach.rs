@@ -647,6 +647,17 @@ pub fn list(pins: &PinDir, namespaces: &[Netns]) -> Result<Vec<Attachment>, Atta
     list_where(pins, namespaces, None)
 }
 
+/// [`list`], only the interfaces named in `names` (all when it is empty).
+pub fn list_named(
+    pins: &PinDir,
+    namespaces: &[Netns],
+    names: &[String],
+) -> Result<Vec<Attachment>, AttachError> {
+    let mut all = list(pins, namespaces)?;
+    all.retain(|a| names.is_empty() || names.contains(&a.name));
+    Ok(all)
+}
+
 /// The attachments in `netns` alone ([`list`] without looking at the
 /// others').
 pub fn list_in(pins: &PinDir, netns: &Netns) -> Result<Vec<Attachment>, AttachError> {

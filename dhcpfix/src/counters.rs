@@ -28,10 +28,7 @@ pub fn collect(
     namespaces: &[Netns],
     only: &[String],
 ) -> Result<Vec<InterfaceStats>, AttachError> {
-    let attachments: Vec<Attachment> = attach::list(pins, namespaces)?
-        .into_iter()
-        .filter(|a| only.is_empty() || only.contains(&a.name))
-        .collect();
+    let attachments = attach::list_named(pins, namespaces, only)?;
     if attachments.is_empty() {
         return Ok(Vec::new());
     }

@@ -197,10 +197,7 @@ impl Guest {
 /// Every guest on the attachments of `pins` in `namespaces` (or on those
 /// named in `only`), sorted by namespace, interface, family and MAC.
 pub fn collect(pins: &PinDir, namespaces: &[Netns], only: &[String]) -> Result<Vec<Guest>, AttachError> {
-    let attachments: Vec<Attachment> = attach::list(pins, namespaces)?
-        .into_iter()
-        .filter(|a| only.is_empty() || only.contains(&a.name))
-        .collect();
+    let attachments = attach::list_named(pins, namespaces, only)?;
     if attachments.is_empty() {
         return Ok(Vec::new());
     }
