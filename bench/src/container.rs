@@ -20,6 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use dhcpfix_lab::kit::{podman, PODMAN_ULIMITS};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -47,13 +48,6 @@ pub struct ContainerUse {
     pub ready_s: f64,
     pub attachments: usize,
     pub idle: AgentUse,
-}
-
-fn podman() -> Command {
-    let mut c = Command::new("podman");
-    // What this VM needs (docs: toolchain): runc, cgroupfs.
-    c.args(["--runtime", "runc", "--cgroup-manager=cgroupfs"]);
-    c
 }
 
 fn output(cmd: &mut Command, what: &str) -> Result<String> {
@@ -142,7 +136,7 @@ pub fn run(pin_dir: &Path, agent_args: &[&str], attachments: usize, idle_s: f64)
             .arg(format!("{}:/sys/fs/bpf:rslave", bpffs.display()))
             .args(["-v", "/run/netns:/run/netns:ro,rslave"])
             .args(["-e", "RUST_LOG=info"])
-            .args(["--ulimit", "nofile=4096:4096", "--ulimit", "nproc=1024:1024"])
+            .args(PODMAN_ULIMITS)
             .arg(IMAGE)
             .arg("--pin-dir")
             .arg(Path::new("/sys/fs/bpf").join(name))

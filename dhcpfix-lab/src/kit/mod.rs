@@ -29,4 +29,4 @@ pub mod user;
 pub use error::KitError;
 pub use mounts::{mount_bpffs, unmount_below};
 pub use sandbox::{Netns, Place, Sandbox};
-pub use tools::{checksum_fill_rule, find_tool, is_root, one_line, poll, privileged};
+pub use tools::{checksum_fill_rule, find_tool, is_root, one_line, podman, poll, privileged, PODMAN_ULIMITS};

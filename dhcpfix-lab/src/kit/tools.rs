@@ -91,3 +91,15 @@ pub fn one_line(s: &str) -> String {
         joined
     }
 }
+
+/// `podman` as this VM needs it: runc (crun refuses its cgroup layout) and
+/// the cgroupfs manager (no systemd). Add [`PODMAN_ULIMITS`] to `run`.
+pub fn podman() -> std::process::Command {
+    let mut c = std::process::Command::new("podman");
+    c.args(["--runtime", "runc", "--cgroup-manager=cgroupfs"]);
+    c
+}
+
+/// Explicit limits for `podman run`, within the VM's hard limits (podman
+/// otherwise asks for more than it may have).
+pub const PODMAN_ULIMITS: [&str; 4] = ["--ulimit", "nofile=4096:4096", "--ulimit", "nproc=1024:1024"];

@@ -44,6 +44,7 @@ use std::{
     time::Duration,
 };
 
+use dhcpfix_lab::kit::{podman, PODMAN_ULIMITS as ULIMITS};
 use serde_json::Value;
 
 /// The workspace root.
@@ -926,16 +927,6 @@ fn debian_package_installs_removes_and_purges_cleanly() {
 }
 
 // ---------------------------------------------------------------- image
-
-/// podman as this VM needs it (runc; cgroupfs; ulimits within the VM's
-/// hard limits), never pulling.
-pub(crate) fn podman() -> Command {
-    let mut c = Command::new("podman");
-    c.args(["--runtime", "runc", "--cgroup-manager=cgroupfs"]);
-    c
-}
-
-pub(crate) const ULIMITS: [&str; 4] = ["--ulimit", "nofile=4096:4096", "--ulimit", "nproc=1024:1024"];
 
 pub(crate) fn image(test: &str) -> Option<String> {
     if !dhcpfix_lab::kit::privileged(test) || !need_tool(test, "podman") {
