@@ -1157,6 +1157,36 @@ pub(crate) fn daemonset_command(
     c
 }
 
+/// The DaemonSet's container arguments, with the metrics on
+/// 127.0.0.1:`port`.
+pub(crate) fn daemonset_args(ds: &Value, port: u16) -> Vec<String> {
+    ds["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .expect("the DaemonSet's container has args")
+        .iter()
+        .map(|a| {
+            a.as_str()
+                .expect("args are strings")
+                .replace("$(HOST_IP):9788", &format!("127.0.0.1:{port}"))
+        })
+        .collect()
+}
+
+/// What container `name` logged (the agent logs to stderr).
+pub(crate) fn container_log(name: &str) -> String {
+    String::from_utf8_lossy(&run(Command::new("podman").args(["logs", name])).stderr).into_owned()
+}
+
+/// `podman stop`: the agent gets SIGTERM, exits 0 and says its
+/// attachments stay in place.
+pub(crate) fn stop_leaving_attachments(name: &str) {
+    run_ok(Command::new("podman").args(["stop", "-t", "10", name]));
+    let code = run_ok(Command::new("podman").args(["inspect", "--format", "{{.State.ExitCode}}", name]));
+    let log = container_log(name);
+    assert_eq!(code.trim(), "0", "{name} exited {code}:\n{log}");
+    assert!(log.contains("stay in place"), "{log}");
+}
+
 #[test]
 fn container_runs_with_the_daemonset_settings_and_stops_cleanly() {
     let test = "container_runs_with_the_daemonset_settings_and_stops_cleanly";
@@ -1210,17 +1240,7 @@ fn container_runs_with_the_daemonset_settings_and_stops_cleanly() {
 
     // The DaemonSet's arguments, for this test.
     let port = free_port();
-    let c = &ds["spec"]["template"]["spec"]["containers"][0];
-    let mut args: Vec<String> = c["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| {
-            a.as_str()
-                .unwrap()
-                .replace("$(HOST_IP):9788", &format!("127.0.0.1:{port}"))
-        })
-        .collect();
+    let mut args = daemonset_args(&ds, port);
     if !contract {
         if let Some(i) = args.iter().position(|a| a == "--netns") {
             args.drain(i..i + 2);
@@ -1255,15 +1275,7 @@ fn container_runs_with_the_daemonset_settings_and_stops_cleanly() {
     }
 
     // `podman stop`: SIGTERM, exit 0, attachments left in place.
-    run_ok(Command::new("podman").args(["stop", "-t", "10", &scene.container]));
-    let code =
-        run_ok(Command::new("podman").args(["inspect", "--format", "{{.State.ExitCode}}", &scene.container]));
-    assert_eq!(code.trim(), "0");
-    let logs = run(Command::new("podman").args(["logs", &scene.container]));
-    assert!(
-        String::from_utf8_lossy(&logs.stderr).contains("stay in place"),
-        "{logs:?}"
-    );
+    stop_leaving_attachments(&scene.container);
     assert!(scene.pinned(&scene.host_if));
     run_ok(Command::new("podman").args(["rm", &scene.container]));
     run_ok(
