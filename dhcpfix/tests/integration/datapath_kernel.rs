@@ -597,34 +597,10 @@ fn assert_counters(tap: &str, got: &Value, want: &Counters) {
 /// Builds the topology in the sandbox; returns (tap on, tap off, bridge
 /// socket, veth socket).
 fn topology(sb: &Sandbox) -> (OwnedFd, OwnedFd, OwnedFd, OwnedFd) {
-    sb.in_netns(|| {
-        // No IPv6: no router solicitations or MLD reports among the frames.
-        for conf in ["all", "default"] {
-            std::fs::write(format!("/proc/sys/net/ipv6/conf/{conf}/disable_ipv6"), "1")
-                .expect("disable IPv6");
-        }
-        // A plain layer-2 bridge: with br_netfilter loaded (by anything on
-        // the host), the bridge would drop IPv4 frames with bad headers
-        // before they reach a tap.
-        for call in ["iptables", "ip6tables", "arptables"] {
-            let path = format!("/proc/sys/net/bridge/bridge-nf-call-{call}");
-            if std::path::Path::new(&path).exists() {
-                BR_NETFILTER.store(true, Ordering::Relaxed);
-                std::fs::write(&path, "0").expect("turn off bridge netfilter");
-            }
-        }
-    });
-    sb.ip(&[
-        "link",
-        "add",
-        BRIDGE,
-        "type",
-        "bridge",
-        "stp_state",
-        "0",
-        "mcast_snooping",
-        "0",
-    ]);
+    if sb.in_netns(crate::support::quiet_l2_here) {
+        BR_NETFILTER.store(true, Ordering::Relaxed);
+    }
+    sb.ip(&crate::support::plain_bridge(BRIDGE));
     sb.ip(&["link", "add", VETH, "type", "veth", "peer", "name", VETH_PEER]);
     let (on, off) = sb.in_netns(|| (open_tap(TAP_ON, true), open_tap(TAP_OFF, false)));
     for dev in [VETH, VETH_PEER, TAP_ON, TAP_OFF] {

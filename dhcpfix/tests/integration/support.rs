@@ -733,3 +733,38 @@ pub fn next_abi_bin() -> PathBuf {
     .clone()
     .unwrap_or_else(|e| panic!("{e}"))
 }
+
+/// Readies the current network namespace for a plain layer-2 bridge: IPv6
+/// off (no router solicitations or MLD reports among the frames) and, where
+/// br_netfilter is loaded (by anything on the host), its calls off, or the
+/// bridge would drop IPv4 frames with bad headers before they reach a tap.
+/// Returns whether br_netfilter was loaded. Run it inside the namespace.
+pub fn quiet_l2_here() -> bool {
+    for conf in ["all", "default"] {
+        std::fs::write(format!("/proc/sys/net/ipv6/conf/{conf}/disable_ipv6"), "1").expect("disable IPv6");
+    }
+    let mut br_netfilter = false;
+    for call in ["iptables", "ip6tables", "arptables"] {
+        let path = format!("/proc/sys/net/bridge/bridge-nf-call-{call}");
+        if Path::new(&path).exists() {
+            br_netfilter = true;
+            std::fs::write(&path, "0").expect("turn off bridge netfilter");
+        }
+    }
+    br_netfilter
+}
+
+/// `ip` arguments that add bridge `name` without STP or multicast snooping.
+pub fn plain_bridge(name: &str) -> [&str; 9] {
+    [
+        "link",
+        "add",
+        name,
+        "type",
+        "bridge",
+        "stp_state",
+        "0",
+        "mcast_snooping",
+        "0",
+    ]
+}

@@ -65,30 +65,9 @@ struct Space {
 
 fn space(sb: &Sandbox, k: usize) -> Space {
     let ns = sb.netns(&format!("u{k}"));
-    in_netns(ns.path(), || {
-        // No IPv6 chatter; a plain layer-2 bridge even with br_netfilter.
-        for conf in ["all", "default"] {
-            std::fs::write(format!("/proc/sys/net/ipv6/conf/{conf}/disable_ipv6"), "1").unwrap();
-        }
-        for call in ["iptables", "ip6tables", "arptables"] {
-            let path = format!("/proc/sys/net/bridge/bridge-nf-call-{call}");
-            if Path::new(&path).exists() {
-                std::fs::write(&path, "0").unwrap();
-            }
-        }
-    });
+    in_netns(ns.path(), crate::support::quiet_l2_here);
     let ip = |args: &[&str]| ns.ip(args).unwrap_or_else(|e| panic!("{e}"));
-    ip(&[
-        "link",
-        "add",
-        BRIDGE,
-        "type",
-        "bridge",
-        "stp_state",
-        "0",
-        "mcast_snooping",
-        "0",
-    ]);
+    ip(&crate::support::plain_bridge(BRIDGE));
     let fds: Vec<OwnedFd> = in_netns(ns.path(), || {
         (0..TAPS)
             .map(|i| {
