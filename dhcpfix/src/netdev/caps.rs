@@ -47,6 +47,26 @@
 
 use std::{fmt, io};
 
+/// The table in the module docs, as data: whether a cold `attach` (tcx)
+/// attached with exactly each set. The unit tests hold the model to it;
+/// tests/integration/security.rs measures every row again.
+pub const MEASURED_COLD_TCX: &[(&[Capability], bool)] = {
+    use Capability::*;
+    &[
+        (&[], false),
+        (&[Bpf], false),
+        (&[NetAdmin], false),
+        (&[Perfmon], false),
+        (&[Bpf, NetAdmin], false),
+        (&[Bpf, Perfmon], false),
+        (&[NetAdmin, Perfmon], false),
+        (&[Bpf, NetAdmin, Perfmon], true),
+        (&[SysAdmin], true),
+        (&[SysAdmin, Bpf], true),
+        (&[SysAdmin, NetAdmin], true),
+    ]
+};
+
 /// A capability dhcpfix may need.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Capability {
@@ -300,22 +320,6 @@ fn join(caps: &[Capability]) -> String {
 #[cfg(test)]
 mod tests {
     use super::{Capability::*, Operation::*, *};
-
-    /// The table in the module docs: what a cold `attach` (tcx) did with
-    /// each set.
-    const MEASURED_COLD_TCX: &[(&[Capability], bool)] = &[
-        (&[], false),
-        (&[Bpf], false),
-        (&[NetAdmin], false),
-        (&[Perfmon], false),
-        (&[Bpf, NetAdmin], false),
-        (&[Bpf, Perfmon], false),
-        (&[NetAdmin, Perfmon], false),
-        (&[Bpf, NetAdmin, Perfmon], true),
-        (&[SysAdmin], true),
-        (&[SysAdmin, Bpf], true),
-        (&[SysAdmin, NetAdmin], true),
-    ];
 
     #[test]
     fn the_model_says_what_was_measured() {

@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use dhcpfix::netdev::caps::{Capabilities, Capability, Operation};
+use dhcpfix::netdev::caps::{Capabilities, Capability, Operation, MEASURED_COLD_TCX};
 use dhcpfix_lab::kit::privileged;
 
 use crate::support::{
@@ -401,19 +401,7 @@ fn capability_sets_match_the_model() {
     let model = |caps: &[Capability], ops: &[Operation]| Capabilities::of(caps).missing(ops).is_empty();
 
     // Cold: loading and a tcx link.
-    for (caps, measured) in [
-        (&[][..], false),
-        (&[Bpf], false),
-        (&[NetAdmin], false),
-        (&[Perfmon], false),
-        (&[Bpf, NetAdmin], false),
-        (&[Bpf, Perfmon], false),
-        (&[NetAdmin, Perfmon], false),
-        (&[Bpf, NetAdmin, Perfmon], true),
-        (&[SysAdmin], true),
-        (&[SysAdmin, Bpf], true),
-        (&[SysAdmin, NetAdmin], true),
-    ] {
+    for &(caps, measured) in MEASURED_COLD_TCX {
         assert_eq!(attach(caps, "tcx", false, false), measured, "{caps:?}");
         assert_eq!(
             model(caps, &[Operation::Load, Operation::AttachTcx]),
