@@ -20,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dhcpfix_lab::kit::{podman, PODMAN_ULIMITS};
+use dhcpfix_lab::kit::{podman, process, PODMAN_ULIMITS};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -50,14 +50,12 @@ pub struct ContainerUse {
     pub idle: AgentUse,
 }
 
-fn output(cmd: &mut Command, what: &str) -> Result<String> {
-    let out = cmd.output().map_err(BenchError::io("run", "podman"))?;
-    if !out.status.success() {
-        return Err(BenchError::Check(format!(
-            "{what}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
+/// How long a podman command (not the container) may take.
+const PODMAN_LIMIT: Duration = Duration::from_secs(60);
+
+/// `cmd`'s standard output, trimmed; an error names the command.
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = process::run(cmd, None, PODMAN_LIMIT)?;
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
@@ -116,12 +114,9 @@ pub fn run(pin_dir: &Path, agent_args: &[&str], attachments: usize, idle_s: f64)
             pin_dir.display()
         )));
     };
-    let image_bytes: u64 = output(
-        podman().args(["image", "inspect", "--format", "{{.Size}}", IMAGE]),
-        "podman image inspect",
-    )?
-    .parse()
-    .map_err(|_| BenchError::Check("podman image inspect: no size".into()))?;
+    let image_bytes: u64 = output(podman().args(["image", "inspect", "--format", "{{.Size}}", IMAGE]))?
+        .parse()
+        .map_err(|_| BenchError::Check("podman image inspect: no size".into()))?;
     let caps = daemonset_capabilities()?;
     let container = format!("dfb-agent-{}", std::process::id());
     let _ = Command::new("podman").args(["rm", "-f", &container]).output();
@@ -141,7 +136,6 @@ pub fn run(pin_dir: &Path, agent_args: &[&str], attachments: usize, idle_s: f64)
             .arg("--pin-dir")
             .arg(Path::new("/sys/fs/bpf").join(name))
             .args(agent_args),
-        "podman run",
     )?;
     let running = Running(container);
     let log = || {
@@ -166,15 +160,12 @@ pub fn run(pin_dir: &Path, agent_args: &[&str], attachments: usize, idle_s: f64)
         thread::sleep(Duration::from_millis(20));
     }
     let ready_s = started.elapsed().as_secs_f64();
-    let pid: u32 = output(
-        podman().args(["inspect", "--format", "{{.State.Pid}}", &running.0]),
-        "podman inspect",
-    )?
-    .parse()
-    .map_err(|_| BenchError::Check("podman inspect: no pid".into()))?;
+    let pid: u32 = output(podman().args(["inspect", "--format", "{{.State.Pid}}", &running.0]))?
+        .parse()
+        .map_err(|_| BenchError::Check("podman inspect: no pid".into()))?;
     thread::sleep(Duration::from_secs(1));
     let idle = crate::namespaces::idle(pid, idle_s)?;
-    output(podman().args(["stop", "-t", "10", &running.0]), "podman stop")?;
+    output(podman().args(["stop", "-t", "10", &running.0]))?;
     eprintln!(
         "  in the container ({:.1} MB image): running in {ready_s:.1} s over {attachments} attachments; idle {:.2}% CPU, {:.1} MiB",
         image_bytes as f64 / 1e6,
