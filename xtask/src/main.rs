@@ -150,7 +150,7 @@ fn run(cli: Cli) -> Result<()> {
         Task::Fuzz { seconds, target } => fuzz(seconds, target.as_deref()),
         Task::Image => {
             let env = setup::all()?;
-            setup::deploy()?;
+            setup::image()?;
             let bin = deploy::musl_release(&env)?;
             deploy::image(&bin).map(|_| ())
         }
@@ -258,7 +258,7 @@ fn bench(bench_args: &[String]) -> Result<()> {
         ],
     )?;
     // The image, for the every-namespace section's container figures.
-    setup::deploy()?;
+    setup::image()?;
     let bin = deploy::musl_release(&env)?;
     deploy::image(&bin)?;
     let root = workspace_root();

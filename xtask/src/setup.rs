@@ -440,12 +440,18 @@ pub struct DeployTools {
     pub python: PathBuf,
 }
 
-/// Installs what packaging and the deploy tests need (idempotent): the
-/// Debian packages above, the musl target, cargo-deb and the Python tools,
-/// each cached under ~/.cache/dhcpfix.
-pub fn deploy() -> Result<DeployTools> {
+/// Installs what the container image needs (idempotent): the Debian
+/// packages above and the musl target.
+pub fn image() -> Result<()> {
     install_packages(DEPLOY_PACKAGES)?;
-    musl_target()?;
+    musl_target()
+}
+
+/// Installs what packaging and the deploy tests need (idempotent): what
+/// [`image`] installs, cargo-deb and the Python tools, each cached under
+/// ~/.cache/dhcpfix.
+pub fn deploy() -> Result<DeployTools> {
+    image()?;
     Ok(DeployTools {
         cargo_deb: cargo_deb()?,
         python: python_tools()?,
