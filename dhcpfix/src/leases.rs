@@ -21,6 +21,7 @@ use serde::{Serialize, Serializer};
 
 use crate::{
     attach::{self, AttachError, Attachment},
+    netdev::format_mac,
     netns::{Netns, NetnsInfo},
     pins::{maps::Maps, PinDir},
 };
@@ -78,14 +79,6 @@ fn mac_text<S: Serializer>(mac: &[u8; 6], s: S) -> Result<S::Ok, S::Error> {
 
 fn state_name<S: Serializer>(state: &State, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(state.name())
-}
-
-/// `52:54:00:ab:cd:ef`.
-pub fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 /// Now on the classifier's clock (`bpf_ktime_get_boot_ns`).

@@ -211,7 +211,7 @@ fn encode_guests<'a>(
             .with_label_values(&iface)
             .inc_by(u64::from(g.rejected_replies));
         if ctx.per_guest {
-            let mac = leases::format_mac(&g.mac);
+            let mac = crate::netdev::format_mac(&g.mac);
             let family = if g.family == 6 { "ipv6" } else { "ipv4" };
             let labels = [iface[0], iface[1], iface[2], &mac, family];
             guest_state

@@ -19,7 +19,10 @@ use dhcpfix_common::{
     key::IfaceKey,
 };
 
-use crate::pins::{self, PinDir, PinsError};
+use crate::{
+    netdev::format_mac,
+    pins::{self, PinDir, PinsError},
+};
 
 /// Lines per interface and MAC per window.
 pub const LINES_PER_WINDOW: u32 = 5;
@@ -118,7 +121,7 @@ fn report_suppressed(w: &mut Window, mac: &[u8; 6]) {
             "{}: {} more fill events for {} in {} s not logged (at most {LINES_PER_WINDOW} per {} s)",
             w.iface,
             w.suppressed,
-            mac_string(mac),
+            format_mac(mac),
             WINDOW.as_secs(),
             WINDOW.as_secs()
         );
@@ -142,13 +145,6 @@ pub fn decode(bytes: &[u8]) -> Option<FillEvent> {
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<FillEvent>()) })
 }
 
-fn mac_string(m: &[u8; 6]) -> String {
-    format!(
-        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-        m[0], m[1], m[2], m[3], m[4], m[5]
-    )
-}
-
 /// `filled vnet0: DHCPACK xid 0x3903f326 for 52:54:00:12:34:56 (port 68)`
 pub fn describe(e: &FillEvent, iface: &str) -> String {
     let what = if e.outcome == EVENT_WOULD_FILL {
@@ -169,7 +165,7 @@ pub fn describe(e: &FillEvent, iface: &str) -> String {
     format!(
         "{what} {iface}: {kind} xid {:#010x} for {} (port {})",
         e.xid,
-        mac_string(&e.mac),
+        format_mac(&e.mac),
         e.dport
     )
 }

@@ -19,7 +19,8 @@ pub struct GuestWatch {
 
 impl GuestWatch {
     /// Compares `guests` (all of them, as read now) with what was seen
-    /// before; returns the lines to log (warnings, then recoveries).
+    /// before; returns the lines to log, in the guests' order: a warning
+    /// for each that entered trouble, a line for each bound again after it.
     pub fn check(&mut self, guests: &[Guest], host: Option<u64>) -> Vec<(log::Level, String)> {
         let mut lines = Vec::new();
         let mut seen = HashMap::with_capacity(guests.len());

@@ -7,7 +7,8 @@ use serde::Serialize;
 
 use super::{netns_arg::NetnsArg, output};
 use dhcpfix::{
-    leases::{self, format_mac, Guest},
+    leases::{self, Guest},
+    netdev::format_mac,
     netns,
     pins::PinDir,
 };

@@ -76,11 +76,7 @@ impl Link {
 
     /// The MAC as `aa:bb:cc:dd:ee:ff`.
     pub fn mac_string(&self) -> String {
-        self.mac
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":")
+        format_mac(&self.mac)
     }
 
     fn from_message(msg: LinkMessage) -> Self {
@@ -127,6 +123,14 @@ pub fn ifname(index: u32) -> Option<String> {
     // SAFETY: on success the buffer holds a NUL-terminated name.
     let name = unsafe { CStr::from_ptr(buf.as_ptr()) };
     Some(name.to_string_lossy().into_owned())
+}
+
+/// A hardware address as `52:54:00:ab:cd:ef`.
+pub fn format_mac(mac: &[u8]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 #[cfg(test)]
