@@ -327,39 +327,15 @@ fn random_frame(rng: &mut Rng) -> Vec<u8> {
         return random_ipv6_frame(rng);
     }
     let mut spec = FrameSpec::dhcp_reply(rng.below(1600) as usize, rng);
-    spec.vlans = match rng.below(6) {
-        0 => vec![0x8100],
-        1 => vec![0x88a8, 0x8100],
-        2 => vec![0x8100, 0x8100, 0x8100],
-        _ => vec![],
-    };
+    spec.vlans = random_vlans(rng);
     spec.ip_options = 4 * rng.below(11) as usize;
     spec.dport = [67, 68, 68, 68, 53, 0][rng.below(6) as usize];
     spec.more_fragments = rng.chance(5);
     spec.frag_offset = if rng.chance(5) { rng.below(8192) as u16 } else { 0 };
-    spec.trailer = if rng.chance(20) { rng.below(40) as usize } else { 0 };
-    let check = match rng.below(4) {
-        0 => Check::Complete,
-        1 => Check::Zero,
-        2 => Check::Value(rng.next_u64() as u16),
-        _ => Check::Partial,
-    };
-    let mut f = spec.build(check);
-    // Damage: flip bytes in the headers, truncate, or leave it well-formed.
-    match rng.below(5) {
-        0 => {
-            for _ in 0..1 + rng.below(3) {
-                let at = rng.below(f.len().min(80) as u64) as usize;
-                f[at] = rng.next_u64() as u8;
-            }
-        }
-        1 => {
-            let keep = 14 + rng.below((f.len() - 14) as u64) as usize;
-            // BPF_PROG_TEST_RUN rejects IPv4 frames shorter than an IPv4 header.
-            f.truncate(keep.max(34));
-        }
-        _ => {}
-    }
+    spec.trailer = random_trailer(rng);
+    let mut f = spec.build(random_check(rng));
+    // BPF_PROG_TEST_RUN rejects IPv4 frames shorter than an IPv4 header.
+    damage(rng, &mut f, 80, 34);
     f
 }
 
@@ -367,34 +343,58 @@ fn random_frame(rng: &mut Rng) -> Vec<u8> {
 /// wrong lengths, DHCPv6 and other ports), tagged, damaged or truncated.
 fn random_ipv6_frame(rng: &mut Rng) -> Vec<u8> {
     let mut spec = random_ipv6_spec(rng, 1600);
-    spec.vlans = match rng.below(6) {
+    spec.vlans = random_vlans(rng);
+    spec.trailer = random_trailer(rng);
+    let mut f = spec.build(random_check(rng));
+    damage(rng, &mut f, 110, spec.l3() + 40);
+    f
+}
+
+/// No tag (half the time), one, QinQ, or three.
+fn random_vlans(rng: &mut Rng) -> Vec<u16> {
+    match rng.below(6) {
         0 => vec![0x8100],
         1 => vec![0x88a8, 0x8100],
         2 => vec![0x8100, 0x8100, 0x8100],
         _ => vec![],
-    };
-    spec.trailer = if rng.chance(20) { rng.below(40) as usize } else { 0 };
-    let check = match rng.below(4) {
+    }
+}
+
+/// Bytes after the frame's IP packet, one time in 20.
+fn random_trailer(rng: &mut Rng) -> usize {
+    if rng.chance(20) {
+        rng.below(40) as usize
+    } else {
+        0
+    }
+}
+
+fn random_check(rng: &mut Rng) -> Check {
+    match rng.below(4) {
         0 => Check::Complete,
         1 => Check::Zero,
         2 => Check::Value(rng.next_u64() as u16),
         _ => Check::Partial,
-    };
-    let mut f = spec.build(check);
+    }
+}
+
+/// Damage, one time in five each: flip 1 to 3 bytes within the first
+/// `headers` bytes, or truncate to no less than `min_len`; else leave it
+/// well-formed.
+fn damage(rng: &mut Rng, f: &mut Vec<u8>, headers: usize, min_len: usize) {
     match rng.below(5) {
         0 => {
             for _ in 0..1 + rng.below(3) {
-                let at = rng.below(f.len().min(110) as u64) as usize;
+                let at = rng.below(f.len().min(headers) as u64) as usize;
                 f[at] = rng.next_u64() as u8;
             }
         }
         1 => {
             let keep = 14 + rng.below((f.len() - 14) as u64) as usize;
-            f.truncate(keep.max(spec.l3() + 40));
+            f.truncate(keep.max(min_len));
         }
         _ => {}
     }
-    f
 }
 
 /// DHCPv6: replies of every size are filled with the IPv6 pseudo-header
