@@ -128,13 +128,7 @@ fn gen_case(rng: &mut Rng) -> Case {
         rng.below(1500) as usize
     };
     let mut spec = FrameSpec::dhcp_reply(payload, rng);
-    spec.vlans = match rng.below(12) {
-        0 | 1 => vec![0x8100],
-        2 | 3 => vec![0x88a8, 0x8100],
-        4 => vec![0x8100, 0x8100, 0x8100],
-        5 => vec![0x88a8],
-        _ => vec![],
-    };
+    spec.vlans = random_vlans(rng);
     spec.ip_options = if rng.chance(30) {
         4 * rng.below(11) as usize
     } else {
@@ -152,18 +146,8 @@ fn gen_case(rng: &mut Rng) -> Case {
     } else {
         0
     };
-    spec.trailer = if rng.chance(8) {
-        1 + rng.below(40) as usize
-    } else {
-        0
-    };
-    let check = match rng.below(10) {
-        0 | 1 => Check::Complete,
-        2 => Check::Zero,
-        // A wrong complete checksum: must stay wrong.
-        3 => Check::Value(rng.next_u64() as u16),
-        _ => Check::Partial,
-    };
+    spec.trailer = random_trailer(rng);
+    let check = random_check(rng);
     let mut frame = spec.build(check);
     let l3 = 14 + 4 * spec.vlans.len();
     let l4 = (l3 + 20 + spec.ip_options) as u16;
@@ -178,37 +162,22 @@ fn gen_case(rng: &mut Rng) -> Case {
             _ => (l3 as u16 + 10, 0),
         });
     }
-    let mut damaged = true;
-    match rng.below(10) {
-        0 | 1 => {
-            for _ in 0..1 + rng.below(3) {
-                let end = frame.len().min(usize::from(l4) + 8);
-                let at = 12 + rng.below((end - 12) as u64) as usize;
-                frame[at] = rng.next_u64() as u8;
-            }
+    let damaged = damage(rng, &mut frame, l4, |rng, frame| {
+        let delta = [1u16, 2, 4, 8, 100, 0x8000][rng.below(6) as usize];
+        let l4 = usize::from(l4);
+        match rng.below(6) {
+            // Bogus IHL (0..15 words), or bogus version.
+            0 => frame[l3] = (frame[l3] & 0xf0) | rng.below(16) as u8,
+            1 => frame[l3] = ((rng.below(16) as u8) << 4) | (frame[l3] & 0x0f),
+            // Total length and UDP length off by a little or a lot.
+            2 => bump16(frame, l3 + 2, delta, rng.chance(50)),
+            3 => bump16(frame, l4 + 4, delta, rng.chance(50)),
+            // Not IPv4 at all.
+            4 => frame[l3 - 2..l3]
+                .copy_from_slice(&[[0x86, 0xdd], [0x08, 0x06], [0x88, 0xcc]][rng.below(3) as usize]),
+            _ => frame[l3 + 9] = [6u8, 1, 0, 255][rng.below(4) as usize],
         }
-        2 => {
-            let keep = 14 + rng.below((frame.len() - 14) as u64) as usize;
-            frame.truncate(keep);
-        }
-        3 => {
-            let delta = [1u16, 2, 4, 8, 100, 0x8000][rng.below(6) as usize];
-            let l4 = usize::from(l4);
-            match rng.below(6) {
-                // Bogus IHL (0..15 words), or bogus version.
-                0 => frame[l3] = (frame[l3] & 0xf0) | rng.below(16) as u8,
-                1 => frame[l3] = ((rng.below(16) as u8) << 4) | (frame[l3] & 0x0f),
-                // Total length and UDP length off by a little or a lot.
-                2 => bump16(&mut frame, l3 + 2, delta, rng.chance(50)),
-                3 => bump16(&mut frame, l4 + 4, delta, rng.chance(50)),
-                // Not IPv4 at all.
-                4 => frame[l3 - 2..l3]
-                    .copy_from_slice(&[[0x86, 0xdd], [0x08, 0x06], [0x88, 0xcc]][rng.below(3) as usize]),
-                _ => frame[l3 + 9] = [6u8, 1, 0, 255][rng.below(4) as usize],
-            }
-        }
-        _ => damaged = false,
-    }
+    });
     force_macs(&mut frame);
     let pristine = !damaged && spec.trailer == 0 && partial == Some((l4, 6));
     Case {
@@ -227,24 +196,9 @@ fn gen_case_v6(rng: &mut Rng) -> Case {
     // Now and then around MAX_UDP_LEN (2048).
     let max_payload = if rng.chance(5) { 2100 } else { 1500 };
     let mut spec = random_ipv6_spec(rng, max_payload);
-    spec.vlans = match rng.below(12) {
-        0 | 1 => vec![0x8100],
-        2 | 3 => vec![0x88a8, 0x8100],
-        4 => vec![0x8100, 0x8100, 0x8100],
-        5 => vec![0x88a8],
-        _ => vec![],
-    };
-    spec.trailer = if rng.chance(8) {
-        1 + rng.below(40) as usize
-    } else {
-        0
-    };
-    let check = match rng.below(10) {
-        0 | 1 => Check::Complete,
-        2 => Check::Zero,
-        3 => Check::Value(rng.next_u64() as u16),
-        _ => Check::Partial,
-    };
+    spec.vlans = random_vlans(rng);
+    spec.trailer = random_trailer(rng);
+    let check = random_check(rng);
     let mut frame = spec.build(check);
     let (l3, l4) = (spec.l3(), spec.l4() as u16);
     let mut partial = matches!(check, Check::Partial).then_some((l4, 6u16));
@@ -256,7 +210,67 @@ fn gen_case_v6(rng: &mut Rng) -> Case {
             _ => (l3 as u16 + 6, 0),
         });
     }
-    let mut damaged = true;
+    let damaged = damage(rng, &mut frame, l4, |rng, frame| {
+        let delta = [1u16, 2, 8, 100, 0x8000][rng.below(5) as usize];
+        let l4 = usize::from(l4);
+        match rng.below(5) {
+            // Not version 6.
+            0 => frame[l3] = ((rng.below(16) as u8) << 4) | (frame[l3] & 0x0f),
+            // Payload length and UDP length off by a little or a lot.
+            1 => bump16(frame, l3 + 4, delta, rng.chance(50)),
+            2 => bump16(frame, l4 + 4, delta, rng.chance(50)),
+            // Not IPv6 at all.
+            3 => frame[l3 - 2..l3]
+                .copy_from_slice(&[[0x08, 0x00], [0x08, 0x06], [0x88, 0xcc]][rng.below(3) as usize]),
+            // Another next header: TCP, ICMPv6, hop-by-hop, fragment.
+            _ => frame[l3 + 6] = [6u8, 58, 0, 44, 255][rng.below(5) as usize],
+        }
+    });
+    force_macs(&mut frame);
+    let pristine = !damaged && spec.trailer == 0 && partial == Some((l4, 6));
+    Case {
+        frame,
+        partial,
+        pristine,
+        v6: true,
+    }
+}
+
+/// No tag (half the time), one, QinQ, three, or an outer tag alone.
+fn random_vlans(rng: &mut Rng) -> Vec<u16> {
+    match rng.below(12) {
+        0 | 1 => vec![0x8100],
+        2 | 3 => vec![0x88a8, 0x8100],
+        4 => vec![0x8100, 0x8100, 0x8100],
+        5 => vec![0x88a8],
+        _ => vec![],
+    }
+}
+
+/// Bytes after the IP packet, one time in 8.
+fn random_trailer(rng: &mut Rng) -> usize {
+    if rng.chance(8) {
+        1 + rng.below(40) as usize
+    } else {
+        0
+    }
+}
+
+fn random_check(rng: &mut Rng) -> Check {
+    match rng.below(10) {
+        0 | 1 => Check::Complete,
+        2 => Check::Zero,
+        // A wrong complete checksum: must stay wrong.
+        3 => Check::Value(rng.next_u64() as u16),
+        _ => Check::Partial,
+    }
+}
+
+/// Damages `frame` (UDP header at `l4`) six times in ten: flips 1 to 3
+/// bytes from the ethertype to the end of the UDP header, truncates it, or
+/// breaks a header field the family's way (`headers`). Returns whether it
+/// did.
+fn damage(rng: &mut Rng, frame: &mut Vec<u8>, l4: u16, headers: impl FnOnce(&mut Rng, &mut Vec<u8>)) -> bool {
     match rng.below(10) {
         0 | 1 => {
             for _ in 0..1 + rng.below(3) {
@@ -269,32 +283,10 @@ fn gen_case_v6(rng: &mut Rng) -> Case {
             let keep = 14 + rng.below((frame.len() - 14) as u64) as usize;
             frame.truncate(keep);
         }
-        3 => {
-            let delta = [1u16, 2, 8, 100, 0x8000][rng.below(5) as usize];
-            let l4 = usize::from(l4);
-            match rng.below(5) {
-                // Not version 6.
-                0 => frame[l3] = ((rng.below(16) as u8) << 4) | (frame[l3] & 0x0f),
-                // Payload length and UDP length off by a little or a lot.
-                1 => bump16(&mut frame, l3 + 4, delta, rng.chance(50)),
-                2 => bump16(&mut frame, l4 + 4, delta, rng.chance(50)),
-                // Not IPv6 at all.
-                3 => frame[l3 - 2..l3]
-                    .copy_from_slice(&[[0x08, 0x00], [0x08, 0x06], [0x88, 0xcc]][rng.below(3) as usize]),
-                // Another next header: TCP, ICMPv6, hop-by-hop, fragment.
-                _ => frame[l3 + 6] = [6u8, 58, 0, 44, 255][rng.below(5) as usize],
-            }
-        }
-        _ => damaged = false,
+        3 => headers(rng, frame),
+        _ => return false,
     }
-    force_macs(&mut frame);
-    let pristine = !damaged && spec.trailer == 0 && partial == Some((l4, 6));
-    Case {
-        frame,
-        partial,
-        pristine,
-        v6: true,
-    }
+    true
 }
 
 fn bump16(frame: &mut [u8], at: usize, delta: u16, up: bool) {
