@@ -58,12 +58,6 @@ fn dhcpv6_guest_gets_its_address_only_with_dhcpfix() {
     assert!(out.contains("546,547"), "DHCPv6 ports watched by default: {out}");
     let errors_before = lab.guest_udp_csum_errors().unwrap();
     let client = lab.start_dhclient(&client_opts).unwrap();
-    let sent = |lab: &Lab| lab.dhcp_frames().iter().filter(|f| !f.to_guest).count();
-    assert!(
-        poll(Duration::from_secs(3), Duration::from_millis(20), || sent(&lab)
-            > 0)
-        .is_some()
-    );
     let mac = guest_mac(&lab);
     let (g, took) = wait_state(
         &lab,
