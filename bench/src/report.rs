@@ -68,7 +68,7 @@ pub struct Report {
 /// A section of an earlier run, kept by a run with `--only`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct KeptSection {
-    /// `throughput`, `scale`, `storm` or `prog_cost`.
+    /// `prog_cost`, `throughput`, `scale`, `storm` or `namespaces`.
     pub section: String,
     pub generated_utc: String,
     pub load_start: [f64; 3],
@@ -301,23 +301,24 @@ impl Report {
             load_start: from.machine.load_start,
             load_end: from.machine.load_end,
         };
-        let mut kept = Vec::new();
-        if self.prog_cost.is_none() && earlier.prog_cost.is_some() {
-            kept.push(note("prog_cost", &earlier));
-            self.prog_cost = earlier.prog_cost.clone();
-        }
-        if self.throughput.is_none() && earlier.throughput.is_some() {
-            kept.push(note("throughput", &earlier));
-            self.throughput = earlier.throughput.clone();
-        }
-        if self.scale.is_none() && earlier.scale.is_some() {
-            kept.push(note("scale", &earlier));
-            self.scale = earlier.scale.clone();
-        }
-        if self.storm.is_none() && earlier.storm.is_some() {
-            kept.push(note("storm", &earlier));
-            self.storm = earlier.storm.clone();
-        }
+        let took = [
+            ("prog_cost", take_missing(&mut self.prog_cost, &earlier.prog_cost)),
+            (
+                "throughput",
+                take_missing(&mut self.throughput, &earlier.throughput),
+            ),
+            ("scale", take_missing(&mut self.scale, &earlier.scale)),
+            ("storm", take_missing(&mut self.storm, &earlier.storm)),
+            (
+                "namespaces",
+                take_missing(&mut self.namespaces, &earlier.namespaces),
+            ),
+        ];
+        let mut kept: Vec<KeptSection> = took
+            .iter()
+            .filter(|(_, took)| *took)
+            .map(|(section, _)| note(section, &earlier))
+            .collect();
         // A section kept twice keeps its first origin.
         for k in &mut kept {
             if let Some(older) = earlier.kept.iter().find(|o| o.section == k.section) {
@@ -969,4 +970,37 @@ fn md_bpftool(md: &mut String, pc: &ProgCost) {
 
 fn write_file(path: &Path, data: &[u8]) -> Result<()> {
     fs::write(path, data).map_err(BenchError::io("write", path))
+}
+
+/// Fills `mine` with `earlier` when this run left it empty; says whether it
+/// did.
+fn take_missing<T: Clone>(mine: &mut Option<T>, earlier: &Option<T>) -> bool {
+    let take = mine.is_none() && earlier.is_some();
+    if take {
+        mine.clone_from(earlier);
+    }
+    take
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run with `--only prog-cost` keeps every other section of the
+    /// report it replaces (the committed bench.json has them all), and
+    /// says so.
+    #[test]
+    fn an_only_run_keeps_every_other_section() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../bench.json");
+        let earlier: Report = serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap();
+        assert!(earlier.namespaces.is_some(), "{path} has every section");
+        let mut now = earlier.clone();
+        now.generated_utc = "now".into();
+        (now.throughput, now.scale, now.storm, now.namespaces) = (None, None, None, None);
+        now.keep_from(earlier);
+        assert!(now.throughput.is_some() && now.scale.is_some() && now.storm.is_some());
+        assert!(now.namespaces.is_some());
+        let kept: Vec<&str> = now.kept.iter().map(|k| k.section.as_str()).collect();
+        assert_eq!(kept, ["throughput", "scale", "storm", "namespaces"]);
+    }
 }
